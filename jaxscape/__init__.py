@@ -1,0 +1,1 @@
+"""jaxscape: LLM safety landscapes in JAX."""

@@ -1,0 +1,139 @@
+"""Batched greedy decoding: prefill, then a KV-cached ``lax.while_loop``, all in one jitted call."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxscape import model as model_lib
+from jaxscape import prompts as prompts_lib
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class Generation:
+  """Output of :func:`greedy_generate`.
+
+  Attributes:
+    tokens: [B, N] int32 new tokens; after a row's first EOS, ``pad_id``.
+    lengths: [B] int32 tokens generated per row, up to and including the first EOS.
+    nonfinite: [B] bool, True if a row met NaN/Inf logits before it stopped.
+  """
+  tokens: jax.Array
+  lengths: jax.Array
+  nonfinite: jax.Array
+
+
+def _greedy(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.Array, pad_id: jax.Array,
+            *, cfg: model_lib.ModelConfig, max_new_tokens: int, eos_ids: tuple[int, ...]) -> Generation:
+  """Un-jitted body of :func:`greedy_generate` (vmap it over grid points inside a jit)."""
+  B, T = tokens.shape
+  N = max_new_tokens
+  eos = jnp.asarray(eos_ids, jnp.int32)
+  cache = model_lib.init_cache(cfg, B, T + N)
+  key_mask = jnp.concatenate([mask, jnp.zeros((B, N), bool)], axis=1)  # [B, S]
+  positions = model_lib.positions_from_mask(mask)
+  logits, _, cache = model_lib.apply(params, tokens, positions, cache, jnp.int32(0), key_mask, cfg=cfg)
+  next_pos = positions[:, -1] + 1  # left padding: the last column is a real token
+  limit = jnp.minimum(jnp.asarray(max_steps, jnp.int32), N)
+
+  def emit(i, logits, out, done, nonfinite):
+    """Greedy token for step i from [B, V] logits; finished rows emit pad."""
+    nonfinite = nonfinite | (~jnp.all(jnp.isfinite(logits), axis=-1) & ~done)
+    tok = jnp.where(done, pad_id, jnp.argmax(logits, axis=-1).astype(jnp.int32))
+    out = out.at[:, i].set(tok)
+    done = done | jnp.isin(tok, eos)
+    return tok, out, done, nonfinite
+
+  out = jnp.full((B, N), pad_id, jnp.int32)
+  tok, out, done, nonfinite = emit(0, logits[:, -1], out, jnp.zeros((B,), bool), jnp.zeros((B,), bool))
+  lengths = jnp.ones((B,), jnp.int32)
+
+  def cond(state):
+    i, _, _, _, done, _, _, _ = state
+    return (i < limit) & ~jnp.all(done)
+
+  def body(state):
+    i, tok, cache, key_mask, done, out, nonfinite, lengths = state
+    slot = T + i - 1  # the slot of the token emitted at step i-1
+    key_mask = jax.lax.dynamic_update_slice(key_mask, jnp.ones((B, 1), bool), (0, slot))
+    logits, _, cache = model_lib.apply(params, tok[:, None], (next_pos + i - 1)[:, None], cache, slot,
+                                       key_mask, cfg=cfg)
+    lengths = lengths + (~done).astype(jnp.int32)
+    tok, out, done, nonfinite = emit(i, logits[:, 0], out, done, nonfinite)
+    return i + 1, tok, cache, key_mask, done, out, nonfinite, lengths
+
+  state = (jnp.int32(1), tok, cache, key_mask, done, out, nonfinite, lengths)
+  _, _, _, _, _, out, nonfinite, lengths = jax.lax.while_loop(cond, body, state)
+  return Generation(tokens=out, lengths=jnp.minimum(lengths, limit), nonfinite=nonfinite)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids"))
+def greedy_generate(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.Array,
+                    pad_id: jax.Array, *, cfg: model_lib.ModelConfig, max_new_tokens: int,
+                    eos_ids: tuple[int, ...]) -> Generation:
+  """Greedy decoding of a left-padded batch, exactly as ``transformers``' ``generate(do_sample=False)``.
+
+  Args:
+    params: params pytree.
+    tokens: [B, T] int32 left-padded prompts; mask: [B, T] bool, True for real tokens.
+    max_steps: int32 scalar (traced): stop after this many tokens (<= ``max_new_tokens``).
+    pad_id: int32 scalar written after a row's EOS.
+    cfg: model config (static).
+    max_new_tokens: size of the static output buffer (static).
+    eos_ids: tuple of EOS token ids (static); a row stops at its first one; the loop exits
+      early once every row has stopped.
+  Returns:
+    :class:`Generation`.
+  """
+  return _greedy(params, tokens, mask, max_steps, pad_id, cfg=cfg, max_new_tokens=max_new_tokens,
+                 eos_ids=eos_ids)
+
+
+def decode_text(tokenizer, row: np.ndarray, eos_ids: tuple[int, ...]) -> str:
+  """New tokens up to the first EOS, decoded with ``skip_special_tokens=True``."""
+  row = list(np.asarray(row))
+  for k, t in enumerate(row):
+    if t in eos_ids:
+      row = row[:k]
+      break
+  return tokenizer.decode(row, skip_special_tokens=True)
+
+
+def generate_texts(model, prompts: list[str], *, max_new_tokens: int, prompt_format: str = "chat",
+                   system_prompt: str | None = None, batch_size: int = 64,
+                   truncate_prompts: bool = False) -> list[str]:
+  """Greedy generations for ``prompts`` with a loaded :class:`jaxscape.convert.Model`.
+
+  Prompts are formatted per ``prompt_format``/``system_prompt`` (see
+  :func:`jaxscape.prompts.render`), tokenized into batches of ``batch_size`` (the last one
+  padded with dummy rows so every batch has the same shape) and decoded; results are in
+  input order.
+  """
+  if max_new_tokens <= 0:
+    raise ValueError(f"max_new_tokens must be > 0, got {max_new_tokens}")
+  texts, add_special = prompts_lib.render(prompts, model.tokenizer, prompt_format=prompt_format,
+                                          system_prompt=system_prompt)
+  tokens, mask = prompts_lib.tokenize(texts, model.tokenizer, add_special_tokens=add_special,
+                                      pad_id=model.pad_id,
+                                      max_length=model.cfg.max_position_embeddings - max_new_tokens,
+                                      truncate=truncate_prompts)
+  B = min(batch_size, len(texts))
+  out = []
+  for start in range(0, len(texts), B):
+    tok, msk = tokens[start:start + B], mask[start:start + B]
+    n_real = len(tok)
+    if n_real < B:  # pad the batch with copies of its first row; their outputs are dropped
+      tok = np.concatenate([tok, np.repeat(tok[:1], B - n_real, 0)])
+      msk = np.concatenate([msk, np.repeat(msk[:1], B - n_real, 0)])
+    gen = greedy_generate(model.params, tok, msk, np.int32(max_new_tokens), np.int32(model.pad_id),
+                          cfg=model.cfg, max_new_tokens=max_new_tokens, eos_ids=model.eos_ids)
+    rows = np.asarray(gen.tokens)[:n_real]
+    out += [decode_text(model.tokenizer, r, model.eos_ids) for r in rows]
+  return out

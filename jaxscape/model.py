@@ -1,0 +1,355 @@
+"""Llama-family decoder (llama, mistral, qwen2) as pure functions over a params pytree.
+
+Letters used in shape comments:
+  B batch, T query length, S cache length, D width, H query heads, K kv heads,
+  G = H // K query heads per kv head, E head dim, F MLP width, V vocab.
+
+Params layout (kernels are [in, out], i.e. HF ``nn.Linear.weight`` transposed)::
+
+  {"embed": {"embedding": [V, D]},
+   "layers": [{"attn_norm": {"scale": [D]},
+               "attn": {"q": {"kernel": [D, H*E], "bias"?}, "k": {"kernel": [D, K*E], "bias"?},
+                        "v": {"kernel": [D, K*E], "bias"?}, "o": {"kernel": [H*E, D]}},
+               "mlp_norm": {"scale": [D]},
+               "mlp": {"gate": {"kernel": [D, F]}, "up": {"kernel": [D, F]},
+                       "down": {"kernel": [F, D]}}}, ...],
+   "final_norm": {"scale": [D]},
+   "lm_head": {"kernel": [D, V]}}          # absent when embeddings are tied
+
+Any leaf may be a :class:`jaxscape.perturb.Factored` (factored perturbation): every
+weight goes through the helpers of ``jaxscape.perturb``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxscape import perturb
+
+PyTree = Any
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of a Llama-family model. Frozen and hashable: a static jit argument."""
+  model_type: str
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rms_norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+  # (("rope_type", "llama3"), ("factor", 8.0), ...) or () for plain RoPE.
+  rope_scaling: tuple = ()
+  max_position_embeddings: int = 2048
+  tie_word_embeddings: bool = False
+  attention_bias: bool = False
+  mlp_bias: bool = False
+  sliding_window: int | None = None
+  param_dtype: str = "float32"  # storage dtype of the checkpoint
+  compute_dtype: str = "float32"  # matmul dtype; norms, softmax and logits stay float32
+
+  def __post_init__(self):
+    if self.model_type not in SUPPORTED_MODEL_TYPES:
+      raise ValueError(f"unsupported model_type {self.model_type!r}; supported: "
+                       f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_attention_heads={self.num_heads} is not a multiple of "
+                       f"num_key_value_heads={self.num_kv_heads}")
+    if self.compute_dtype not in _DTYPES or self.param_dtype not in _DTYPES:
+      raise ValueError(f"dtypes must be one of {sorted(_DTYPES)}, got param_dtype="
+                       f"{self.param_dtype!r}, compute_dtype={self.compute_dtype!r}")
+
+  @property
+  def dtype(self):
+    """The compute dtype as a jnp dtype."""
+    return _DTYPES[self.compute_dtype]
+
+  @classmethod
+  def from_hf_dict(cls, d: dict, *, compute_dtype: str = "float32") -> "ModelConfig":
+    """From a ``config.json`` dict, in the transformers 4 or 5 spelling."""
+    model_type = d.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+      raise ValueError(f"unsupported model_type {model_type!r}; supported: "
+                       f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    heads = d["num_attention_heads"]
+    # transformers 5: rope_parameters={"rope_type", "rope_theta", ...}; 4: rope_theta + rope_scaling.
+    rope = dict(d.get("rope_parameters") or {})
+    scaling = dict(d.get("rope_scaling") or {})
+    theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
+    rope.update(scaling)
+    if "type" in rope and "rope_type" not in rope:
+      rope["rope_type"] = rope.pop("type")
+    rope.pop("type", None)
+    if rope.get("rope_type", "default") == "default":
+      rope = {}
+    elif rope["rope_type"] not in ("linear", "llama3"):
+      raise ValueError(f"unsupported rope_type {rope['rope_type']!r}; supported: default, linear, llama3")
+    window = d.get("sliding_window")
+    if model_type == "qwen2" and not d.get("use_sliding_window", False):
+      window = None
+    dtype = str(d.get("dtype") or d.get("torch_dtype") or "float32").replace("torch.", "")
+    return cls(
+        model_type=model_type,
+        vocab_size=d["vocab_size"],
+        hidden_size=d["hidden_size"],
+        intermediate_size=d["intermediate_size"],
+        num_layers=d["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=d.get("num_key_value_heads") or heads,
+        head_dim=d.get("head_dim") or d["hidden_size"] // heads,
+        rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+        rope_theta=float(theta),
+        rope_scaling=tuple(sorted((k, v) for k, v in rope.items() if isinstance(v, (int, float, str)))),
+        max_position_embeddings=d.get("max_position_embeddings", 2048),
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", model_type == "qwen2")),
+        attention_bias=model_type == "qwen2" or bool(d.get("attention_bias", False)),
+        mlp_bias=bool(d.get("mlp_bias", False)),
+        sliding_window=window,
+        param_dtype=dtype if dtype in _DTYPES else "float32",
+        compute_dtype=compute_dtype,
+    )
+
+  def to_hf_dict(self) -> dict:
+    """A transformers-5 ``config.json`` dict for this architecture."""
+    arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+    rope = {"rope_type": "default", "rope_theta": self.rope_theta}
+    rope.update(dict(self.rope_scaling))
+    d = {
+        "architectures": [arch[self.model_type]],
+        "model_type": self.model_type,
+        "vocab_size": self.vocab_size,
+        "hidden_size": self.hidden_size,
+        "intermediate_size": self.intermediate_size,
+        "num_hidden_layers": self.num_layers,
+        "num_attention_heads": self.num_heads,
+        "num_key_value_heads": self.num_kv_heads,
+        "head_dim": self.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": self.rms_norm_eps,
+        "rope_parameters": rope,
+        "max_position_embeddings": self.max_position_embeddings,
+        "tie_word_embeddings": self.tie_word_embeddings,
+        "dtype": self.param_dtype,
+    }
+    if self.model_type == "llama":
+      d.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
+    if self.model_type in ("mistral", "qwen2"):
+      d["sliding_window"] = self.sliding_window
+    if self.model_type == "qwen2":
+      d["use_sliding_window"] = self.sliding_window is not None
+    return d
+
+  def num_params(self, *, embeddings: bool = True) -> int:
+    """Parameter count (with or without the input/output embeddings)."""
+    D, F, E = self.hidden_size, self.intermediate_size, self.head_dim
+    attn = D * E * (self.num_heads * 2 + self.num_kv_heads * 2)
+    if self.attention_bias:
+      attn += E * (self.num_heads + 2 * self.num_kv_heads)
+    per_layer = attn + 3 * D * F + 2 * D
+    n = self.num_layers * per_layer + D
+    if embeddings:
+      n += self.vocab_size * D * (1 if self.tie_word_embeddings else 2)
+    return n
+
+
+def init_params(cfg: ModelConfig, key: jax.Array, *, std: float = 0.02) -> PyTree:
+  """Random params (normal(0, std) kernels and embeddings, unit norm scales, zero biases).
+
+  Leaves are ``cfg.param_dtype``. Each leaf's key is ``fold_in`` of a stable index.
+  """
+  dtype = _DTYPES[cfg.param_dtype]
+  D, F, E, H, K = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+  counter = iter(range(1 << 30))
+
+  def normal(*shape):
+    return (std * jax.random.normal(jax.random.fold_in(key, next(counter)), shape)).astype(dtype)
+
+  def linear(n_in, n_out, bias):
+    p = {"kernel": normal(n_in, n_out)}
+    if bias:
+      p["bias"] = jnp.zeros((n_out,), dtype)
+    return p
+
+  layers = []
+  for _ in range(cfg.num_layers):
+    layers.append({
+        "attn_norm": {"scale": jnp.ones((D,), dtype)},
+        "attn": {"q": linear(D, H * E, cfg.attention_bias), "k": linear(D, K * E, cfg.attention_bias),
+                 "v": linear(D, K * E, cfg.attention_bias), "o": linear(H * E, D, False)},
+        "mlp_norm": {"scale": jnp.ones((D,), dtype)},
+        "mlp": {"gate": linear(D, F, cfg.mlp_bias), "up": linear(D, F, cfg.mlp_bias),
+                "down": linear(F, D, cfg.mlp_bias)},
+    })
+  params = {"embed": {"embedding": normal(cfg.vocab_size, D)}, "layers": layers,
+            "final_norm": {"scale": jnp.ones((D,), dtype)}}
+  if not cfg.tie_word_embeddings:
+    params["lm_head"] = {"kernel": normal(D, cfg.vocab_size)}
+  return params
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  """``[E/2]`` float32 inverse frequencies, as transformers computes them (incl. llama3/linear)."""
+  E = cfg.head_dim
+  inv = (1.0 / (cfg.rope_theta ** (np.arange(0, E, 2, dtype=np.int64).astype(np.float32) / E))).astype(np.float32)
+  scaling = dict(cfg.rope_scaling)
+  kind = scaling.get("rope_type", "default")
+  if kind == "linear":
+    inv = (inv / np.float32(scaling["factor"])).astype(np.float32)
+  elif kind == "llama3":
+    factor = scaling["factor"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv
+    inv_l = np.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * inv_l / factor + smooth * inv_l
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    inv = np.where(medium, smoothed, inv_l).astype(np.float32)
+  return inv
+
+
+def _rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotary embedding, rotate-half convention. x: [B, T, N, E], positions: [B, T] int."""
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, E/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  cos, sin = jnp.cos(emb)[:, :, None, :], jnp.sin(emb)[:, :, None, :]
+  x32 = x.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def _rms_norm(x: jax.Array, scale, eps: float) -> jax.Array:
+  """RMSNorm with float32 statistics; returns float32 ``[..., D]``."""
+  x32 = x.astype(jnp.float32)
+  normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return perturb.dense(scale).astype(jnp.float32) * normed
+
+
+def _linear(x: jax.Array, p: dict, dtype) -> jax.Array:
+  y = perturb.matmul(x, p["kernel"], dtype)
+  if "bias" in p:
+    y = y + perturb.dense(p["bias"]).astype(dtype)
+  return y
+
+
+def _attention(lp: dict, x: jax.Array, positions: jax.Array, cache: dict, index: jax.Array,
+               key_mask: jax.Array, inv_freq: jax.Array, cfg: ModelConfig):
+  """One attention block over new tokens, reading and writing the KV cache.
+
+  x: [B, T, D]; positions: [B, T]; cache: {"k", "v": [B, S, K, E]}; index: scalar slot of
+  the first new token; key_mask: [B, S] bool, True for real tokens.
+  """
+  B, T, _ = x.shape
+  H, K, E, dtype = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.dtype
+  q = _linear(x, lp["q"], dtype).reshape(B, T, H, E)
+  k = _linear(x, lp["k"], dtype).reshape(B, T, K, E)
+  v = _linear(x, lp["v"], dtype).reshape(B, T, K, E)
+  q, k = _rope(q, positions, inv_freq), _rope(k, positions, inv_freq)
+  k_all = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
+  v_all = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
+  S = k_all.shape[1]
+  qg = q.reshape(B, T, K, H // K, E)
+  scores = jnp.einsum("btkge,bske->bkgts", qg, k_all.astype(dtype),
+                      preferred_element_type=jnp.float32) / np.float32(math.sqrt(E))
+  q_slot = index + jnp.arange(T)[:, None]  # [T, 1]
+  k_slot = jnp.arange(S)[None, :]  # [1, S]
+  allowed = (k_slot <= q_slot)[None] & key_mask[:, None, :]  # [B, T, S]
+  if cfg.sliding_window is not None:
+    allowed &= (q_slot - k_slot < cfg.sliding_window)[None]
+  # A padded query sees only itself, so no row is empty (its output is never used).
+  allowed |= (k_slot == q_slot)[None]
+  scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1)
+  out = jnp.einsum("bkgts,bske->btkge", probs.astype(dtype), v_all.astype(dtype))
+  out = _linear(out.reshape(B, T, H * E), lp["o"], dtype)
+  return out, {"k": k_all, "v": v_all}
+
+
+def _mlp(mp: dict, x: jax.Array, dtype) -> jax.Array:
+  gate = _linear(x, mp["gate"], dtype)
+  up = _linear(x, mp["up"], dtype)
+  return _linear(jax.nn.silu(gate) * up, mp["down"], dtype)
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> list[dict]:
+  """Zero KV cache: one ``{"k", "v": [B, S, K, E]}`` dict per layer, compute dtype."""
+  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  return [{"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}
+          for _ in range(cfg.num_layers)]
+
+
+def apply(params: PyTree, tokens: jax.Array, positions: jax.Array, cache: list[dict],
+          index: jax.Array, key_mask: jax.Array, *, cfg: ModelConfig):
+  """Run new tokens through the model with a KV cache.
+
+  Args:
+    params: params pytree (leaves may be ``Factored``).
+    tokens: [B, T] int32 new tokens, written at cache slots ``index .. index+T-1``.
+    positions: [B, T] int32 RoPE positions.
+    cache: from :func:`init_cache`, length S.
+    index: int32 scalar, the cache slot of ``tokens[:, 0]``.
+    key_mask: [B, S] bool, True where a slot holds a real (non-pad) token.
+  Returns:
+    (logits [B, T, V] float32, hidden [B, T, D] float32 after the final norm, new cache).
+  """
+  dtype = cfg.dtype
+  inv_freq = jnp.asarray(rope_inv_freq(cfg))
+  x = perturb.take_rows(params["embed"]["embedding"], tokens, dtype)
+  new_cache = []
+  for lp, lc in zip(params["layers"], cache):
+    h = _rms_norm(x, lp["attn_norm"]["scale"], cfg.rms_norm_eps)
+    attn_out, lc = _attention(lp["attn"], h, positions, lc, index, key_mask, inv_freq, cfg)
+    x = x.astype(jnp.float32) + attn_out.astype(jnp.float32)
+    h = _rms_norm(x, lp["mlp_norm"]["scale"], cfg.rms_norm_eps)
+    x = x + _mlp(lp["mlp"], h, dtype).astype(jnp.float32)
+    new_cache.append(lc)
+  h = _rms_norm(x, params["final_norm"]["scale"], cfg.rms_norm_eps)
+  if cfg.tie_word_embeddings:
+    logits = perturb.matmul_transposed(h, params["embed"]["embedding"], dtype)
+  else:
+    logits = perturb.matmul(h, params["lm_head"]["kernel"], dtype)
+  return logits.astype(jnp.float32), h, new_cache
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+  """RoPE positions for left-padded rows, as transformers' ``generate``: cumsum(mask) − 1, pads 1."""
+  pos = jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1
+  return jnp.where(mask, pos, 1)
+
+
+def forward(params: PyTree, tokens: jax.Array, *, cfg: ModelConfig, mask: jax.Array | None = None,
+            positions: jax.Array | None = None) -> jax.Array:
+  """Full-sequence logits.
+
+  Args:
+    tokens: [B, T] int32, left-padded.
+    mask: [B, T] bool, True for real tokens (default: all real).
+    positions: [B, T] int32 (default: from ``mask``).
+  Returns:
+    [B, T, V] float32 logits.
+  """
+  B, T = tokens.shape
+  if mask is None:
+    mask = jnp.ones((B, T), bool)
+  if positions is None:
+    positions = positions_from_mask(mask)
+  logits, _, _ = apply(params, tokens, positions, init_cache(cfg, B, T), jnp.int32(0), mask, cfg=cfg)
+  return logits

@@ -1,0 +1,124 @@
+"""Weights at a grid point: tree-mapped (materialize) and factored perturbation.
+
+θ(c) = θ + Σᵢ cᵢ·dᵢ, over a params pytree and a list of direction pytrees of the same tree.
+
+* ``materialize`` forms θ(c) leaf by leaf, in float32, then casts once to the
+  params' dtype. Under ``vmap`` over a slice of points it holds one weight copy per
+  point.
+* ``factored`` wraps every leaf in a :class:`Factored` (base, stacked directions,
+  coefficients). Every op of the model that consumes a weight is linear in it, so
+  ``x·W(c) = x·W + Σᵢ cᵢ (x·Dᵢ)``: only ``1 + ndim`` weight sets stay resident
+  whatever the slice size. ``jaxscape.model`` consumes these leaves through its
+  weight helpers (the single seam where a weight meets an activation).
+
+This module never imports the model; it only sees leaves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class Factored:
+  """A weight at a grid point, kept as ``base + Σᵢ coeffs[i] * dirs[i]``.
+
+  Attributes:
+    base: the unperturbed weight, any shape ``S``, params dtype.
+    dirs: ``[n, *S]`` stacked directions (float32 or compute dtype).
+    coeffs: ``[n]`` float32 coordinates of this point.
+  """
+  base: jax.Array
+  dirs: jax.Array
+  coeffs: jax.Array
+
+  @property
+  def shape(self):
+    return self.base.shape
+
+  @property
+  def dtype(self):
+    return self.base.dtype
+
+  def dense(self) -> jax.Array:
+    """The materialized weight, formed in float32 and cast to the base dtype."""
+    delta = jnp.tensordot(self.coeffs.astype(jnp.float32), self.dirs.astype(jnp.float32), axes=1)
+    return (self.base.astype(jnp.float32) + delta).astype(self.base.dtype)
+
+
+def stack_directions(directions: Sequence[PyTree]) -> PyTree:
+  """List of ``n`` direction trees -> one tree whose leaves are ``[n, *S]``."""
+  if not directions:
+    raise ValueError("at least one direction is needed")
+  return jax.tree.map(lambda *ds: jnp.stack(ds), *directions)
+
+
+def materialize(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array) -> PyTree:
+  """θ + Σᵢ coeffs[i]·dirs[i] leaf by leaf (float32 arithmetic, cast to params dtype).
+
+  Args:
+    params: params pytree.
+    stacked_dirs: same tree, leaves ``[n, *S]`` (see :func:`stack_directions`).
+    coeffs: ``[n]`` float32 coordinates of one point.
+  """
+  return jax.tree.map(lambda w, d: Factored(w, d, coeffs).dense(), params, stacked_dirs)
+
+
+def factored(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array) -> PyTree:
+  """Same tree as ``params`` with every leaf a :class:`Factored` at ``coeffs``."""
+  return jax.tree.map(lambda w, d: Factored(w, d, coeffs), params, stacked_dirs)
+
+
+def at_point(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, *, strategy: str) -> PyTree:
+  """Weights at one grid point for ``strategy`` in {"materialize", "factored"}."""
+  if strategy == "materialize":
+    return materialize(params, stacked_dirs, coeffs)
+  if strategy == "factored":
+    return factored(params, stacked_dirs, coeffs)
+  raise ValueError(f"unknown strategy {strategy!r}; expected 'materialize' or 'factored'")
+
+
+# ---------------------------------------------------------------- weight helpers
+# The model calls these for every weight use, so a plain array and a Factored leaf
+# go through the same code.
+
+
+def dense(w) -> jax.Array:
+  """A small weight (bias, norm scale) as a plain array."""
+  return w.dense() if isinstance(w, Factored) else w
+
+
+def matmul(x: jax.Array, w, dtype) -> jax.Array:
+  """``x @ w`` over the last axis of ``x`` and the first of ``w`` ([in, out]), in ``dtype``."""
+  x = x.astype(dtype)
+  if not isinstance(w, Factored):
+    return x @ w.astype(dtype)
+  y = x @ w.base.astype(dtype)
+  # Σᵢ cᵢ (x·Dᵢ): one extra matmul per direction, never a perturbed weight copy.
+  yd = jnp.einsum("...i,nio->n...o", x, w.dirs.astype(dtype))
+  return y + jnp.tensordot(w.coeffs.astype(dtype), yd, axes=1)
+
+
+def take_rows(table, ids: jax.Array, dtype) -> jax.Array:
+  """Embedding lookup ``table[ids]`` ([V, D] table) in ``dtype``."""
+  if not isinstance(table, Factored):
+    return table[ids].astype(dtype)
+  rows = table.base[ids].astype(jnp.float32)
+  drows = table.dirs[:, ids].astype(jnp.float32)  # [n, *ids.shape, D]
+  return (rows + jnp.tensordot(table.coeffs.astype(jnp.float32), drows, axes=1)).astype(dtype)
+
+
+def matmul_transposed(x: jax.Array, table, dtype) -> jax.Array:
+  """``x @ table.T`` for a [V, D] table (tied output embedding), in ``dtype``."""
+  x = x.astype(dtype)
+  if not isinstance(table, Factored):
+    return x @ table.astype(dtype).T
+  y = x @ table.base.astype(dtype).T
+  yd = jnp.einsum("...d,nvd->n...v", x, table.dirs.astype(dtype))
+  return y + jnp.tensordot(table.coeffs.astype(dtype), yd, axes=1)
