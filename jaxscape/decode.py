@@ -30,16 +30,32 @@ class Generation:
   nonfinite: jax.Array
 
 
+def _prefill_prefix(params: PyTree, prefix: jax.Array, cache: list[dict], *, cfg) -> list[dict]:
+  """KV of the shared prefix [p], computed once (batch 1), copied into slots 0..p-1 of every row."""
+  p = prefix.shape[0]
+  _, _, pre = model_lib.apply(params, prefix[None], jnp.arange(p, dtype=jnp.int32)[None],
+                              model_lib.init_cache(cfg, 1, p), jnp.int32(0), jnp.ones((1, p), bool), cfg=cfg)
+  B = cache[0]["k"].shape[0]
+  return [{name: jax.lax.dynamic_update_slice(full[name], jnp.broadcast_to(part[name], (B,) + part[name].shape[1:]),
+                                              (0, 0, 0, 0)) for name in ("k", "v")}
+          for full, part in zip(cache, pre)]
+
+
 def _greedy(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.Array, pad_id: jax.Array,
-            *, cfg: model_lib.ModelConfig, max_new_tokens: int, eos_ids: tuple[int, ...]) -> Generation:
+            prefix: jax.Array | None = None, *, cfg: model_lib.ModelConfig, max_new_tokens: int,
+            eos_ids: tuple[int, ...]) -> Generation:
   """Un-jitted body of :func:`greedy_generate` (vmap it over grid points inside a jit)."""
   B, T = tokens.shape
   N = max_new_tokens
+  P0 = 0 if prefix is None else prefix.shape[0]
   eos = jnp.asarray(eos_ids, jnp.int32)
-  cache = model_lib.init_cache(cfg, B, T + N)
-  key_mask = jnp.concatenate([mask, jnp.zeros((B, N), bool)], axis=1)  # [B, S]
-  positions = model_lib.positions_from_mask(mask)
-  logits, _, cache = model_lib.apply(params, tokens, positions, cache, jnp.int32(0), key_mask, cfg=cfg)
+  # Cache slots: [shared prefix (P0)] [left-padded per-row rest (T)] [new tokens (N)].
+  cache = model_lib.init_cache(cfg, B, P0 + T + N)
+  key_mask = jnp.concatenate([jnp.ones((B, P0), bool), mask, jnp.zeros((B, N), bool)], axis=1)  # [B, S]
+  if P0:
+    cache = _prefill_prefix(params, prefix, cache, cfg=cfg)
+  positions = P0 + model_lib.positions_from_mask(mask)
+  logits, _, cache = model_lib.apply(params, tokens, positions, cache, jnp.int32(P0), key_mask, cfg=cfg)
   next_pos = positions[:, -1] + 1  # left padding: the last column is a real token
   limit = jnp.minimum(jnp.asarray(max_steps, jnp.int32), N)
 
@@ -61,7 +77,7 @@ def _greedy(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.A
 
   def body(state):
     i, tok, cache, key_mask, done, out, nonfinite, lengths = state
-    slot = T + i - 1  # the slot of the token emitted at step i-1
+    slot = P0 + T + i - 1  # the slot of the token emitted at step i-1
     key_mask = jax.lax.dynamic_update_slice(key_mask, jnp.ones((B, 1), bool), (0, slot))
     logits, _, cache = model_lib.apply(params, tok[:, None], (next_pos + i - 1)[:, None], cache, slot,
                                        key_mask, cfg=cfg)
@@ -76,8 +92,8 @@ def _greedy(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.A
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids"))
 def greedy_generate(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.Array,
-                    pad_id: jax.Array, *, cfg: model_lib.ModelConfig, max_new_tokens: int,
-                    eos_ids: tuple[int, ...]) -> Generation:
+                    pad_id: jax.Array, prefix: jax.Array | None = None, *, cfg: model_lib.ModelConfig,
+                    max_new_tokens: int, eos_ids: tuple[int, ...]) -> Generation:
   """Greedy decoding of a left-padded batch, exactly as ``transformers``' ``generate(do_sample=False)``.
 
   Args:
@@ -85,6 +101,9 @@ def greedy_generate(params: PyTree, tokens: jax.Array, mask: jax.Array, max_step
     tokens: [B, T] int32 left-padded prompts; mask: [B, T] bool, True for real tokens.
     max_steps: int32 scalar (traced): stop after this many tokens (<= ``max_new_tokens``).
     pad_id: int32 scalar written after a row's EOS.
+    prefix: optional [p] int32 tokens that precede every row (chat template + system prompt):
+      prefilled once (batch 1) and its KV copied to every row, so ``tokens`` hold only the
+      rest of each prompt (see ``prompts.split_shared_prefix``). Same tokens as without it.
     cfg: model config (static).
     max_new_tokens: size of the static output buffer (static).
     eos_ids: tuple of EOS token ids (static); a row stops at its first one; the loop exits
@@ -92,7 +111,7 @@ def greedy_generate(params: PyTree, tokens: jax.Array, mask: jax.Array, max_step
   Returns:
     :class:`Generation`.
   """
-  return _greedy(params, tokens, mask, max_steps, pad_id, cfg=cfg, max_new_tokens=max_new_tokens,
+  return _greedy(params, tokens, mask, max_steps, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens,
                  eos_ids=eos_ids)
 
 

@@ -157,3 +157,86 @@ def tokenize(texts: list[str], tokenizer, *, add_special_tokens: bool, pad_id: i
       tokens[r, L - len(x):] = x
       mask[r, L - len(x):] = True
   return tokens, mask
+
+
+def split_shared_prefix(tokens: np.ndarray, mask: np.ndarray, *, pad_id: int,
+                        min_prefix: int = 8) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+  """Split left-padded prompts into the token prefix all rows share and the per-row rest.
+
+  The prefix is found on token ids, so tokenization is exactly the full prompt's. Every row
+  keeps at least one token of its own. Returns ``(prefix [p] or None when p < min_prefix,
+  rest tokens [B, T'], rest mask [B, T'])`` with ``T'`` re-bucketed.
+  """
+  rows = [t[m] for t, m in zip(tokens, mask)]
+  shortest = min(len(r) for r in rows)
+  p = 0
+  while p < shortest - 1 and all(r[p] == rows[0][p] for r in rows):
+    p += 1
+  if p < min_prefix:
+    return None, tokens, mask
+  rest = [r[p:] for r in rows]
+  L = bucket_length(max(len(r) for r in rest))
+  out = np.full((len(rest), L), pad_id, np.int32)
+  out_mask = np.zeros((len(rest), L), bool)
+  for i, r in enumerate(rest):
+    out[i, L - len(r):] = r
+    out_mask[i, L - len(r):] = True
+  return np.asarray(rows[0][:p], np.int32), out, out_mask
+
+
+def builtin_path(name: str) -> str:
+  """Path of the built-in set ``jaxscape/data/NAME.jsonl``."""
+  from importlib import resources
+  path = str(resources.files("jaxscape") / "data" / f"{name}.jsonl")
+  if not os.path.isfile(path):
+    available = sorted(f[:-6] for f in os.listdir(os.path.dirname(path)) if f.endswith(".jsonl"))
+    raise ValueError(f"no built-in set {name!r}; available: {', '.join(available)}")
+  return path
+
+
+def resolve(source: str) -> str:
+  """``builtin:NAME`` -> its package path; any other string is a file path."""
+  return builtin_path(source[len("builtin:"):]) if source.startswith("builtin:") else source
+
+
+def load_prompts(source: str, samples: int | None = None) -> list[str]:
+  """Prompts from ``builtin:NAME`` or a CSV/JSONL file (see :func:`load_prompt_file`)."""
+  if not source:
+    raise ValueError("no prompt file given (--prompts)")
+  return load_prompt_file(resolve(source), samples)
+
+
+def load_jsonl(source: str) -> list[dict]:
+  """Records of a JSONL file or ``builtin:NAME``; ValueError naming the bad line."""
+  path = resolve(source)
+  if not os.path.isfile(path):
+    raise ValueError(f"file {path} does not exist")
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError:
+          raise ValueError(f"{path}:{n}: not valid JSON") from None
+  if not records:
+    raise ValueError(f"{path} holds no records")
+  return records
+
+
+def load_choice_set(source: str, samples: int | None = None) -> list[dict]:
+  """Multiple-choice items ``{"question", "options": [4 str], "answer": "A".."D"}``."""
+  items = load_jsonl(source)
+  for n, item in enumerate(items, 1):
+    ok = (isinstance(item, dict) and isinstance(item.get("question"), str)
+          and isinstance(item.get("options"), list) and len(item["options"]) == 4
+          and item.get("answer") in ("A", "B", "C", "D"))
+    if not ok:
+      raise ValueError(f"{source}: item {n} must have question, 4 options and answer A-D")
+  return items[:samples] if samples else items
+
+
+def format_choice_question(item: dict) -> str:
+  """The user-turn text of a multiple-choice item; the model answers with one letter."""
+  options = "\n".join(f"{letter}) {text}" for letter, text in zip("ABCD", item["options"]))
+  return f"Question: {item['question']}\n{options}\nAnswer with a letter."

@@ -1,0 +1,175 @@
+"""Side-by-side benchmark: jaxscape vs the reference loop (anchor_loop.py), plus the machine's limits.
+
+  python -m experiments.bench --anchor=../shared/bench/anchor_loop.py \
+      --prompts=../shared/data/advbench/harmful_behaviors.csv [--workloads=toy,toy512,llama100m]
+
+Each side runs as its own subprocess on the same checkpoint, prompts, grid and
+max_new_tokens (reference: --use_chat_template --batch_size=4, no system prompt). Reported:
+whole-process wall time, scan phase (reference: generate + update; jaxscape: scan_s),
+ratios, points/s, generated tokens/s, useful FLOP/s as a fraction of a jitted 2048x2048
+float32 matmul measured in this run, memory bandwidth, peak RSS.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import flags
+
+from experiments import common
+
+flags.DEFINE_string("anchor", None, "path to the reference loop, anchor_loop.py (required)")
+flags.DEFINE_string("prompts", None, "AdvBench-style CSV (required)")
+flags.DEFINE_string("model", common.DEFAULT_MODEL, "checkpoint of the toy workloads")
+flags.DEFINE_list("workloads", ["toy"], "any of: toy, toy512, llama100m, llama1b")
+flags.DEFINE_float("multiplier", 1.0, "grid span, same for both sides")
+flags.DEFINE_integer("threads", 0, "torch threads for the reference (0: torch default)")
+flags.DEFINE_string("out", None, "write the results as JSON here")
+flags.DEFINE_string("workdir", None, "where random-init benchmark checkpoints are built (default: temp)")
+flags.DEFINE_list("jaxscape_flags", [], "extra flags for every jaxscape run, e.g. --compute_dtype=bfloat16")
+FLAGS = flags.FLAGS
+
+# name -> (checkpoint, steps, samples, max_new_tokens, extra jaxscape flags)
+WORKLOADS = {
+    "toy": ("toy", 20, 80, 64, []),
+    "toy512": ("toy", 20, 80, 512, ["--stop_when_decided"]),
+    "llama100m": ("llama100m", 4, 16, 32, []),
+    "llama1b": ("llama1b", 20, 80, 64, []),
+}
+RANDOM_MODELS = {  # random-init Llamas built offline with jaxscape.testing
+    "llama100m": dict(num_layers=12, hidden_size=768, intermediate_size=2048, num_heads=12, num_kv_heads=12,
+                      head_dim=64, vocab_size=8000),
+    "llama1b": dict(num_layers=16, hidden_size=2048, intermediate_size=5632, num_heads=32, num_kv_heads=8,
+                    head_dim=64, vocab_size=32000),
+}
+
+
+def machine_limits() -> dict:
+  """Peak float32 matmul FLOP/s (jitted 2048x2048) and bandwidth of a large jitted reduction."""
+  import jax
+  import jax.numpy as jnp
+  n = 2048
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  mm = jax.jit(lambda x: x @ x)
+  mm(a).block_until_ready()
+  best = float("inf")
+  for _ in range(10):
+    t0 = time.perf_counter()
+    mm(a).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  big = jnp.ones((64 << 20,), jnp.float32)  # 256 MiB
+  red = jax.jit(jnp.sum)
+  red(big).block_until_ready()
+  best_r = float("inf")
+  for _ in range(10):
+    t0 = time.perf_counter()
+    red(big).block_until_ready()
+    best_r = min(best_r, time.perf_counter() - t0)
+  return {"matmul_flops": 2 * n ** 3 / best, "bandwidth_bytes_s": big.nbytes / best_r,
+          "device": str(jax.devices()[0].device_kind), "cpus": os.cpu_count(),
+          "platform": platform.platform(), "processor": platform.processor()}
+
+
+def run_child(cmd: list[str]) -> tuple[float, int, str]:
+  """Run ``cmd``; returns (wall seconds, peak RSS bytes of that child alone, output tail)."""
+  with tempfile.TemporaryFile("w+") as log:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    log.seek(0)
+    tail = log.read()[-3000:]
+  if proc.returncode:
+    raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}): {tail}")
+  return wall, usage.ru_maxrss * 1024, tail
+
+
+def build_model(name: str, workdir: str) -> str:
+  if name == "toy":
+    return FLAGS.model
+  path = os.path.join(workdir, name)
+  if not os.path.isdir(path):
+    from jaxscape import testing
+    testing.make_tiny_checkpoint(path, "llama", seed=0, std=0.02, **RANDOM_MODELS[name])
+  return path
+
+
+def bench_one(name: str, workdir: str, limits: dict) -> dict:
+  ckpt, steps, samples, new_tokens, extra = WORKLOADS[name]
+  model_dir = build_model(ckpt, workdir)
+  ref_json = os.path.join(workdir, f"{name}_anchor.json")
+  ref_cmd = [sys.executable, FLAGS.anchor, "--model_dir", model_dir, "--prompts", FLAGS.prompts, "--ndim", "1",
+             "--steps", str(steps), "--samples", str(samples), "--max_new_tokens", str(new_tokens),
+             "--multiplier", str(FLAGS.multiplier), "--use_chat_template", "--batch_size", "4",
+             "--out", ref_json]
+  if FLAGS.threads:
+    ref_cmd += ["--threads", str(FLAGS.threads)]
+  out_dir = os.path.join(workdir, f"{name}_jaxscape")
+  ours_cmd = [sys.executable, "-m", "experiments.run_grid", f"--model={model_dir}", f"--prompts={FLAGS.prompts}",
+              "--kind=1d_random", f"--steps={steps}", f"--samples={samples}", f"--max_new_tokens={new_tokens}",
+              f"--multiplier={FLAGS.multiplier}", "--prompt_format=chat", f"--out={out_dir}", "--noresume",
+              *extra, *FLAGS.jaxscape_flags]
+  print(f"[{name}] jaxscape ...", file=sys.stderr, flush=True)
+  ours_wall, ours_rss, _ = run_child(ours_cmd)
+  print(f"[{name}] reference ...", file=sys.stderr, flush=True)
+  ref_wall, ref_rss, _ = run_child(ref_cmd)
+  with open(ref_json, encoding="utf-8") as f:
+    ref = json.load(f)["timings"]
+  with open(os.path.join(out_dir, "summary.json"), encoding="utf-8") as f:
+    summ = json.load(f)
+  ours = summ["timings"]
+  ref_scan = ref["generate_s"] + ref["update_s"]
+  row = {
+      "workload": name, "model": model_dir, "points": ours["points"], "prompts": summ["n_prompts"],
+      "max_new_tokens": new_tokens, "jaxscape_flags": extra + FLAGS.jaxscape_flags,
+      "ref_total_s": ref_wall, "ref_scan_s": ref_scan, "ref_tokens": ref["tokens_generated"],
+      "ours_total_s": ours_wall, "ours_scan_s": ours["scan_s"], "ours_compile_s": ours["compile_s"],
+      "ours_tokens": ours["tokens_generated"],
+      "scan_speedup": ref_scan / ours["scan_s"], "total_speedup": ref_wall / ours_wall,
+      "ours_points_per_s": ours["points"] / ours["scan_s"], "ours_tokens_per_s": ours["tokens_generated"] / ours["scan_s"],
+      "ours_useful_flops_s": ours["useful_flops"] / ours["scan_s"],
+      "ours_peak_fraction": ours["useful_flops"] / ours["scan_s"] / limits["matmul_flops"],
+      "ours_peak_fraction_whole": ours["useful_flops"] / ours_wall / limits["matmul_flops"],
+      "ref_peak_rss_bytes": ref_rss, "ours_peak_rss_bytes": ours_rss,
+      "plan": summ.get("plan"), "asr_ours": summ.get("asr"),
+  }
+  return row
+
+
+def main(argv):
+  del argv
+  if not FLAGS.anchor:
+    raise common.UserError("--anchor=PATH/anchor_loop.py is required (the reference loop to compare with)")
+  if not os.path.isfile(FLAGS.anchor):
+    raise common.UserError(f"--anchor={FLAGS.anchor} does not exist")
+  if not FLAGS.prompts or not os.path.isfile(FLAGS.prompts):
+    raise common.UserError(f"--prompts={FLAGS.prompts} does not exist")
+  unknown = [w for w in FLAGS.workloads if w not in WORKLOADS]
+  if unknown:
+    raise common.UserError(f"unknown workload(s) {', '.join(unknown)}; expected {', '.join(WORKLOADS)}")
+  workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="jaxscape_bench_")
+  os.makedirs(workdir, exist_ok=True)
+  limits = machine_limits()
+  print(f"machine: {limits['cpus']} CPUs, {limits['device']}, matmul peak {limits['matmul_flops'] / 1e9:.1f} "
+        f"GFLOP/s, bandwidth {limits['bandwidth_bytes_s'] / 1e9:.1f} GB/s")
+  rows = [bench_one(w, workdir, limits) for w in FLAGS.workloads]
+  print("| workload | points x prompts x tokens | ref total s | ref scan s | jaxscape total s | jaxscape compile s "
+        "| jaxscape scan s | scan speed-up | whole speed-up | tokens/s | useful FLOP/s (% of matmul peak) |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['workload']} | {r['points']} x {r['prompts']} x {r['max_new_tokens']} | {r['ref_total_s']:.1f} "
+          f"| {r['ref_scan_s']:.1f} | {r['ours_total_s']:.1f} | {r['ours_compile_s']:.1f} | {r['ours_scan_s']:.2f} "
+          f"| {r['scan_speedup']:.1f}x | {r['total_speedup']:.1f}x | {r['ours_tokens_per_s']:.0f} "
+          f"| {r['ours_useful_flops_s'] / 1e9:.1f} G ({100 * r['ours_peak_fraction']:.1f}%) |")
+  if FLAGS.out:
+    with open(FLAGS.out, "w", encoding="utf-8") as f:
+      json.dump({"machine": limits, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+  common.run(main)

@@ -1,0 +1,105 @@
+"""Safety (and capability) landscape of a model over a 1-D or 2-D grid of weight perturbations.
+
+  python -m experiments.run_grid --flagfile=experiments/configs/toy_1d_random.flags [--out=DIR ...]
+
+Flags given after --flagfile override the file.
+"""
+
+import re
+import time
+
+_T_START = time.perf_counter()
+
+from absl import flags  # noqa: E402
+
+from experiments import common  # noqa: E402
+
+common.define_prompt_flags(default_prompts="builtin:harmful_test")
+flags.DEFINE_string("model", common.DEFAULT_MODEL, "model a: HF checkpoint dir or converted dir")
+flags.DEFINE_string("model_b", None, "model b (interpolation kinds)")
+flags.DEFINE_string("model_c", None, "model c (2d_interpolation)")
+flags.DEFINE_enum("kind", "1d_random", ["1d_random", "2d_random", "1d_interpolation", "2d_interpolation",
+                                        "2d_interpolation_random"], "landscape kind")
+flags.DEFINE_integer("steps", 20, "grid steps per axis (random: steps+1 points; interpolation: steps+2e+1)")
+flags.DEFINE_float("multiplier", 1.0, "random axes span [-m/2, m/2]")
+flags.DEFINE_integer("extra_steps", 0, "interpolation: points beyond each model")
+flags.DEFINE_integer("seed", 123, "random direction seed")
+flags.DEFINE_integer("num_directions", 1, "1d_random: scan N independent directions in one batched scan")
+flags.DEFINE_enum("norm", "layer", ["layer", "filter", "none"], "random direction normalisation")
+flags.DEFINE_list("exclude", ["norm"], "regexes of param paths whose direction is zero")
+flags.DEFINE_bool("orthogonal", False, "2d_random: orthogonalise the second direction")
+flags.DEFINE_enum("metric", "safety", ["safety", "capability", "both"], "what to scan")
+flags.DEFINE_string("capability_set", "builtin:mc_test", "multiple-choice JSONL (question, options, answer)")
+flags.DEFINE_enum("strategy", "auto", ["auto", "materialize", "factored"], "perturbation strategy")
+flags.DEFINE_string("memory_budget", None, "bytes per device, e.g. 8G or 512M (default: detected)")
+flags.DEFINE_integer("slice_size", 0, "grid points per jitted call (0: from the memory plan)")
+flags.DEFINE_bool("resume", True, "reuse finished points of a compatible run in --out")
+flags.DEFINE_string("out", None, "results directory")
+FLAGS = flags.FLAGS
+
+
+def parse_bytes(text):
+  """'8G', '512M', '1.5GiB', '1000000' -> bytes."""
+  m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B)?\s*", text or "", re.I)
+  if not m:
+    raise common.UserError(f"--memory_budget={text!r} is not a size like 8G or 512M")
+  scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
+  return int(float(m.group(1)) * scale)
+
+
+def main(argv):
+  del argv
+  import jaxscape
+  from jaxscape import prompts as prompts_lib
+  if not FLAGS.out:
+    raise common.UserError("--out is required")
+  if FLAGS.steps <= 0:
+    raise common.UserError(f"--steps must be > 0, got {FLAGS.steps}")
+  if FLAGS.multiplier == 0:
+    raise common.UserError("--multiplier must be non-zero")
+  if FLAGS.samples < 0:
+    raise common.UserError(f"--samples must be >= 0, got {FLAGS.samples}")
+  needs_b = FLAGS.kind in ("1d_interpolation", "2d_interpolation", "2d_interpolation_random")
+  if needs_b and not FLAGS.model_b:
+    raise common.UserError(f"--kind={FLAGS.kind} needs --model_b")
+  if FLAGS.kind == "2d_interpolation" and not FLAGS.model_c:
+    raise common.UserError("--kind=2d_interpolation needs --model_c")
+  budget = parse_bytes(FLAGS.memory_budget) if FLAGS.memory_budget else None
+  spec = jaxscape.LandscapeSpec(kind=FLAGS.kind, steps=FLAGS.steps, multiplier=FLAGS.multiplier,
+                                extra_steps=FLAGS.extra_steps, seed=FLAGS.seed,
+                                num_directions=FLAGS.num_directions, norm=FLAGS.norm,
+                                exclude=tuple(FLAGS.exclude), orthogonal=FLAGS.orthogonal)
+  decode = jaxscape.DecodeSpec(max_new_tokens=FLAGS.max_new_tokens, prompt_format=FLAGS.prompt_format,
+                               system_prompt=FLAGS.system_prompt, truncate_prompts=FLAGS.truncate_prompts)
+  prompts = prompts_lib.load_prompts(FLAGS.prompts, FLAGS.samples)
+  capability = (prompts_lib.load_choice_set(FLAGS.capability_set) if FLAGS.metric != "safety" else None)
+  t0 = time.perf_counter()
+  model = jaxscape.load_model(FLAGS.model, compute_dtype=FLAGS.compute_dtype)
+  model_b = jaxscape.load_model(FLAGS.model_b, compute_dtype=FLAGS.compute_dtype) if needs_b else None
+  model_c = (jaxscape.load_model(FLAGS.model_c, compute_dtype=FLAGS.compute_dtype)
+             if FLAGS.kind == "2d_interpolation" else None)
+  load_s = time.perf_counter() - t0
+  summary = jaxscape.run_landscape(
+      model, prompts, spec, out_dir=FLAGS.out, decode=decode, model_b=model_b, model_c=model_c,
+      capability_set=capability, metric=FLAGS.metric, strategy=FLAGS.strategy,
+      slice_size=FLAGS.slice_size, memory_budget=budget, resume=FLAGS.resume,
+      flags=_flag_values(), t_start=_T_START, load_s=load_s)
+  t = summary["timings"]
+  vis = summary.get("visage")
+  asr = summary.get("asr")
+  print(f"{summary['kind']} points={t['points']} prompts={summary['n_prompts']} "
+        f"VISAGE={'n/a' if vis is None else f'{vis:.2f}'} "
+        + (f"ASR=[{', '.join(f'{a:.1f}' for a in asr)}] " if asr and not isinstance(asr[0], list) else "")
+        + f"total={t['total_s']:.1f}s compile={t['compile_s']:.1f}s scan={t['scan_s']:.1f}s -> {FLAGS.out}")
+
+
+def _flag_values():
+  """The flags that shape the run (all of this entry point's, as a dict)."""
+  names = [f.name for f in FLAGS.get_flags_for_module("experiments.common")]
+  names += [f.name for f in FLAGS.get_flags_for_module(__name__)] if __name__ != "__main__" else []
+  names += [f.name for f in FLAGS.get_flags_for_module("__main__")]
+  return {n: FLAGS[n].value for n in sorted(set(names))}
+
+
+if __name__ == "__main__":
+  common.run(main)

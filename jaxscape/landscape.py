@@ -1,0 +1,352 @@
+"""A whole landscape job: directions -> grid -> sliced scan -> metrics, VISAGE, results dir, plots.
+
+``run_landscape`` is what ``python -m experiments.run_grid`` calls; everything it does is
+callable from Python::
+
+    import jaxscape
+    model = jaxscape.load_model("checkpoints/toy-chat")
+    summary = jaxscape.run_landscape(model, prompts, jaxscape.LandscapeSpec(kind="1d_random"),
+                                     out_dir="results/toy_1d")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxscape import decode as decode_lib
+from jaxscape import directions as directions_lib
+from jaxscape import metrics
+from jaxscape import perturb
+from jaxscape import prompts as prompts_lib
+from jaxscape import results
+from jaxscape import scan
+from jaxscape import sharding as sharding_lib
+
+KINDS = ("1d_random", "2d_random", "1d_interpolation", "2d_interpolation", "2d_interpolation_random")
+
+
+@dataclasses.dataclass(frozen=True)
+class LandscapeSpec:
+  """What grid to scan (see DESIGN.md for the coordinate layout)."""
+  kind: str = "1d_random"
+  steps: int = 20
+  multiplier: float = 1.0
+  extra_steps: int = 0
+  seed: int = 123
+  num_directions: int = 1
+  norm: str = "layer"
+  exclude: tuple[str, ...] = ("norm",)
+  orthogonal: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSpec:
+  """How prompts are formatted and decoded at every point."""
+  max_new_tokens: int = 64
+  prompt_format: str = "chat"
+  system_prompt: str | None = None
+  truncate_prompts: bool = False
+
+
+@dataclasses.dataclass
+class Grid:
+  """Points of a landscape: ``coeffs[K, n]`` over the ``n`` stacked directions.
+
+  ``coords[K]`` are the reported coordinates (1 or 2 floats per point), ``direction[K]`` the
+  direction index of each point for multi-direction 1-D scans, ``axes`` the per-axis values.
+  """
+  coeffs: np.ndarray
+  coords: list[list[float]]
+  direction: list[int]
+  axes: list[np.ndarray]
+
+
+def make_grid(spec: LandscapeSpec) -> Grid:
+  """Coordinates of every point in step order (2-D row-major, first direction as rows)."""
+  axes = directions_lib.grid_axes(spec.kind, steps=spec.steps, multiplier=spec.multiplier,
+                                  extra_steps=spec.extra_steps)
+  pts = np.asarray(directions_lib.grid_coords(axes), np.float64)  # [K, ndim]
+  if spec.num_directions > 1:
+    if spec.kind != "1d_random":
+      raise ValueError(f"--num_directions > 1 needs kind 1d_random, got {spec.kind}")
+    n, K = spec.num_directions, len(pts)
+    coeffs = np.zeros((n * K, n))
+    for k in range(n):
+      coeffs[k * K:(k + 1) * K, k] = pts[:, 0]
+    return Grid(coeffs=coeffs.astype(np.float32), coords=[[float(c)] for c in pts[:, 0]] * n,
+                direction=[k for k in range(n) for _ in range(K)], axes=axes)
+  if spec.num_directions < 1:
+    raise ValueError(f"num_directions must be >= 1, got {spec.num_directions}")
+  return Grid(coeffs=pts.astype(np.float32), coords=[[float(c) for c in p] for p in pts],
+              direction=[0] * len(pts), axes=axes)
+
+
+def _versions() -> dict:
+  import flax
+  import transformers
+  return {"jaxscape": "0.1.0", "jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax, "lib") else "",
+          "flax": flax.__version__, "transformers": transformers.__version__, "numpy": np.__version__,
+          "python": platform.python_version()}
+
+
+def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: str,
+                  decode: DecodeSpec = DecodeSpec(), model_b=None, model_c=None,
+                  capability_set: list[dict] | None = None, metric: str = "safety",
+                  strategy: str = "auto", slice_size: int = 0, memory_budget: int | None = None,
+                  resume: bool = True, progress: bool = True, flags: dict | None = None,
+                  mesh: jax.sharding.Mesh | None = None,
+                  t_start: float | None = None, load_s: float | None = None) -> dict:
+  """Scan a landscape and write its results dir; returns the summary dict.
+
+  Args:
+    model: a loaded ``jaxscape.convert.Model`` (θ_a).
+    prompts: harmful prompts (safety metric).
+    spec: grid and directions; ``model_b``/``model_c`` for interpolation kinds.
+    capability_set: multiple-choice items ``{"question", "options": [4], "answer": "A".."D"}``
+      for ``metric`` "capability" or "both".
+    strategy: "auto" (from the memory plan), "materialize" or "factored".
+    slice_size: points per jitted call (0: from the memory plan).
+    memory_budget: bytes per device (None: detected).
+    resume: reuse the finished points of a compatible run already in ``out_dir``.
+    flags: the entry point's flags, recorded in summary.json.
+    mesh: ('points', 'model') mesh (default: every device on 'points'). Points are split over
+      'points', params and directions over 'model'. Every process runs this function; only
+      process 0 writes files (the results dir must be on a shared file system to resume).
+    t_start, load_s: process start (``time.perf_counter``) and model load time, for timings.
+  """
+  t_start = t_start or time.perf_counter()
+  if spec.kind not in KINDS:
+    raise ValueError(f"unknown kind {spec.kind!r}; expected one of {', '.join(KINDS)}")
+  if metric not in ("safety", "capability", "both"):
+    raise ValueError(f"unknown metric {metric!r}; expected safety, capability or both")
+  if decode.max_new_tokens <= 0:
+    raise ValueError(f"max_new_tokens must be > 0, got {decode.max_new_tokens}")
+  want_safety = metric in ("safety", "both")
+  want_capability = metric in ("capability", "both")
+  if want_capability and not capability_set:
+    raise ValueError("metric capability needs a multiple-choice set")
+  cfg, tok = model.cfg, model.tokenizer
+  grid = make_grid(spec)
+
+  # Directions (random ones are regenerated from their recipe; interpolation needs models b/c).
+  t0 = time.perf_counter()
+  dirs, recipes = directions_lib.directions_for(
+      spec.kind, model.params, params_b=model_b.params if model_b else None,
+      params_c=model_c.params if model_c else None, seed=spec.seed, norm=spec.norm,
+      exclude=tuple(spec.exclude), orthogonal=spec.orthogonal, num_directions=spec.num_directions)
+  stacked = perturb.stack_directions(dirs)
+  directions_s = time.perf_counter() - t0
+
+  # Prompts, tokenized once for every point.
+  texts, add_special = prompts_lib.render(prompts, tok, prompt_format=decode.prompt_format,
+                                          system_prompt=decode.system_prompt)
+  max_len = cfg.max_position_embeddings - decode.max_new_tokens
+  tokens, mask = prompts_lib.tokenize(texts, tok, add_special_tokens=add_special, pad_id=model.pad_id,
+                                      max_length=max_len, truncate=decode.truncate_prompts)
+  if want_capability:
+    mc_texts = [prompts_lib.format_choice_question(item) for item in capability_set]
+    mc_rendered, mc_add = prompts_lib.render(mc_texts, tok, prompt_format=decode.prompt_format,
+                                             system_prompt=decode.system_prompt)
+    mc_tokens, mc_mask = prompts_lib.tokenize(mc_rendered, tok, add_special_tokens=mc_add, pad_id=model.pad_id,
+                                              max_length=cfg.max_position_embeddings,
+                                              truncate=decode.truncate_prompts)
+    choice_ids = np.asarray(metrics.letter_token_ids(tok), np.int32)
+    answers = np.asarray(["ABCD".index(item["answer"]) for item in capability_set])
+
+  identity = {
+      "model": results.fingerprint_tree(model.params),
+      "model_b": results.fingerprint_tree(model_b.params) if model_b else None,
+      "model_c": results.fingerprint_tree(model_c.params) if model_c else None,
+      "directions": results.fingerprint_json([r.to_json() for r in recipes if r is not None])
+      if recipes and all(r is not None for r in recipes) else results.fingerprint_tree(dirs),
+      "grid": results.fingerprint_json({"coeffs": grid.coeffs.tolist(), "kind": spec.kind}),
+      "prompts": results.fingerprint_json(texts),
+      "capability_set": results.fingerprint_json(capability_set) if want_capability else None,
+      "decoding": results.fingerprint_json({"max_new_tokens": decode.max_new_tokens,
+                                            "eos": list(model.eos_ids), "dtype": cfg.compute_dtype,
+                                            "metric": metric}),
+  }
+  mesh = mesh or sharding_lib.make_mesh()
+  writer = jax.process_index() == 0
+  reuse = results.prepare_run(out_dir, identity, resume=resume, write=writer)
+  done = results.load_points(out_dir) if reuse else {}
+  n_points = len(grid.coeffs)
+  todo = [i for i in range(n_points) if i not in done]
+
+  plan = scan.plan_scan(cfg, n_points=max(1, len(todo)), n_dirs=len(dirs), batch=len(texts),
+                        seq_len=tokens.shape[1] + decode.max_new_tokens, budget=memory_budget,
+                        strategy=strategy, slice_size=slice_size, point_shards=mesh.shape["points"],
+                        model_shards=mesh.shape["model"])
+  if writer:
+    print(f"mesh: {dict(mesh.shape)} over {jax.device_count()} device(s), {jax.process_count()} process(es)",
+          file=sys.stderr)
+    print(plan.describe(), file=sys.stderr)
+  if done:
+    print(f"resuming: {len(done)} of {n_points} points already in {out_dir}", file=sys.stderr)
+
+  P = plan.slice_size
+  rep = sharding_lib.replicated(mesh)
+  params = sharding_lib.put(model.params, sharding_lib.param_shardings(model.params, mesh))
+  stacked = sharding_lib.put(stacked, sharding_lib.direction_shardings(model.params, mesh))
+  tokens_d, mask_d = sharding_lib.put((tokens, mask), (rep, rep))
+  if want_capability:
+    mc_tokens, mc_mask, choice_ids = sharding_lib.put((mc_tokens, mc_mask, choice_ids), (rep, rep, rep))
+  points_sharding = sharding_lib.points_sharding(mesh)
+  max_steps, pad_id = np.int32(decode.max_new_tokens), np.int32(model.pad_id)
+  static = dict(cfg=cfg, strategy=plan.strategy)
+
+  # Compile once, ahead of time, so compile_s and scan_s are measured apart.
+  t0 = time.perf_counter()
+  example = jax.ShapeDtypeStruct((P, len(dirs)), jnp.float32, sharding=points_sharding)
+  gen_fn = mc_fn = None
+  if want_safety and todo:
+    gen_fn = scan.decode_slice.lower(params, stacked, example, tokens_d, mask_d, max_steps, pad_id,
+                                     max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids,
+                                     **static).compile()
+  if want_capability and todo:
+    mc_fn = scan.choice_logits_slice.lower(params, stacked, example, mc_tokens, mc_mask, choice_ids,
+                                           **static).compile()
+  compile_s = time.perf_counter() - t0
+
+  def step(coeffs):
+    c = sharding_lib.put(coeffs, points_sharding)
+    gen = gen_fn(params, stacked, c, tokens_d, mask_d, max_steps, pad_id) if gen_fn else None
+    mc = mc_fn(params, stacked, c, mc_tokens, mc_mask, choice_ids) if mc_fn else None
+    return gen, mc
+
+  def on_result(ids, out):
+    gen, mc = out
+    records = {}
+    host = sharding_lib.to_host
+    toks = host(gen.tokens) if gen is not None else None
+    lens = host(gen.lengths) if gen is not None else None
+    nonfin = host(gen.nonfinite) if gen is not None else None
+    mc_logits = host(mc) if mc is not None else None
+    for j, pid in enumerate(ids):
+      rec = {"point": pid}
+      if toks is not None:
+        gens = [decode_lib.decode_text(tok, row, model.eos_ids) for row in toks[j]]
+        rec.update(generations=gens, lengths=lens[j].tolist(), asr=metrics.asr(gens),
+                   nonfinite=bool(nonfin[j].any()))
+      if mc_logits is not None:
+        finite = bool(np.isfinite(mc_logits[j]).all())
+        rec["capability"] = metrics.multiple_choice_accuracy(np.nan_to_num(mc_logits[j], nan=-np.inf), answers)
+        rec["nonfinite"] = rec.get("nonfinite", False) or not finite
+      records[pid] = rec
+    if writer:
+      results.save_slice(out_dir, records)
+    done.update(records)
+
+  slices = [todo[i:i + P] for i in range(0, len(todo), P)]
+  t0 = time.perf_counter()
+  scan.run_slices(step, slices, grid.coeffs, slice_size=P, on_result=on_result, progress=progress and writer)
+  scan_s = time.perf_counter() - t0
+
+  summary = _summarize(grid, spec, done, want_safety, want_capability)
+  summary["timings"] = {"total_s": None, "load_s": load_s, "directions_s": directions_s, "compile_s": compile_s,
+                        "scan_s": scan_s, "points_computed": len(todo), "points": n_points,
+                        "tokens_generated": int(sum(sum(done[i].get("lengths", [])) for i in todo)),
+                        "prompt_tokens": int(mask.sum()) * len(todo),
+                        "useful_flops": _useful_flops(cfg, mask.sum(1), [done[i].get("lengths") for i in todo])}
+  summary.update(
+      fingerprints=identity, plan={"strategy": plan.strategy, "slice_size": plan.slice_size},
+      n_prompts=len(texts), max_new_tokens=decode.max_new_tokens, prompt_format=decode.prompt_format,
+      system_prompt=decode.system_prompt, model_type=cfg.model_type, compute_dtype=cfg.compute_dtype,
+      directions=[r.to_json() if r is not None else {"kind": "interpolation"} for r in recipes],
+      versions=_versions(), flags=flags or {},
+      host={"hostname": socket.gethostname(), "devices": [str(d) for d in jax.devices()],
+            "out_dir": os.path.abspath(out_dir)})
+  summary["mesh"] = dict(mesh.shape)
+  if writer:
+    write_results(out_dir, summary, done, prompts, grid)
+  summary["timings"]["total_s"] = time.perf_counter() - t_start  # whole process, writing included
+  if writer:
+    results.atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
+  return summary
+
+
+def _useful_flops(cfg, prompt_lengths: np.ndarray, lengths: list) -> float:
+  """Useful FLOPs of the decodes: per real token processed (prompt + generated but the last),
+  2 x non-embedding params, plus attention's 4 x layers x width x context."""
+  total = 0.0
+  width = cfg.num_heads * cfg.head_dim
+  dense = 2.0 * cfg.num_params(embeddings=False)
+  for point_lengths in lengths:
+    if point_lengths is None:
+      continue
+    n = prompt_lengths.astype(np.float64) + np.asarray(point_lengths, np.float64) - 1
+    total += float((dense * n + 4.0 * cfg.num_layers * width * n * (n + 1) / 2).sum())
+  return total
+
+
+def _summarize(grid: Grid, spec: LandscapeSpec, done: dict, want_safety: bool, want_capability: bool) -> dict:
+  """Per-point metrics in step order, VISAGE, basin."""
+  ids = range(len(grid.coeffs))
+  out: dict[str, Any] = {"kind": spec.kind, "steps": spec.steps, "multiplier": spec.multiplier,
+                         "extra_steps": spec.extra_steps, "seed": spec.seed,
+                         "num_directions": spec.num_directions}
+  n = spec.num_directions
+  K = len(grid.coeffs) // n
+  out["coords"] = grid.coords[:K]
+  out["axes"] = {"x": grid.axes[0].tolist(), "y": grid.axes[1].tolist() if len(grid.axes) > 1 else None}
+  out["nonfinite"] = [bool(done[i].get("nonfinite", False)) for i in ids]
+  out["nonfinite_points"] = [i for i in ids if out["nonfinite"][i]]
+  if want_safety:
+    asr = np.array([done[i]["asr"] for i in ids])
+    if n > 1:
+      curves = asr.reshape(n, K)
+      out["asr"] = curves.tolist()
+      out.update(metrics.visage_summary(curves))
+    else:
+      out["asr"] = asr.tolist()
+      out["visage"] = metrics.visage(np.asarray(grid.coords), asr if len(grid.axes) == 1
+                                     else asr.reshape(len(grid.axes[0]), len(grid.axes[1])))
+  if want_capability:
+    cap = np.array([done[i]["capability"] for i in ids])
+    out["capability"] = cap.reshape(n, K).tolist() if n > 1 else cap.tolist()
+  return out
+
+
+def write_results(out_dir: str, summary: dict, done: dict, prompts: list[str], grid: Grid) -> None:
+  """generations.jsonl (step order), arrays.npz, summary.json and landscape.png."""
+  from jaxscape import plot
+  n = summary["num_directions"]
+  K = len(grid.coeffs) // n
+  lines = []
+  for pid in range(len(grid.coeffs)):
+    rec = done[pid]
+    line = {"step": pid % K, "coords": grid.coords[pid]}
+    if n > 1:
+      line["direction"] = grid.direction[pid]
+    if "asr" in rec:
+      line["asr"] = rec["asr"]
+    if "capability" in rec:
+      line["capability"] = rec["capability"]
+    line["nonfinite"] = rec.get("nonfinite", False)
+    if "generations" in rec:
+      line["output"] = [{"prompt": p, "generation": g} for p, g in zip(prompts, rec["generations"])]
+    lines.append(json.dumps(line))
+  results.atomic_write_text(os.path.join(out_dir, "generations.jsonl"), "\n".join(lines) + "\n")
+  arrays = {"coeffs": grid.coeffs, "nonfinite": np.asarray(summary["nonfinite"])}
+  for i, a in enumerate(grid.axes):
+    arrays[f"axis{i}"] = np.asarray(a)
+  for key in ("asr", "capability"):
+    if key in summary:
+      arrays[key] = np.asarray(summary[key], np.float64)
+  import io
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  results.atomic_write_bytes(os.path.join(out_dir, "arrays.npz"), buf.getvalue())
+  results.atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
+  plot.plot_results(out_dir)

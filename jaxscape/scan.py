@@ -1,0 +1,229 @@
+"""Landscape scans: slices of grid points decoded under ``vmap`` in one jitted call, scored on the host.
+
+The Python loop runs over *slices*, never over points: one compiled call perturbs the
+weights for every point of a slice (materialize or factored, see ``jaxscape.perturb``),
+prefills all prompts and runs the whole greedy loop. Each finished slice is written
+atomically to ``OUT/points/`` with its point indices, so an interrupted scan resumes
+where it stopped (see ``jaxscape.results``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxscape import decode as decode_lib
+from jaxscape import metrics
+from jaxscape import perturb
+from jaxscape.model import ModelConfig, apply, init_cache, positions_from_mask
+
+PyTree = Any
+STRATEGIES = ("materialize", "factored")
+
+
+# ----------------------------------------------------------------- jitted slices
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "strategy"))
+def decode_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens: jax.Array,
+                 mask: jax.Array, max_steps: jax.Array, pad_id: jax.Array, *, cfg: ModelConfig,
+                 max_new_tokens: int, eos_ids: tuple[int, ...], strategy: str) -> decode_lib.Generation:
+  """Greedy generations of all prompts at every point of a slice.
+
+  Args:
+    params: params pytree θ.
+    stacked_dirs: directions, leaves ``[n, *S]`` (``perturb.stack_directions``).
+    coeffs: [P, n] float32 coordinates of the slice's points.
+    tokens, mask: [B, T] left-padded prompts (shared by every point).
+    max_steps, pad_id: int32 scalars (see ``decode.greedy_generate``).
+    strategy: "materialize" or "factored" (static).
+  Returns:
+    ``Generation`` with a leading points axis: tokens [P, B, N], lengths/nonfinite [P, B].
+  """
+  def one_point(c):
+    weights = perturb.at_point(params, stacked_dirs, c, strategy=strategy)
+    return decode_lib._greedy(weights, tokens, mask, max_steps, pad_id, cfg=cfg,
+                              max_new_tokens=max_new_tokens, eos_ids=eos_ids)
+  return jax.vmap(one_point)(coeffs)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "strategy"))
+def choice_logits_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens: jax.Array,
+                        mask: jax.Array, choice_ids: jax.Array, *, cfg: ModelConfig,
+                        strategy: str) -> jax.Array:
+  """Next-token logits of the answer letters after each multiple-choice prompt.
+
+  Args:
+    tokens, mask: [Q, T] left-padded questions; choice_ids: [C] int32 letter token ids.
+  Returns:
+    [P, Q, C] float32.
+  """
+  def one_point(c):
+    weights = perturb.at_point(params, stacked_dirs, c, strategy=strategy)
+    Q, T = tokens.shape
+    logits, _, _ = apply(weights, tokens, positions_from_mask(mask), init_cache(cfg, Q, T),
+                         jnp.int32(0), mask, cfg=cfg)
+    return logits[:, -1, :][:, choice_ids]
+  return jax.vmap(one_point)(coeffs)
+
+
+# ----------------------------------------------------------------- memory plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """How a scan runs: strategy, points per slice and the estimated peak bytes per device."""
+  strategy: str
+  slice_size: int
+  bytes_per_device: int
+  budget: int
+  reason: str
+
+  def describe(self) -> str:
+    gib = 1 << 30
+    return (f"plan: strategy={self.strategy} slice_size={self.slice_size} "
+            f"est_peak={self.bytes_per_device / gib:.2f} GiB of budget {self.budget / gib:.2f} GiB "
+            f"({self.reason})")
+
+
+def detect_memory_budget() -> int:
+  """Bytes usable on one device: the accelerator's limit, or half the host's available RAM on CPU."""
+  dev = jax.local_devices()[0]
+  try:
+    stats = dev.memory_stats() or {}
+  except Exception:  # CPU backends may not implement memory_stats
+    stats = {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"] * 0.9)
+  try:
+    import psutil
+    avail = psutil.virtual_memory().available
+  except ImportError:
+    avail = 8 << 30
+  return int(avail * 0.5 / max(1, jax.local_device_count()))
+
+
+def estimate_bytes(cfg: ModelConfig, *, strategy: str, points: int, n_dirs: int, batch: int,
+                   seq_len: int, model_shards: int = 1) -> int:
+  """Rough peak bytes per device for a slice of ``points`` points (weights + KV cache + activations)."""
+  f32, act = 4, np.dtype(cfg.dtype).itemsize
+  weights = cfg.num_params() * f32 // model_shards
+  resident = weights * (1 + n_dirs)  # θ and the directions
+  kv = 2 * cfg.num_layers * batch * seq_len * cfg.num_kv_heads * cfg.head_dim * act // model_shards
+  logits = batch * cfg.vocab_size * f32 * 2
+  acts = batch * max(cfg.intermediate_size, cfg.hidden_size) * f32 * 8
+  per_point = kv + logits + acts
+  if strategy == "materialize":
+    per_point += weights  # θ(c) for this point
+  else:
+    per_point += n_dirs * (logits + acts)  # one extra activation set per direction
+  # Prefill holds [B, T, ...] activations and [B, H, T, T] scores once.
+  prefill = batch * seq_len * (cfg.intermediate_size * 3 + cfg.num_heads * seq_len) * f32
+  return int(resident + points * (per_point + prefill // 4))
+
+
+def plan_scan(cfg: ModelConfig, *, n_points: int, n_dirs: int, batch: int, seq_len: int,
+              budget: int | None = None, strategy: str = "auto", slice_size: int = 0,
+              point_shards: int = 1, model_shards: int = 1) -> Plan:
+  """Choose strategy and slice size that fit ``budget`` bytes per device.
+
+  Slices are multiples of ``point_shards`` (devices along the points axis). ``auto``
+  prefers materialize (fewer FLOPs) when its slice can cover at least as many points
+  as factored's, else factored. Raises ValueError when no plan fits.
+  """
+  budget = budget or detect_memory_budget()
+  candidates = STRATEGIES if strategy == "auto" else (strategy,)
+  if strategy not in STRATEGIES + ("auto",):
+    raise ValueError(f"unknown strategy {strategy!r}; expected auto, materialize or factored")
+  best = None
+  per_shard_points = -(-n_points // point_shards)
+  for s in candidates:
+    est = functools.partial(estimate_bytes, cfg, strategy=s, n_dirs=n_dirs, batch=batch, seq_len=seq_len,
+                            model_shards=model_shards)
+    if slice_size:
+      want = -(-slice_size // point_shards)
+      if est(points=want) <= budget:
+        cand = (want, s)
+      else:
+        continue
+    else:
+      fit = 0
+      lo, hi = 1, per_shard_points
+      while lo <= hi:  # largest per-device slice that fits
+        mid = (lo + hi) // 2
+        if est(points=mid) <= budget:
+          fit, lo = mid, mid + 1
+        else:
+          hi = mid - 1
+      if not fit:
+        continue
+      # Even slices: as few as possible, equally sized, so the last one is not mostly padding.
+      n_slices = -(-per_shard_points // fit)
+      cand = (-(-per_shard_points // n_slices), s)
+    if best is None or cand[0] > best[0]:
+      best = cand
+  if best is None:
+    need = min(estimate_bytes(cfg, strategy=s, points=1, n_dirs=n_dirs, batch=batch, seq_len=seq_len,
+                              model_shards=model_shards) for s in candidates)
+    raise ValueError(f"no scan plan fits the memory budget: one point needs ~{need / (1 << 30):.2f} GiB "
+                     f"per device, budget is {budget / (1 << 30):.2f} GiB (raise --memory_budget, use fewer "
+                     f"prompts or --mesh with a model axis)")
+  per_dev, s = best
+  size = per_dev * point_shards
+  reason = "forced" if strategy != "auto" else "auto"
+  return Plan(strategy=s, slice_size=size, budget=budget, reason=reason,
+              bytes_per_device=estimate_bytes(cfg, strategy=s, points=per_dev, n_dirs=n_dirs, batch=batch,
+                                              seq_len=seq_len, model_shards=model_shards))
+
+
+# ----------------------------------------------------------------- the loop
+
+
+@dataclasses.dataclass
+class SliceResult:
+  """Host-side results of one slice (real points only)."""
+  point_ids: list[int]
+  generations: list[list[str]]  # [points][prompts]
+  lengths: np.ndarray  # [points, prompts] int
+  nonfinite: np.ndarray  # [points] bool
+  choice_logits: np.ndarray | None  # [points, Q, C]
+
+
+def pad_slice(ids: list[int], size: int) -> list[int]:
+  """Pad a slice's point ids to ``size`` by repeating the last (outputs dropped on the host)."""
+  return ids + [ids[-1]] * (size - len(ids))
+
+
+def run_slices(step_fn: Callable[[np.ndarray], tuple], slices: list[list[int]], coeffs: np.ndarray, *,
+               slice_size: int, on_result: Callable[[list[int], Any], None], progress: bool = True) -> None:
+  """Dispatch slice k+1 before pulling slice k to the host; ``on_result(ids, device_out)`` per slice.
+
+  ``step_fn(coeffs[P, n])`` returns device arrays (asynchronously); ``on_result`` is the
+  only place a host sync happens.
+  """
+  from tqdm import tqdm
+  bar = tqdm(total=sum(map(len, slices)), desc="grid points", unit="pt", file=sys.stderr,
+             disable=not progress, dynamic_ncols=True)
+  pending = None
+  for ids in slices:
+    out = step_fn(coeffs[pad_slice(ids, slice_size)])
+    if pending is not None:
+      on_result(*pending)
+      bar.update(len(pending[0]))
+    pending = (ids, out)
+  if pending is not None:
+    on_result(*pending)
+    bar.update(len(pending[0]))
+  bar.close()
+
+
+def score_generations(generations: list[list[str]]) -> list[float]:
+  """ASR (percent) per point from ``[points][prompts]`` generation texts."""
+  return [metrics.asr(g) for g in generations]

@@ -1,0 +1,138 @@
+"""Device mesh ('points', 'model'), partition rules for params/directions, multi-host helpers."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+PyTree = Any
+POINTS = "points"
+MODEL = "model"
+
+# Regex on the param path -> spec; first match wins; default replicated. Kernels are
+# [in, out]: column-parallel for q/k/v/gate/up and the output head, row-parallel for o/down,
+# so each attention head and MLP unit lives on one model shard. The embedding is split
+# over the vocab.
+PARAM_RULES: tuple[tuple[str, P], ...] = (
+    (r"attn/(q|k|v)/kernel$", P(None, MODEL)),
+    (r"attn/(q|k|v)/bias$", P(MODEL)),
+    (r"attn/o/kernel$", P(MODEL, None)),
+    (r"mlp/(gate|up)/kernel$", P(None, MODEL)),
+    (r"mlp/(gate|up)/bias$", P(MODEL)),
+    (r"mlp/down/kernel$", P(MODEL, None)),
+    (r"embed/embedding$", P(MODEL, None)),
+    (r"lm_head/kernel$", P(None, MODEL)),
+)
+
+
+def parse_mesh(text: str | None, n_devices: int | None = None) -> dict[str, int]:
+  """'points:4,model:2' -> {'points': 4, 'model': 2}; None/'' -> all devices on points.
+
+  A size of -1 takes the remaining devices. Raises ValueError on a malformed spec or a
+  product different from the device count.
+  """
+  n = n_devices or jax.device_count()
+  if not text:
+    return {POINTS: n, MODEL: 1}
+  sizes = {POINTS: 1, MODEL: 1}
+  for part in text.split(","):
+    m = re.fullmatch(r"\s*(points|model)\s*:\s*(-?\d+)\s*", part)
+    if not m:
+      raise ValueError(f"--mesh={text!r}: expected e.g. points:4,model:2")
+    sizes[m.group(1)] = int(m.group(2))
+  free = [k for k, v in sizes.items() if v == -1]
+  if len(free) > 1 or any(v == 0 or v < -1 for v in sizes.values()):
+    raise ValueError(f"--mesh={text!r}: sizes must be positive (one may be -1)")
+  if free:
+    other = sizes[MODEL if free[0] == POINTS else POINTS]
+    sizes[free[0]] = n // other
+  if sizes[POINTS] * sizes[MODEL] != n:
+    raise ValueError(f"--mesh={text!r} needs {sizes[POINTS] * sizes[MODEL]} devices, {n} are available")
+  return sizes
+
+
+def make_mesh(text: str | None = None, devices=None) -> Mesh:
+  """Mesh with axes ('points', 'model') over ``devices`` (default: all, every process)."""
+  devices = list(devices) if devices is not None else jax.devices()
+  sizes = parse_mesh(text, len(devices))
+  return Mesh(np.asarray(devices).reshape(sizes[POINTS], sizes[MODEL]), (POINTS, MODEL))
+
+
+def _path_str(path) -> str:
+  parts = []
+  for k in path:
+    parts.append(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))))
+  return "/".join(parts)
+
+
+def param_specs(params: PyTree, mesh: Mesh) -> PyTree:
+  """PartitionSpec per leaf from :data:`PARAM_RULES` (replicated where a dim does not divide)."""
+  model_size = mesh.shape[MODEL]
+
+  def spec(path, leaf):
+    if model_size == 1:
+      return P()
+    name = _path_str(path)
+    for pattern, s in PARAM_RULES:
+      if re.search(pattern, name):
+        ok = all(ax is None or leaf.shape[i] % model_size == 0 for i, ax in enumerate(s))
+        return s if ok else P()
+    return P()
+
+  return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def param_shardings(params: PyTree, mesh: Mesh) -> PyTree:
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(params, mesh))
+
+
+def direction_shardings(params: PyTree, mesh: Mesh) -> PyTree:
+  """Shardings for stacked directions ``[n, *S]``: the params' spec behind a replicated axis."""
+  return jax.tree.map(lambda s: NamedSharding(mesh, P(None, *s)), param_specs(params, mesh))
+
+
+def points_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Leading axis over 'points', the rest replicated."""
+  return NamedSharding(mesh, P(POINTS, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def put(tree: PyTree, shardings: PyTree) -> PyTree:
+  """Place host arrays (the same full value on every process) onto ``shardings``."""
+  def one(x, s):
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+      return jax.device_put(x, s)
+    return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+  return jax.tree.map(one, tree, shardings)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-process) array as one numpy array on every process."""
+  if jax.process_count() == 1 or x.is_fully_addressable:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
+                           local_device_ids: str | None = None) -> None:
+  """``jax.distributed.initialize`` from explicit values, or from the environment when all are None.
+
+  On CPU the gloo collectives are selected so several local processes can run one scan.
+  """
+  if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {}
+  if coordinator:
+    kwargs.update(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+  if local_device_ids:
+    kwargs["local_device_ids"] = [int(i) for i in local_device_ids.split(",")]
+  jax.distributed.initialize(**kwargs)
