@@ -35,6 +35,11 @@ flags.DEFINE_string("memory_budget", None, "bytes per device, e.g. 8G or 512M (d
 flags.DEFINE_integer("slice_size", 0, "grid points per jitted call (0: from the memory plan)")
 flags.DEFINE_bool("resume", True, "reuse finished points of a compatible run in --out")
 flags.DEFINE_string("out", None, "results directory")
+flags.DEFINE_string("mesh", None, "device mesh, e.g. points:4,model:2 (default: all devices on points)")
+flags.DEFINE_string("coordinator", None, "multi-host: address HOST:PORT of process 0")
+flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+flags.DEFINE_integer("process_id", None, "multi-host: index of this process")
+flags.DEFINE_bool("distributed", False, "multi-host from the environment (SLURM, ...) without the flags above")
 FLAGS = flags.FLAGS
 
 
@@ -50,6 +55,7 @@ def parse_bytes(text):
 def main(argv):
   del argv
   import jaxscape
+  from jaxscape import sharding
   from jaxscape import prompts as prompts_lib
   if not FLAGS.out:
     raise common.UserError("--out is required")
@@ -65,6 +71,11 @@ def main(argv):
   if FLAGS.kind == "2d_interpolation" and not FLAGS.model_c:
     raise common.UserError("--kind=2d_interpolation needs --model_c")
   budget = parse_bytes(FLAGS.memory_budget) if FLAGS.memory_budget else None
+  if FLAGS.coordinator or FLAGS.distributed:
+    if FLAGS.coordinator and (FLAGS.num_processes is None or FLAGS.process_id is None):
+      raise common.UserError("--coordinator needs --num_processes and --process_id")
+    sharding.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  mesh = sharding.make_mesh(FLAGS.mesh)
   spec = jaxscape.LandscapeSpec(kind=FLAGS.kind, steps=FLAGS.steps, multiplier=FLAGS.multiplier,
                                 extra_steps=FLAGS.extra_steps, seed=FLAGS.seed,
                                 num_directions=FLAGS.num_directions, norm=FLAGS.norm,
@@ -83,7 +94,10 @@ def main(argv):
       model, prompts, spec, out_dir=FLAGS.out, decode=decode, model_b=model_b, model_c=model_c,
       capability_set=capability, metric=FLAGS.metric, strategy=FLAGS.strategy,
       slice_size=FLAGS.slice_size, memory_budget=budget, resume=FLAGS.resume,
-      flags=_flag_values(), t_start=_T_START, load_s=load_s)
+      flags=_flag_values(), t_start=_T_START, load_s=load_s, mesh=mesh)
+  import jax
+  if jax.process_index():
+    return
   t = summary["timings"]
   vis = summary.get("visage")
   asr = summary.get("asr")

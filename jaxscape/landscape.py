@@ -57,6 +57,7 @@ class DecodeSpec:
   prompt_format: str = "chat"
   system_prompt: str | None = None
   truncate_prompts: bool = False
+  share_prefix: bool = True
 
 
 @dataclasses.dataclass
@@ -154,6 +155,10 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   max_len = cfg.max_position_embeddings - decode.max_new_tokens
   tokens, mask = prompts_lib.tokenize(texts, tok, add_special_tokens=add_special, pad_id=model.pad_id,
                                       max_length=max_len, truncate=decode.truncate_prompts)
+  full_mask = mask
+  # The prefix every prompt shares (template + system prompt) is prefilled once per point.
+  prefix, tokens, mask = (prompts_lib.split_shared_prefix(tokens, mask, pad_id=model.pad_id)
+                          if decode.share_prefix else (None, tokens, mask))
   if want_capability:
     mc_texts = [prompts_lib.format_choice_question(item) for item in capability_set]
     mc_rendered, mc_add = prompts_lib.render(mc_texts, tok, prompt_format=decode.prompt_format,
@@ -185,7 +190,8 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   todo = [i for i in range(n_points) if i not in done]
 
   plan = scan.plan_scan(cfg, n_points=max(1, len(todo)), n_dirs=len(dirs), batch=len(texts),
-                        seq_len=tokens.shape[1] + decode.max_new_tokens, budget=memory_budget,
+                        seq_len=tokens.shape[1] + (0 if prefix is None else len(prefix)) + decode.max_new_tokens,
+                        budget=memory_budget,
                         strategy=strategy, slice_size=slice_size, point_shards=mesh.shape["points"],
                         model_shards=mesh.shape["model"])
   if writer:
@@ -200,6 +206,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   params = sharding_lib.put(model.params, sharding_lib.param_shardings(model.params, mesh))
   stacked = sharding_lib.put(stacked, sharding_lib.direction_shardings(model.params, mesh))
   tokens_d, mask_d = sharding_lib.put((tokens, mask), (rep, rep))
+  prefix_d = None if prefix is None else sharding_lib.put(prefix, rep)
   if want_capability:
     mc_tokens, mc_mask, choice_ids = sharding_lib.put((mc_tokens, mc_mask, choice_ids), (rep, rep, rep))
   points_sharding = sharding_lib.points_sharding(mesh)
@@ -211,7 +218,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   example = jax.ShapeDtypeStruct((P, len(dirs)), jnp.float32, sharding=points_sharding)
   gen_fn = mc_fn = None
   if want_safety and todo:
-    gen_fn = scan.decode_slice.lower(params, stacked, example, tokens_d, mask_d, max_steps, pad_id,
+    gen_fn = scan.decode_slice.lower(params, stacked, example, tokens_d, mask_d, max_steps, pad_id, prefix_d,
                                      max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids,
                                      **static).compile()
   if want_capability and todo:
@@ -221,7 +228,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
 
   def step(coeffs):
     c = sharding_lib.put(coeffs, points_sharding)
-    gen = gen_fn(params, stacked, c, tokens_d, mask_d, max_steps, pad_id) if gen_fn else None
+    gen = gen_fn(params, stacked, c, tokens_d, mask_d, max_steps, pad_id, prefix_d) if gen_fn else None
     mc = mc_fn(params, stacked, c, mc_tokens, mc_mask, choice_ids) if mc_fn else None
     return gen, mc
 
@@ -257,8 +264,9 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   summary["timings"] = {"total_s": None, "load_s": load_s, "directions_s": directions_s, "compile_s": compile_s,
                         "scan_s": scan_s, "points_computed": len(todo), "points": n_points,
                         "tokens_generated": int(sum(sum(done[i].get("lengths", [])) for i in todo)),
-                        "prompt_tokens": int(mask.sum()) * len(todo),
-                        "useful_flops": _useful_flops(cfg, mask.sum(1), [done[i].get("lengths") for i in todo])}
+                        "prompt_tokens": int(full_mask.sum()) * len(todo),
+                        "useful_flops": _useful_flops(cfg, full_mask.sum(1), [done[i].get("lengths") for i in todo],
+                                                      0 if prefix is None else len(prefix))}
   summary.update(
       fingerprints=identity, plan={"strategy": plan.strategy, "slice_size": plan.slice_size},
       n_prompts=len(texts), max_new_tokens=decode.max_new_tokens, prompt_format=decode.prompt_format,
@@ -276,17 +284,26 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   return summary
 
 
-def _useful_flops(cfg, prompt_lengths: np.ndarray, lengths: list) -> float:
-  """Useful FLOPs of the decodes: per real token processed (prompt + generated but the last),
-  2 x non-embedding params, plus attention's 4 x layers x width x context."""
-  total = 0.0
+def _useful_flops(cfg, prompt_lengths: np.ndarray, lengths: list, prefix_len: int = 0) -> float:
+  """Useful FLOPs of the decodes, counting each real (unpadded) token the model processed.
+
+  Per token: 2 x non-embedding params, plus attention's 4 x layers x width x context. A row
+  processes its prompt (after the shared prefix, which is processed once per point) and its
+  generated tokens but the last.
+  """
   width = cfg.num_heads * cfg.head_dim
   dense = 2.0 * cfg.num_params(embeddings=False)
+
+  def flops(n_tokens, context_sum):
+    return dense * n_tokens + 4.0 * cfg.num_layers * width * context_sum
+
+  p = float(prefix_len)
+  total = 0.0
   for point_lengths in lengths:
     if point_lengths is None:
       continue
-    n = prompt_lengths.astype(np.float64) + np.asarray(point_lengths, np.float64) - 1
-    total += float((dense * n + 4.0 * cfg.num_layers * width * n * (n + 1) / 2).sum())
+    n = prompt_lengths.astype(np.float64) + np.asarray(point_lengths, np.float64) - 1  # whole row
+    total += flops(p, p * (p + 1) / 2) + float(flops(n - p, n * (n + 1) / 2 - p * (p + 1) / 2).sum())
   return total
 
 

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscape import decode as decode_lib
-from jaxscape import metrics
 from jaxscape import perturb
 from jaxscape.model import ModelConfig, apply, init_cache, positions_from_mask
 
@@ -33,8 +32,9 @@ STRATEGIES = ("materialize", "factored")
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "strategy"))
 def decode_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens: jax.Array,
-                 mask: jax.Array, max_steps: jax.Array, pad_id: jax.Array, *, cfg: ModelConfig,
-                 max_new_tokens: int, eos_ids: tuple[int, ...], strategy: str) -> decode_lib.Generation:
+                 mask: jax.Array, max_steps: jax.Array, pad_id: jax.Array, prefix: jax.Array | None = None,
+                 *, cfg: ModelConfig, max_new_tokens: int, eos_ids: tuple[int, ...],
+                 strategy: str) -> decode_lib.Generation:
   """Greedy generations of all prompts at every point of a slice.
 
   Args:
@@ -43,13 +43,14 @@ def decode_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens
     coeffs: [P, n] float32 coordinates of the slice's points.
     tokens, mask: [B, T] left-padded prompts (shared by every point).
     max_steps, pad_id: int32 scalars (see ``decode.greedy_generate``).
+    prefix: optional [p] int32 prompt prefix shared by every prompt, prefilled once per point.
     strategy: "materialize" or "factored" (static).
   Returns:
     ``Generation`` with a leading points axis: tokens [P, B, N], lengths/nonfinite [P, B].
   """
   def one_point(c):
     weights = perturb.at_point(params, stacked_dirs, c, strategy=strategy)
-    return decode_lib._greedy(weights, tokens, mask, max_steps, pad_id, cfg=cfg,
+    return decode_lib._greedy(weights, tokens, mask, max_steps, pad_id, prefix, cfg=cfg,
                               max_new_tokens=max_new_tokens, eos_ids=eos_ids)
   return jax.vmap(one_point)(coeffs)
 
@@ -222,8 +223,3 @@ def run_slices(step_fn: Callable[[np.ndarray], tuple], slices: list[list[int]], 
     on_result(*pending)
     bar.update(len(pending[0]))
   bar.close()
-
-
-def score_generations(generations: list[list[str]]) -> list[float]:
-  """ASR (percent) per point from ``[points][prompts]`` generation texts."""
-  return [metrics.asr(g) for g in generations]
