@@ -33,6 +33,11 @@ flags.DEFINE_string("capability_set", "builtin:mc_test", "multiple-choice JSONL 
 flags.DEFINE_enum("strategy", "auto", ["auto", "materialize", "factored"], "perturbation strategy")
 flags.DEFINE_string("memory_budget", None, "bytes per device, e.g. 8G or 512M (default: detected)")
 flags.DEFINE_integer("slice_size", 0, "grid points per jitted call (0: from the memory plan)")
+flags.DEFINE_string("directions", None, "scan along directions saved by an earlier run (DIR/directions)")
+flags.DEFINE_bool("save_directions", None, "write directions to OUT/directions (default: random ones only)")
+flags.DEFINE_bool("stop_when_decided", False, "stop decoding a prompt once its text holds a refusal keyword "
+                  "(the keyword ASR is exactly that of the full decode; generations.jsonl marks truncated ones)")
+flags.DEFINE_integer("chunk_tokens", 32, "with --stop_when_decided: tokens decoded between checks")
 flags.DEFINE_bool("resume", True, "reuse finished points of a compatible run in --out")
 flags.DEFINE_string("out", None, "results directory")
 flags.DEFINE_string("mesh", None, "device mesh, e.g. points:4,model:2 (default: all devices on points)")
@@ -55,6 +60,7 @@ def parse_bytes(text):
 def main(argv):
   del argv
   import jaxscape
+  from jaxscape import directions as directions_lib
   from jaxscape import sharding
   from jaxscape import prompts as prompts_lib
   if not FLAGS.out:
@@ -81,7 +87,8 @@ def main(argv):
                                 num_directions=FLAGS.num_directions, norm=FLAGS.norm,
                                 exclude=tuple(FLAGS.exclude), orthogonal=FLAGS.orthogonal)
   decode = jaxscape.DecodeSpec(max_new_tokens=FLAGS.max_new_tokens, prompt_format=FLAGS.prompt_format,
-                               system_prompt=FLAGS.system_prompt, truncate_prompts=FLAGS.truncate_prompts)
+                               system_prompt=FLAGS.system_prompt, truncate_prompts=FLAGS.truncate_prompts,
+                               stop_when_decided=FLAGS.stop_when_decided, chunk_tokens=FLAGS.chunk_tokens)
   prompts = prompts_lib.load_prompts(FLAGS.prompts, FLAGS.samples)
   capability = (prompts_lib.load_choice_set(FLAGS.capability_set) if FLAGS.metric != "safety" else None)
   t0 = time.perf_counter()
@@ -90,11 +97,13 @@ def main(argv):
   model_c = (jaxscape.load_model(FLAGS.model_c, compute_dtype=FLAGS.compute_dtype)
              if FLAGS.kind == "2d_interpolation" else None)
   load_s = time.perf_counter() - t0
+  dirs = directions_lib.load_directions(FLAGS.directions, model.params) if FLAGS.directions else None
   summary = jaxscape.run_landscape(
       model, prompts, spec, out_dir=FLAGS.out, decode=decode, model_b=model_b, model_c=model_c,
       capability_set=capability, metric=FLAGS.metric, strategy=FLAGS.strategy,
       slice_size=FLAGS.slice_size, memory_budget=budget, resume=FLAGS.resume,
-      flags=_flag_values(), t_start=_T_START, load_s=load_s, mesh=mesh)
+      flags=_flag_values(), t_start=_T_START, load_s=load_s, mesh=mesh,
+      directions=dirs, save_directions=FLAGS.save_directions)
   import jax
   if jax.process_index():
     return

@@ -12,8 +12,8 @@ Weights are plain pytrees; whole slices of grid points are decoded greedily unde
 
 from jaxscape.convert import Model, load_hf, load_model, save_hf
 from jaxscape.decode import Generation, generate_texts, greedy_generate
-# TEMP until directions.py lands: from jaxscape.landscape import DecodeSpec, LandscapeSpec, make_grid, run_landscape
+from jaxscape.landscape import DecodeSpec, LandscapeSpec, make_grid, run_landscape
 from jaxscape.model import ModelConfig, forward, init_params
-# TEMP: from jaxscape.scan import decode_slice, plan_scan
+from jaxscape.scan import decode_slice, plan_scan
 
 __version__ = "0.1.0"

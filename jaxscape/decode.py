@@ -41,14 +41,49 @@ def _prefill_prefix(params: PyTree, prefix: jax.Array, cache: list[dict], *, cfg
           for full, part in zip(cache, pre)]
 
 
-def _greedy(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.Array, pad_id: jax.Array,
-            prefix: jax.Array | None = None, *, cfg: model_lib.ModelConfig, max_new_tokens: int,
-            eos_ids: tuple[int, ...]) -> Generation:
-  """Un-jitted body of :func:`greedy_generate` (vmap it over grid points inside a jit)."""
+@flax.struct.dataclass
+class DecodeState:
+  """Carry of the greedy loop, so decoding can pause and resume (``scan``'s chunked decoding).
+
+  Attributes:
+    cache: per layer ``{"k", "v": [B, S, K, E]}``, S = prefix + prompt + N slots.
+    key_mask: [B, S] bool, slots holding real tokens.
+    tok: [B] int32 token emitted at step ``step - 1`` (not yet fed to the model).
+    next_pos: [B] int32 RoPE position of the first new token.
+    done: [B] bool, row emitted an EOS.
+    nonfinite: [B] bool, row met NaN/Inf logits.
+    lengths: [B] int32 tokens emitted, up to and including the first EOS.
+    out: [B, N] int32 emitted tokens (``pad_id`` after EOS and beyond ``step``).
+    step: int32 scalar, tokens emitted so far by every row.
+  """
+  cache: list
+  key_mask: jax.Array
+  tok: jax.Array
+  next_pos: jax.Array
+  done: jax.Array
+  nonfinite: jax.Array
+  lengths: jax.Array
+  out: jax.Array
+  step: jax.Array
+
+
+def _emit(state: DecodeState, logits: jax.Array, pad_id, eos: jax.Array) -> DecodeState:
+  """Greedy token for ``state.step`` from [B, V] logits; finished rows emit pad."""
+  nonfinite = state.nonfinite | (~jnp.all(jnp.isfinite(logits), axis=-1) & ~state.done)
+  tok = jnp.where(state.done, pad_id, jnp.argmax(logits, axis=-1).astype(jnp.int32))
+  out = jax.lax.dynamic_update_slice(state.out, tok[:, None], (0, state.step))
+  lengths = state.lengths + (~state.done).astype(jnp.int32)
+  return state.replace(tok=tok, out=out, done=state.done | jnp.isin(tok, eos), nonfinite=nonfinite,
+                       lengths=lengths, step=state.step + 1)
+
+
+def _prefill(params: PyTree, tokens: jax.Array, mask: jax.Array, pad_id: jax.Array,
+             prefix: jax.Array | None = None, *, cfg: model_lib.ModelConfig, max_new_tokens: int,
+             eos_ids: tuple[int, ...]) -> DecodeState:
+  """Prefill the prompts (and the shared prefix) and emit the first token."""
   B, T = tokens.shape
   N = max_new_tokens
   P0 = 0 if prefix is None else prefix.shape[0]
-  eos = jnp.asarray(eos_ids, jnp.int32)
   # Cache slots: [shared prefix (P0)] [left-padded per-row rest (T)] [new tokens (N)].
   cache = model_lib.init_cache(cfg, B, P0 + T + N)
   key_mask = jnp.concatenate([jnp.ones((B, P0), bool), mask, jnp.zeros((B, N), bool)], axis=1)  # [B, S]
@@ -56,38 +91,42 @@ def _greedy(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.A
     cache = _prefill_prefix(params, prefix, cache, cfg=cfg)
   positions = P0 + model_lib.positions_from_mask(mask)
   logits, _, cache = model_lib.apply(params, tokens, positions, cache, jnp.int32(P0), key_mask, cfg=cfg)
-  next_pos = positions[:, -1] + 1  # left padding: the last column is a real token
-  limit = jnp.minimum(jnp.asarray(max_steps, jnp.int32), N)
+  state = DecodeState(cache=cache, key_mask=key_mask, tok=jnp.full((B,), pad_id, jnp.int32),
+                      next_pos=positions[:, -1] + 1,  # left padding: the last column is a real token
+                      done=jnp.zeros((B,), bool), nonfinite=jnp.zeros((B,), bool),
+                      lengths=jnp.zeros((B,), jnp.int32), out=jnp.full((B, N), pad_id, jnp.int32),
+                      step=jnp.int32(0))
+  return _emit(state, logits[:, -1], pad_id, jnp.asarray(eos_ids, jnp.int32))
 
-  def emit(i, logits, out, done, nonfinite):
-    """Greedy token for step i from [B, V] logits; finished rows emit pad."""
-    nonfinite = nonfinite | (~jnp.all(jnp.isfinite(logits), axis=-1) & ~done)
-    tok = jnp.where(done, pad_id, jnp.argmax(logits, axis=-1).astype(jnp.int32))
-    out = out.at[:, i].set(tok)
-    done = done | jnp.isin(tok, eos)
-    return tok, out, done, nonfinite
 
-  out = jnp.full((B, N), pad_id, jnp.int32)
-  tok, out, done, nonfinite = emit(0, logits[:, -1], out, jnp.zeros((B,), bool), jnp.zeros((B,), bool))
-  lengths = jnp.ones((B,), jnp.int32)
+def _extend(params: PyTree, state: DecodeState, limit: jax.Array, pad_id: jax.Array, *,
+            cfg: model_lib.ModelConfig, eos_ids: tuple[int, ...]) -> DecodeState:
+  """Greedy steps until ``state.step == limit`` (traced) or every row has stopped."""
+  B, N = state.out.shape
+  first_new_slot = state.key_mask.shape[1] - N
+  eos = jnp.asarray(eos_ids, jnp.int32)
+  limit = jnp.minimum(jnp.asarray(limit, jnp.int32), N)
 
-  def cond(state):
-    i, _, _, _, done, _, _, _ = state
-    return (i < limit) & ~jnp.all(done)
+  def cond(st):
+    return (st.step < limit) & ~jnp.all(st.done)
 
-  def body(state):
-    i, tok, cache, key_mask, done, out, nonfinite, lengths = state
-    slot = P0 + T + i - 1  # the slot of the token emitted at step i-1
-    key_mask = jax.lax.dynamic_update_slice(key_mask, jnp.ones((B, 1), bool), (0, slot))
-    logits, _, cache = model_lib.apply(params, tok[:, None], (next_pos + i - 1)[:, None], cache, slot,
-                                       key_mask, cfg=cfg)
-    lengths = lengths + (~done).astype(jnp.int32)
-    tok, out, done, nonfinite = emit(i, logits[:, 0], out, done, nonfinite)
-    return i + 1, tok, cache, key_mask, done, out, nonfinite, lengths
+  def body(st):
+    slot = first_new_slot + st.step - 1  # the slot of the token emitted at step - 1
+    key_mask = jax.lax.dynamic_update_slice(st.key_mask, jnp.ones((B, 1), bool), (0, slot))
+    logits, _, cache = model_lib.apply(params, st.tok[:, None], (st.next_pos + st.step - 1)[:, None], st.cache,
+                                       slot, key_mask, cfg=cfg)
+    return _emit(st.replace(cache=cache, key_mask=key_mask), logits[:, 0], pad_id, eos)
 
-  state = (jnp.int32(1), tok, cache, key_mask, done, out, nonfinite, lengths)
-  _, _, _, _, _, out, nonfinite, lengths = jax.lax.while_loop(cond, body, state)
-  return Generation(tokens=out, lengths=jnp.minimum(lengths, limit), nonfinite=nonfinite)
+  return jax.lax.while_loop(cond, body, state)
+
+
+def _greedy(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.Array, pad_id: jax.Array,
+            prefix: jax.Array | None = None, *, cfg: model_lib.ModelConfig, max_new_tokens: int,
+            eos_ids: tuple[int, ...]) -> Generation:
+  """Un-jitted body of :func:`greedy_generate` (vmap it over grid points inside a jit)."""
+  state = _prefill(params, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids)
+  state = _extend(params, state, max_steps, pad_id, cfg=cfg, eos_ids=eos_ids)
+  return Generation(tokens=state.out, lengths=state.lengths, nonfinite=state.nonfinite)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids"))

@@ -58,6 +58,8 @@ class DecodeSpec:
   system_prompt: str | None = None
   truncate_prompts: bool = False
   share_prefix: bool = True
+  stop_when_decided: bool = False  # stop a row once its text holds a refusal keyword (exact for ASR)
+  chunk_tokens: int = 32  # with stop_when_decided: tokens decoded between checks
 
 
 @dataclasses.dataclass
@@ -107,6 +109,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
                   strategy: str = "auto", slice_size: int = 0, memory_budget: int | None = None,
                   resume: bool = True, progress: bool = True, flags: dict | None = None,
                   mesh: jax.sharding.Mesh | None = None,
+                  directions: tuple[list, list] | None = None, save_directions: bool | None = None,
                   t_start: float | None = None, load_s: float | None = None) -> dict:
   """Scan a landscape and write its results dir; returns the summary dict.
 
@@ -124,6 +127,10 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
     mesh: ('points', 'model') mesh (default: every device on 'points'). Points are split over
       'points', params and directions over 'model'. Every process runs this function; only
       process 0 writes files (the results dir must be on a shared file system to resume).
+    directions: ``(direction trees, recipes)`` to scan along instead of generating them from
+      ``spec`` (e.g. from ``directions.load_directions``); validated against the model.
+    save_directions: write the directions to ``out_dir/directions`` (default: random ones
+      only, as their recipes; interpolation ones are model-sized, so only when True).
     t_start, load_s: process start (``time.perf_counter``) and model load time, for timings.
   """
   t_start = t_start or time.perf_counter()
@@ -142,10 +149,18 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
 
   # Directions (random ones are regenerated from their recipe; interpolation needs models b/c).
   t0 = time.perf_counter()
-  dirs, recipes = directions_lib.directions_for(
-      spec.kind, model.params, params_b=model_b.params if model_b else None,
-      params_c=model_c.params if model_c else None, seed=spec.seed, norm=spec.norm,
-      exclude=tuple(spec.exclude), orthogonal=spec.orthogonal, num_directions=spec.num_directions)
+  if directions is not None:
+    dirs, recipes = directions
+    for d in dirs:
+      directions_lib.check_matches(model.params, d)
+    if len(dirs) != grid.coeffs.shape[1]:
+      raise ValueError(f"kind {spec.kind} with {spec.num_directions} direction(s) needs {grid.coeffs.shape[1]} "
+                       f"direction(s), {len(dirs)} were given")
+  else:
+    dirs, recipes = directions_lib.directions_for(
+        spec.kind, model.params, params_b=model_b.params if model_b else None,
+        params_c=model_c.params if model_c else None, seed=spec.seed, norm=spec.norm,
+        exclude=tuple(spec.exclude), orthogonal=spec.orthogonal, num_directions=spec.num_directions)
   stacked = perturb.stack_directions(dirs)
   directions_s = time.perf_counter() - t0
 
@@ -180,12 +195,16 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
       "capability_set": results.fingerprint_json(capability_set) if want_capability else None,
       "decoding": results.fingerprint_json({"max_new_tokens": decode.max_new_tokens,
                                             "eos": list(model.eos_ids), "dtype": cfg.compute_dtype,
+                                            "stop_when_decided": decode.stop_when_decided,
                                             "metric": metric}),
   }
   mesh = mesh or sharding_lib.make_mesh()
   writer = jax.process_index() == 0
   reuse = results.prepare_run(out_dir, identity, resume=resume, write=writer)
-  done = results.load_points(out_dir) if reuse else {}
+  all_random = all(r is not None for r in recipes)
+  if (save_directions if save_directions is not None else all_random) and not reuse:
+    directions_lib.save_directions(os.path.join(out_dir, "directions"), dirs, recipes, overwrite=True)
+  done = results.load_points(out_dir, clean=writer) if reuse else {}
   n_points = len(grid.coeffs)
   todo = [i for i in range(n_points) if i not in done]
 
@@ -217,7 +236,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   t0 = time.perf_counter()
   example = jax.ShapeDtypeStruct((P, len(dirs)), jnp.float32, sharding=points_sharding)
   gen_fn = mc_fn = None
-  if want_safety and todo:
+  if want_safety and todo and not decode.stop_when_decided:
     gen_fn = scan.decode_slice.lower(params, stacked, example, tokens_d, mask_d, max_steps, pad_id, prefix_d,
                                      max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids,
                                      **static).compile()
@@ -226,19 +245,35 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
                                            **static).compile()
   compile_s = time.perf_counter() - t0
 
+  def is_decided(row: np.ndarray) -> bool:
+    # A refusal keyword, once in the text, stays there whatever follows: the keyword verdict is final.
+    return not metrics.is_jailbroken(decode_lib.decode_text(tok, row, model.eos_ids))
+
   def step(coeffs):
     c = sharding_lib.put(coeffs, points_sharding)
-    gen = gen_fn(params, stacked, c, tokens_d, mask_d, max_steps, pad_id, prefix_d) if gen_fn else None
     mc = mc_fn(params, stacked, c, mc_tokens, mc_mask, choice_ids) if mc_fn else None
+    if want_safety and decode.stop_when_decided:
+      toks, lens, nonfin, truncated = scan.decode_until_decided(
+          params, stacked, coeffs, tokens_d, mask_d, model.pad_id, prefix_d, cfg=cfg,
+          max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids, strategy=plan.strategy,
+          is_decided=is_decided, chunk=decode.chunk_tokens, point_multiple=mesh.shape["points"],
+          put=lambda x: sharding_lib.put(x, sharding_lib.points_sharding(mesh, np.ndim(x))),
+          to_host=sharding_lib.to_host)
+      gen = {"tokens": toks, "lengths": lens, "nonfinite": nonfin, "truncated": truncated}
+    elif gen_fn:
+      g = gen_fn(params, stacked, c, tokens_d, mask_d, max_steps, pad_id, prefix_d)
+      gen = {"tokens": g.tokens, "lengths": g.lengths, "nonfinite": g.nonfinite}
+    else:
+      gen = None
     return gen, mc
 
   def on_result(ids, out):
     gen, mc = out
     records = {}
     host = sharding_lib.to_host
-    toks = host(gen.tokens) if gen is not None else None
-    lens = host(gen.lengths) if gen is not None else None
-    nonfin = host(gen.nonfinite) if gen is not None else None
+    toks = host(gen["tokens"]) if gen is not None else None
+    lens = host(gen["lengths"]) if gen is not None else None
+    nonfin = host(gen["nonfinite"]) if gen is not None else None
     mc_logits = host(mc) if mc is not None else None
     for j, pid in enumerate(ids):
       rec = {"point": pid}
@@ -246,6 +281,8 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
         gens = [decode_lib.decode_text(tok, row, model.eos_ids) for row in toks[j]]
         rec.update(generations=gens, lengths=lens[j].tolist(), asr=metrics.asr(gens),
                    nonfinite=bool(nonfin[j].any()))
+        if "truncated" in gen:
+          rec["truncated"] = gen["truncated"][j].tolist()
       if mc_logits is not None:
         finite = bool(np.isfinite(mc_logits[j]).all())
         rec["capability"] = metrics.multiple_choice_accuracy(np.nan_to_num(mc_logits[j], nan=-np.inf), answers)
@@ -353,6 +390,9 @@ def write_results(out_dir: str, summary: dict, done: dict, prompts: list[str], g
     line["nonfinite"] = rec.get("nonfinite", False)
     if "generations" in rec:
       line["output"] = [{"prompt": p, "generation": g} for p, g in zip(prompts, rec["generations"])]
+      for item, cut in zip(line["output"], rec.get("truncated", [])):
+        if cut:
+          item["truncated"] = True  # decoding stopped once a refusal keyword appeared
     lines.append(json.dumps(line))
   results.atomic_write_text(os.path.join(out_dir, "generations.jsonl"), "\n".join(lines) + "\n")
   arrays = {"coeffs": grid.coeffs, "nonfinite": np.asarray(summary["nonfinite"])}

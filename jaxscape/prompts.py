@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 
 import numpy as np
@@ -145,6 +146,9 @@ def tokenize(texts: list[str], tokenizer, *, add_special_tokens: bool, pad_id: i
       i = too_long[0]
       raise ValueError(f"prompt {i} has {len(ids[i])} tokens, more than the {max_length} that fit the "
                        f"context window ({len(too_long)} such prompt(s); use --truncate_prompts)")
+    if too_long:
+      logging.getLogger("jaxscape").warning(
+          "truncated %d prompt(s) to their last %d tokens to fit the context window", len(too_long), max_length)
     ids = [x[-max_length:] for x in ids]
   longest = max(len(x) for x in ids)
   L = length if length is not None else bucket_length(longest)

@@ -115,8 +115,14 @@ def save_slice(out_dir: str, records: dict[int, dict]) -> str:
   return path
 
 
-def load_points(out_dir: str) -> dict[int, dict]:
-  """All point records already written to ``out_dir/points`` (unreadable leftovers are ignored)."""
+def load_points(out_dir: str, *, clean: bool = False) -> dict[int, dict]:
+  """All point records already written to ``out_dir/points``.
+
+  ``clean`` removes temporary files a killed run left behind (never a finished slice).
+  """
+  if clean:
+    for path in glob.glob(os.path.join(out_dir, POINTS_DIR, ".*.tmp*")):
+      os.remove(path)
   done = {}
   for path in sorted(glob.glob(os.path.join(out_dir, POINTS_DIR, "slice-*.json"))):
     try:

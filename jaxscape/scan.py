@@ -75,6 +75,133 @@ def choice_logits_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array,
   return jax.vmap(one_point)(coeffs)
 
 
+# ----------------------------------------------------------------- chunked decoding
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "strategy"))
+def prefill_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens: jax.Array, mask: jax.Array,
+                  pad_id: jax.Array, prefix: jax.Array | None = None, *, cfg: ModelConfig, max_new_tokens: int,
+                  eos_ids: tuple[int, ...], strategy: str) -> decode_lib.DecodeState:
+  """Prefill every prompt at every point of a slice: a ``DecodeState`` with leading [P] axis."""
+  def one_point(c):
+    weights = perturb.at_point(params, stacked_dirs, c, strategy=strategy)
+    return decode_lib._prefill(weights, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens,
+                               eos_ids=eos_ids)
+  return jax.vmap(one_point)(coeffs)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "eos_ids", "strategy"), donate_argnames=("state",))
+def extend_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, state: decode_lib.DecodeState,
+                 stop: jax.Array, limit: jax.Array, pad_id: jax.Array, *, cfg: ModelConfig,
+                 eos_ids: tuple[int, ...], strategy: str) -> decode_lib.DecodeState:
+  """Continue greedy decoding of a slice's states [P, B, ...] up to ``limit`` tokens.
+
+  ``stop`` [P, B] bool marks rows to stop now (their answer is known).
+  """
+  def one_point(c, st, stop_row):
+    weights = perturb.at_point(params, stacked_dirs, c, strategy=strategy)
+    return decode_lib._extend(weights, st.replace(done=st.done | stop_row), limit, pad_id, cfg=cfg,
+                              eos_ids=eos_ids)
+  return jax.vmap(one_point)(coeffs, state, stop)
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def compact_state(state: decode_lib.DecodeState, point_idx: jax.Array, row_idx: jax.Array,
+                  keep: jax.Array) -> decode_lib.DecodeState:
+  """Gather the rows still being decoded: ``new[p, b] = state[point_idx[p], row_idx[p, b]]``.
+
+  Args:
+    state: [P, B, ...] states; point_idx: [P'] int32; row_idx: [P', B'] int32;
+    keep: [P', B'] bool, False for filler entries (marked done so they stop at once).
+  """
+  def rows(x):
+    return x[point_idx[:, None], row_idx]
+  step = state.step[point_idx]
+  cache = jax.tree.map(rows, state.cache)
+  return decode_lib.DecodeState(cache=cache, key_mask=rows(state.key_mask), tok=rows(state.tok),
+                                next_pos=rows(state.next_pos), done=rows(state.done) | ~keep,
+                                nonfinite=rows(state.nonfinite), lengths=rows(state.lengths), out=rows(state.out),
+                                step=step)
+
+
+def _bucket(n: int, full: int, multiple: int = 1) -> int:
+  """Smallest power of two >= n (a multiple of ``multiple``), at most ``full``."""
+  b = 1
+  while b < n:
+    b *= 2
+  b = -(-b // multiple) * multiple
+  return min(b, full) if full >= n else b
+
+
+def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarray, tokens, mask, pad_id: int,
+                         prefix, *, cfg: ModelConfig, max_new_tokens: int, eos_ids: tuple[int, ...], strategy: str,
+                         is_decided: Callable[[np.ndarray], bool], chunk: int = 32, point_multiple: int = 1,
+                         put: Callable = lambda x: x, to_host: Callable = np.asarray):
+  """Chunked greedy decoding of one slice that stops rows whose answer is already known.
+
+  After every ``chunk`` tokens the host checks each running row with ``is_decided(tokens)``
+  (e.g. "the text holds a refusal keyword", which more tokens cannot undo); decided rows stop,
+  and once the running rows fit in half the batch, the states are compacted (fewer points
+  and/or prompts, shapes bucketed to powers of two so few programs are compiled) and
+  decoding goes on. Tokens of a row that ended by EOS or at ``max_new_tokens`` are exactly
+  those of :func:`decode_slice`; a decided row keeps the tokens it had.
+
+  Returns:
+    (tokens [P, B, N] int32, lengths [P, B], nonfinite [P, B] bool, truncated [P, B] bool).
+  """
+  P, n = coeffs.shape
+  B = tokens.shape[0]
+  N = max_new_tokens
+  out_tokens = np.full((P, B, N), pad_id, np.int32)
+  out_lengths = np.zeros((P, B), np.int32)
+  out_nonfinite = np.zeros((P, B), bool)
+  truncated = np.zeros((P, B), bool)
+  state = prefill_slice(params, stacked_dirs, put(coeffs), tokens, mask, np.int32(pad_id), prefix, cfg=cfg,
+                        max_new_tokens=N, eos_ids=eos_ids, strategy=strategy)
+  point_of = np.arange(P)  # state point index -> slice point
+  row_of = np.tile(np.arange(B), (P, 1))  # state [p, b] -> prompt row
+  valid = np.ones((P, B), bool)
+  stop = np.zeros((P, B), bool)
+  limit = 0
+  while True:
+    limit = min(limit + chunk, N)
+    state = extend_slice(params, stacked_dirs, put(coeffs[point_of]), state, put(stop), np.int32(limit),
+                         np.int32(pad_id), cfg=cfg, eos_ids=eos_ids, strategy=strategy)
+    out, done, lengths, nonfinite, step = (to_host(x) for x in (state.out, state.done, state.lengths,
+                                                                state.nonfinite, state.step))
+    running = np.zeros_like(valid)
+    for p, b in zip(*np.nonzero(valid)):
+      sp, sb = point_of[p], row_of[p, b]
+      finished = done[p, b] or step[p] >= N
+      decided = not finished and is_decided(out[p, b, :step[p]])
+      if finished or decided:
+        out_tokens[sp, sb], out_lengths[sp, sb] = out[p, b], lengths[p, b]
+        out_nonfinite[sp, sb], truncated[sp, sb] = nonfinite[p, b], decided
+      else:
+        running[p, b] = True
+    if not running.any():
+      return out_tokens, out_lengths, out_nonfinite, truncated
+    live_points = np.nonzero(running.any(1))[0]
+    per_point = running.sum(1).max()
+    new_P = _bucket(len(live_points), len(point_of), point_multiple)
+    new_B = _bucket(int(per_point), row_of.shape[1])
+    if new_P * new_B * 2 <= len(point_of) * row_of.shape[1]:  # compact only when it halves the work
+      pidx = np.concatenate([live_points, np.full(new_P - len(live_points), live_points[0])]).astype(np.int32)
+      ridx = np.zeros((new_P, new_B), np.int32)
+      keep = np.zeros((new_P, new_B), bool)
+      for k, p in enumerate(live_points):
+        rows = np.nonzero(running[p])[0]
+        ridx[k, :len(rows)] = rows
+        keep[k, :len(rows)] = True
+      state = compact_state(state, put(pidx), put(ridx), put(keep))
+      new_point_of = point_of[pidx]
+      row_of = np.take_along_axis(row_of[pidx], ridx, axis=1)
+      point_of, valid = new_point_of, keep
+    else:
+      valid = running
+    stop = ~valid
+
+
 # ----------------------------------------------------------------- memory plan
 
 

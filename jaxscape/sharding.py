@@ -116,7 +116,7 @@ def put(tree: PyTree, shardings: PyTree) -> PyTree:
 
 def to_host(x: jax.Array) -> np.ndarray:
   """A (possibly multi-process) array as one numpy array on every process."""
-  if jax.process_count() == 1 or x.is_fully_addressable:
+  if jax.process_count() == 1 or not isinstance(x, jax.Array) or x.is_fully_addressable:
     return np.asarray(x)
   from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
