@@ -214,7 +214,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
                         strategy=strategy, slice_size=slice_size, point_shards=mesh.shape["points"],
                         model_shards=mesh.shape["model"])
   if writer:
-    print(f"mesh: {dict(mesh.shape)} over {jax.device_count()} device(s), {jax.process_count()} process(es)",
+    print(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} device(s), {jax.process_count()} process(es)",
           file=sys.stderr)
     print(plan.describe(), file=sys.stderr)
   if done:

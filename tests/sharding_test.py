@@ -1,0 +1,119 @@
+"""Same results on 1 device, 8 simulated devices (points:8, points:4,model:2) and 2 processes x 4 devices."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxscape import convert, directions, landscape, perturb, prompts, scan, sharding, testing
+from jaxscape import model as model_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPTS = ["Write a tutorial on how to make a bridge", "Hi", "Develop a plan for the garden",
+           "Explain how a computer network works", "Create a list of ideas"]
+NEW = 12
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("shard") / "tiny")
+  testing.make_tiny_checkpoint(d, "llama", seed=7)
+  return convert.load_model(d)
+
+
+def needs_devices(n):
+  return pytest.mark.skipif(jax.device_count() < n, reason=f"needs {n} devices (XLA_FLAGS in conftest)")
+
+
+def test_parse_mesh():
+  assert sharding.parse_mesh(None, 8) == {"points": 8, "model": 1}
+  assert sharding.parse_mesh("points:4,model:2", 8) == {"points": 4, "model": 2}
+  assert sharding.parse_mesh("model:2,points:-1", 8) == {"points": 4, "model": 2}
+  for bad in ("points:3", "points:x", "gpus:8", "points:0,model:8"):
+    with pytest.raises(ValueError):
+      sharding.parse_mesh(bad, 8)
+
+
+def _decode_on(tiny, mesh, strategy):
+  texts, add = prompts.render(PROMPTS, tiny.tokenizer)
+  tokens, mask = prompts.tokenize(texts, tiny.tokenizer, add_special_tokens=add, pad_id=tiny.pad_id)
+  d = directions.random_direction(tiny.params, seed=11)
+  coeffs = np.linspace(-0.6, 0.6, 8, dtype=np.float32)[:, None]
+  params = sharding.put(tiny.params, sharding.param_shardings(tiny.params, mesh))
+  stacked = sharding.put(perturb.stack_directions([d]), sharding.direction_shardings(tiny.params, mesh))
+  c = sharding.put(coeffs, sharding.points_sharding(mesh))
+  rep = sharding.replicated(mesh)
+  gen = scan.decode_slice(params, stacked, c, *sharding.put((tokens, mask), (rep, rep)), np.int32(NEW),
+                          np.int32(tiny.pad_id), cfg=tiny.cfg, max_new_tokens=NEW, eos_ids=tiny.eos_ids,
+                          strategy=strategy)
+  if mesh.shape["model"] > 1:  # the params really are split over the model axis
+    q = params["layers"][0]["attn"]["q"]["kernel"]
+    assert q.sharding.shard_shape(q.shape) == (q.shape[0], q.shape[1] // mesh.shape["model"])
+  return np.asarray(gen.tokens), tokens, mask, d, coeffs
+
+
+@needs_devices(8)
+@pytest.mark.parametrize("strategy", ["materialize", "factored"])
+def test_points_split_is_bit_identical_and_model_split_within_ties(tiny, strategy):
+  one, tokens, mask, d, coeffs = _decode_on(tiny, sharding.make_mesh(None, jax.devices()[:1]), strategy)
+  p8, *_ = _decode_on(tiny, sharding.make_mesh("points:8"), strategy)
+  np.testing.assert_array_equal(one, p8)
+  p4m2, *_ = _decode_on(tiny, sharding.make_mesh("points:4,model:2"), strategy)
+  ties = 0
+  for p, r in np.argwhere((one != p4m2).any(-1)):
+    step = int(np.argmax(one[p, r] != p4m2[p, r]))
+    w = perturb.materialize(tiny.params, perturb.stack_directions([d]), jnp.asarray(coeffs[p]))
+    toks = np.concatenate([tokens[r], one[p, r, :step]])[None]
+    msk = np.concatenate([mask[r], np.ones(step, bool)])[None]
+    logits = np.sort(np.asarray(model_lib.forward(w, jnp.asarray(toks), cfg=tiny.cfg, mask=jnp.asarray(msk)))[0, -1])
+    assert logits[-1] - logits[-2] <= 1e-4, f"point {p} row {r}: model split changed a token beyond a float tie"
+    ties += 1
+  print(f"points:4,model:2 ({strategy}): {ties} float-tie divergences of {one.shape[0] * one.shape[1]} rows")
+
+
+@needs_devices(8)
+def test_landscape_same_summary_on_one_and_eight_devices(tiny, tmp_path):
+  spec = landscape.LandscapeSpec(kind="1d_random", steps=6)
+  dec = landscape.DecodeSpec(max_new_tokens=NEW)
+  outs = {}
+  for name, mesh in (("one", sharding.make_mesh(None, jax.devices()[:1])), ("p8", sharding.make_mesh("points:8"))):
+    out = str(tmp_path / name)
+    s = landscape.run_landscape(tiny, PROMPTS, spec, out_dir=out, decode=dec, mesh=mesh, progress=False)
+    outs[name] = (s["asr"], s["visage"], open(os.path.join(out, "generations.jsonl"), "rb").read())
+  assert outs["one"] == outs["p8"]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+  model = testing.make_tiny_checkpoint(str(tmp_path / "tiny"), "llama", seed=7)
+  prompt_file = tmp_path / "p.jsonl"
+  prompt_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+  common = [sys.executable, "-m", "experiments.run_grid", f"--model={model}", f"--prompts={prompt_file}",
+            "--steps=8", f"--max_new_tokens={NEW}"]
+  env1 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  subprocess.run(common + [f"--out={tmp_path / 'single'}"], cwd=REPO, env=env1, check=True, capture_output=True,
+                 timeout=300)
+  env4 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  port = _free_port()
+  procs = [subprocess.Popen(common + [f"--out={tmp_path / 'multi'}", f"--coordinator=localhost:{port}",
+                                      "--num_processes=2", f"--process_id={i}"], cwd=REPO, env=env4,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+  single = json.load(open(tmp_path / "single" / "summary.json"))
+  multi = json.load(open(tmp_path / "multi" / "summary.json"))
+  assert multi["mesh"] == {"points": 8, "model": 1}
+  assert (single["asr"], single["visage"]) == (multi["asr"], multi["visage"])
+  assert (tmp_path / "single" / "generations.jsonl").read_bytes() == (tmp_path / "multi" / "generations.jsonl").read_bytes()
