@@ -34,7 +34,8 @@ def _prefill_prefix(params: PyTree, prefix: jax.Array, cache: list[dict], *, cfg
   """KV of the shared prefix [p], computed once (batch 1), copied into slots 0..p-1 of every row."""
   p = prefix.shape[0]
   _, _, pre = model_lib.apply(params, prefix[None], jnp.arange(p, dtype=jnp.int32)[None],
-                              model_lib.init_cache(cfg, 1, p), jnp.int32(0), jnp.ones((1, p), bool), cfg=cfg)
+                              model_lib.init_cache(cfg, 1, p), jnp.int32(0), jnp.ones((1, p), bool), cfg=cfg,
+                              logits_at="none")
   B = cache[0]["k"].shape[0]
   return [{name: jax.lax.dynamic_update_slice(full[name], jnp.broadcast_to(part[name], (B,) + part[name].shape[1:]),
                                               (0, 0, 0, 0)) for name in ("k", "v")}
@@ -45,16 +46,19 @@ def _prefill_prefix(params: PyTree, prefix: jax.Array, cache: list[dict], *, cfg
 class DecodeState:
   """Carry of the greedy loop, so decoding can pause and resume (``scan``'s chunked decoding).
 
+  Every field has leading dims ``[..., B]`` (``[P, B]`` for a slice of grid points). The step
+  counter is kept apart, as one scalar for all rows and points, so cache writes use a scalar
+  index (an in-place ``dynamic_update_slice``, not a scatter).
+
   Attributes:
-    cache: per layer ``{"k", "v": [B, S, K, E]}``, S = prefix + prompt + N slots.
-    key_mask: [B, S] bool, slots holding real tokens.
-    tok: [B] int32 token emitted at step ``step - 1`` (not yet fed to the model).
-    next_pos: [B] int32 RoPE position of the first new token.
-    done: [B] bool, row emitted an EOS.
-    nonfinite: [B] bool, row met NaN/Inf logits.
-    lengths: [B] int32 tokens emitted, up to and including the first EOS.
-    out: [B, N] int32 emitted tokens (``pad_id`` after EOS and beyond ``step``).
-    step: int32 scalar, tokens emitted so far by every row.
+    cache: per layer ``{"k", "v": [..., B, K, S, E]}``, S = prefix + prompt + N slots.
+    key_mask: [..., B, S] bool, slots holding real tokens.
+    tok: [..., B] int32 token emitted at the previous step (not yet fed to the model).
+    next_pos: [..., B] int32 RoPE position of the first new token.
+    done: [..., B] bool, row emitted an EOS (or was told to stop).
+    nonfinite: [..., B] bool, row met NaN/Inf logits.
+    lengths: [..., B] int32 tokens emitted, up to and including the first EOS.
+    out: [..., B, N] int32 emitted tokens (``pad_id`` after EOS and beyond the step).
   """
   cache: list
   key_mask: jax.Array
@@ -64,23 +68,27 @@ class DecodeState:
   nonfinite: jax.Array
   lengths: jax.Array
   out: jax.Array
-  step: jax.Array
 
 
-def _emit(state: DecodeState, logits: jax.Array, pad_id, eos: jax.Array) -> DecodeState:
-  """Greedy token for ``state.step`` from [B, V] logits; finished rows emit pad."""
+def _emit(state: DecodeState, logits: jax.Array, step: jax.Array, pad_id, eos: jax.Array) -> DecodeState:
+  """Greedy token for ``step`` from [..., B, V] logits; finished rows emit pad."""
   nonfinite = state.nonfinite | (~jnp.all(jnp.isfinite(logits), axis=-1) & ~state.done)
   tok = jnp.where(state.done, pad_id, jnp.argmax(logits, axis=-1).astype(jnp.int32))
-  out = jax.lax.dynamic_update_slice(state.out, tok[:, None], (0, state.step))
+  out = jax.lax.dynamic_update_index_in_dim(state.out, tok, step, axis=state.out.ndim - 1)
   lengths = state.lengths + (~state.done).astype(jnp.int32)
   return state.replace(tok=tok, out=out, done=state.done | jnp.isin(tok, eos), nonfinite=nonfinite,
-                       lengths=lengths, step=state.step + 1)
+                       lengths=lengths)
 
 
 def _prefill(params: PyTree, tokens: jax.Array, mask: jax.Array, pad_id: jax.Array,
              prefix: jax.Array | None = None, *, cfg: model_lib.ModelConfig, max_new_tokens: int,
-             eos_ids: tuple[int, ...]) -> DecodeState:
-  """Prefill the prompts (and the shared prefix) and emit the first token."""
+             eos_ids: tuple[int, ...], groups: tuple[tuple[int, int, int], ...] | None = None) -> DecodeState:
+  """Prefill the prompts (and the shared prefix) of one model and emit token 0.
+
+  ``groups``: static ``((row_start, row_end, length), ...)`` over rows sorted by prompt length
+  (see ``prompts.length_groups``): each group is prefilled over only its last ``length``
+  columns, so short prompts do not pay for the longest one's padding.
+  """
   B, T = tokens.shape
   N = max_new_tokens
   P0 = 0 if prefix is None else prefix.shape[0]
@@ -90,49 +98,74 @@ def _prefill(params: PyTree, tokens: jax.Array, mask: jax.Array, pad_id: jax.Arr
   if P0:
     cache = _prefill_prefix(params, prefix, cache, cfg=cfg)
   positions = P0 + model_lib.positions_from_mask(mask)
-  logits, _, cache = model_lib.apply(params, tokens, positions, cache, jnp.int32(P0), key_mask, cfg=cfg)
+  last_logits = []
+  for r0, r1, length in groups or ((0, B, T),):
+    rows = lambda x: x[r0:r1]  # noqa: E731  (static slices)
+    logits, _, group_cache = model_lib.apply(
+        params, tokens[r0:r1, T - length:], positions[r0:r1, T - length:], jax.tree.map(rows, cache),
+        jnp.int32(P0 + T - length), key_mask[r0:r1], cfg=cfg, logits_at="last")
+    cache = jax.tree.map(lambda full, part: jax.lax.dynamic_update_slice(full, part, (r0, 0, 0, 0)), cache,
+                         group_cache)
+    last_logits.append(logits[:, -1])
+  logits = jnp.concatenate(last_logits, axis=0)[:, None]
   state = DecodeState(cache=cache, key_mask=key_mask, tok=jnp.full((B,), pad_id, jnp.int32),
                       next_pos=positions[:, -1] + 1,  # left padding: the last column is a real token
                       done=jnp.zeros((B,), bool), nonfinite=jnp.zeros((B,), bool),
-                      lengths=jnp.zeros((B,), jnp.int32), out=jnp.full((B, N), pad_id, jnp.int32),
-                      step=jnp.int32(0))
-  return _emit(state, logits[:, -1], pad_id, jnp.asarray(eos_ids, jnp.int32))
+                      lengths=jnp.zeros((B,), jnp.int32), out=jnp.full((B, N), pad_id, jnp.int32))
+  return _emit(state, logits[:, -1], jnp.int32(0), pad_id, jnp.asarray(eos_ids, jnp.int32))
 
 
-def _extend(params: PyTree, state: DecodeState, limit: jax.Array, pad_id: jax.Array, *,
-            cfg: model_lib.ModelConfig, eos_ids: tuple[int, ...]) -> DecodeState:
-  """Greedy steps until ``state.step == limit`` (traced) or every row has stopped."""
+def _advance(params: PyTree, state: DecodeState, step: jax.Array, *, cfg: model_lib.ModelConfig):
+  """Feed the token emitted at ``step - 1`` to one model: (logits [B, V], cache, key_mask)."""
   B, N = state.out.shape
-  first_new_slot = state.key_mask.shape[1] - N
+  slot = state.key_mask.shape[1] - N + step - 1  # scalar: every row writes the same slot
+  key_mask = jax.lax.dynamic_update_slice(state.key_mask, jnp.ones((B, 1), bool), (0, slot))
+  logits, _, cache = model_lib.apply(params, state.tok[:, None], (state.next_pos + step - 1)[:, None],
+                                     state.cache, slot, key_mask, cfg=cfg)
+  return logits[:, 0], cache, key_mask
+
+
+def run_loop(advance, state: DecodeState, step: jax.Array, limit: jax.Array, pad_id: jax.Array,
+             eos_ids: tuple[int, ...]) -> tuple[DecodeState, jax.Array]:
+  """Greedy steps from ``step`` until ``limit`` (traced) or every row has stopped.
+
+  Args:
+    advance: ``advance(state, step) -> (logits [..., B, V], cache, key_mask)``; for a slice of
+      grid points it ``vmap``s :func:`_advance` over the points with ``step`` shared.
+  Returns:
+    ``(state, step)`` after the loop.
+  """
   eos = jnp.asarray(eos_ids, jnp.int32)
-  limit = jnp.minimum(jnp.asarray(limit, jnp.int32), N)
+  limit = jnp.minimum(jnp.asarray(limit, jnp.int32), state.out.shape[-1])
 
-  def cond(st):
-    return (st.step < limit) & ~jnp.all(st.done)
+  def cond(carry):
+    st, i = carry
+    return (i < limit) & ~jnp.all(st.done)
 
-  def body(st):
-    slot = first_new_slot + st.step - 1  # the slot of the token emitted at step - 1
-    key_mask = jax.lax.dynamic_update_slice(st.key_mask, jnp.ones((B, 1), bool), (0, slot))
-    logits, _, cache = model_lib.apply(params, st.tok[:, None], (st.next_pos + st.step - 1)[:, None], st.cache,
-                                       slot, key_mask, cfg=cfg)
-    return _emit(st.replace(cache=cache, key_mask=key_mask), logits[:, 0], pad_id, eos)
+  def body(carry):
+    st, i = carry
+    logits, cache, key_mask = advance(st, i)
+    return _emit(st.replace(cache=cache, key_mask=key_mask), logits, i, pad_id, eos), i + 1
 
-  return jax.lax.while_loop(cond, body, state)
+  return jax.lax.while_loop(cond, body, (state, jnp.asarray(step, jnp.int32)))
 
 
 def _greedy(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.Array, pad_id: jax.Array,
             prefix: jax.Array | None = None, *, cfg: model_lib.ModelConfig, max_new_tokens: int,
-            eos_ids: tuple[int, ...]) -> Generation:
-  """Un-jitted body of :func:`greedy_generate` (vmap it over grid points inside a jit)."""
-  state = _prefill(params, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids)
-  state = _extend(params, state, max_steps, pad_id, cfg=cfg, eos_ids=eos_ids)
+            eos_ids: tuple[int, ...], groups=None) -> Generation:
+  """Un-jitted body of :func:`greedy_generate`."""
+  state = _prefill(params, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+                   groups=groups)
+  advance = functools.partial(_advance, params, cfg=cfg)
+  state, _ = run_loop(advance, state, jnp.int32(1), max_steps, pad_id, eos_ids)
   return Generation(tokens=state.out, lengths=state.lengths, nonfinite=state.nonfinite)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids"))
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "groups"))
 def greedy_generate(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.Array,
                     pad_id: jax.Array, prefix: jax.Array | None = None, *, cfg: model_lib.ModelConfig,
-                    max_new_tokens: int, eos_ids: tuple[int, ...]) -> Generation:
+                    max_new_tokens: int, eos_ids: tuple[int, ...],
+                    groups: tuple[tuple[int, int, int], ...] | None = None) -> Generation:
   """Greedy decoding of a left-padded batch, exactly as ``transformers``' ``generate(do_sample=False)``.
 
   Args:
@@ -147,11 +180,13 @@ def greedy_generate(params: PyTree, tokens: jax.Array, mask: jax.Array, max_step
     max_new_tokens: size of the static output buffer (static).
     eos_ids: tuple of EOS token ids (static); a row stops at its first one; the loop exits
       early once every row has stopped.
+    groups: optional static length groups of rows sorted by length (``prompts.length_groups``):
+      each group is prefilled over only its own length. Same tokens as without.
   Returns:
     :class:`Generation`.
   """
   return _greedy(params, tokens, mask, max_steps, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens,
-                 eos_ids=eos_ids)
+                 eos_ids=eos_ids, groups=groups)
 
 
 def decode_text(tokenizer, row: np.ndarray, eos_ids: tuple[int, ...]) -> str:

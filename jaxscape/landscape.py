@@ -174,6 +174,9 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   # The prefix every prompt shares (template + system prompt) is prefilled once per point.
   prefix, tokens, mask = (prompts_lib.split_shared_prefix(tokens, mask, pad_id=model.pad_id)
                           if decode.share_prefix else (None, tokens, mask))
+  # Rows sorted by length, prefilled in length groups; ``unsort`` restores the prompt order.
+  order, groups = prompts_lib.length_groups(mask)
+  tokens, mask, unsort = tokens[order], mask[order], np.argsort(order)
   if want_capability:
     mc_texts = [prompts_lib.format_choice_question(item) for item in capability_set]
     mc_rendered, mc_add = prompts_lib.render(mc_texts, tok, prompt_format=decode.prompt_format,
@@ -239,7 +242,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   if want_safety and todo and not decode.stop_when_decided:
     gen_fn = scan.decode_slice.lower(params, stacked, example, tokens_d, mask_d, max_steps, pad_id, prefix_d,
                                      max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids,
-                                     **static).compile()
+                                     groups=groups, **static).compile()
   if want_capability and todo:
     mc_fn = scan.choice_logits_slice.lower(params, stacked, example, mc_tokens, mc_mask, choice_ids,
                                            **static).compile()
@@ -258,7 +261,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
           max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids, strategy=plan.strategy,
           is_decided=is_decided, chunk=decode.chunk_tokens, point_multiple=mesh.shape["points"],
           put=lambda x: sharding_lib.put(x, sharding_lib.points_sharding(mesh, np.ndim(x))),
-          to_host=sharding_lib.to_host)
+          to_host=sharding_lib.to_host, groups=groups)
       gen = {"tokens": toks, "lengths": lens, "nonfinite": nonfin, "truncated": truncated}
     elif gen_fn:
       g = gen_fn(params, stacked, c, tokens_d, mask_d, max_steps, pad_id, prefix_d)
@@ -271,8 +274,8 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
     gen, mc = out
     records = {}
     host = sharding_lib.to_host
-    toks = host(gen["tokens"]) if gen is not None else None
-    lens = host(gen["lengths"]) if gen is not None else None
+    toks = host(gen["tokens"])[:, unsort] if gen is not None else None  # back to prompt order
+    lens = host(gen["lengths"])[:, unsort] if gen is not None else None
     nonfin = host(gen["nonfinite"]) if gen is not None else None
     mc_logits = host(mc) if mc is not None else None
     for j, pid in enumerate(ids):
@@ -282,7 +285,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
         rec.update(generations=gens, lengths=lens[j].tolist(), asr=metrics.asr(gens),
                    nonfinite=bool(nonfin[j].any()))
         if "truncated" in gen:
-          rec["truncated"] = gen["truncated"][j].tolist()
+          rec["truncated"] = gen["truncated"][j][unsort].tolist()
       if mc_logits is not None:
         finite = bool(np.isfinite(mc_logits[j]).all())
         rec["capability"] = metrics.multiple_choice_accuracy(np.nan_to_num(mc_logits[j], nan=-np.inf), answers)

@@ -30,11 +30,11 @@ STRATEGIES = ("materialize", "factored")
 # ----------------------------------------------------------------- jitted slices
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "strategy"))
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "strategy", "groups"))
 def decode_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens: jax.Array,
                  mask: jax.Array, max_steps: jax.Array, pad_id: jax.Array, prefix: jax.Array | None = None,
                  *, cfg: ModelConfig, max_new_tokens: int, eos_ids: tuple[int, ...],
-                 strategy: str) -> decode_lib.Generation:
+                 strategy: str, groups: tuple[tuple[int, int, int], ...] | None = None) -> decode_lib.Generation:
   """Greedy generations of all prompts at every point of a slice.
 
   Args:
@@ -45,14 +45,45 @@ def decode_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens
     max_steps, pad_id: int32 scalars (see ``decode.greedy_generate``).
     prefix: optional [p] int32 prompt prefix shared by every prompt, prefilled once per point.
     strategy: "materialize" or "factored" (static).
+    groups: static length groups of rows sorted by length (``prompts.length_groups``).
   Returns:
     ``Generation`` with a leading points axis: tokens [P, B, N], lengths/nonfinite [P, B].
   """
-  def one_point(c):
-    weights = perturb.at_point(params, stacked_dirs, c, strategy=strategy)
-    return decode_lib._greedy(weights, tokens, mask, max_steps, pad_id, prefix, cfg=cfg,
-                              max_new_tokens=max_new_tokens, eos_ids=eos_ids)
-  return jax.vmap(one_point)(coeffs)
+  run = _per_point(params, stacked_dirs, coeffs, strategy)
+  state = _prefill_points(run, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+                          groups=groups)
+  state, _ = _extend_points(run, state, jnp.int32(1), max_steps, pad_id, cfg=cfg, eos_ids=eos_ids)
+  return decode_lib.Generation(tokens=state.out, lengths=state.lengths, nonfinite=state.nonfinite)
+
+
+def _per_point(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, strategy: str):
+  """``run(fn, *batched)`` = ``vmap`` of ``fn(weights_at_point, *batched_at_point)`` over the points.
+
+  materialize: θ(c) for every point is formed once, outside any loop, and vmapped over.
+  factored: only the [P, n] coefficients are vmapped; θ and the directions stay shared, so the
+  base matmuls of all points become one large matmul.
+  """
+  if strategy == "materialize":
+    weights = jax.vmap(lambda c: perturb.materialize(params, stacked_dirs, c))(coeffs)
+    return lambda fn, *batched: jax.vmap(fn)(weights, *batched)
+  if strategy == "factored":
+    return lambda fn, *batched: jax.vmap(lambda c, *b: fn(perturb.factored(params, stacked_dirs, c), *b))(
+        coeffs, *batched)
+  raise ValueError(f"unknown strategy {strategy!r}; expected 'materialize' or 'factored'")
+
+
+def _prefill_points(run, tokens, mask, pad_id, prefix, *, cfg, max_new_tokens, eos_ids, groups=None):
+  """Prefill at every point; the returned state has a leading [P] axis and is at step 1."""
+  return run(lambda w: decode_lib._prefill(w, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens,
+                                           eos_ids=eos_ids, groups=groups))
+
+
+def _extend_points(run, state, step, limit, pad_id, *, cfg, eos_ids):
+  """One while loop for all points (a scalar step shared by all), each step vmapped over the points."""
+  def advance(st, i):
+    return run(lambda w, s: decode_lib._advance(w, s, i, cfg=cfg), st)
+
+  return decode_lib.run_loop(advance, state, step, limit, pad_id, eos_ids)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "strategy"))
@@ -66,43 +97,38 @@ def choice_logits_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array,
   Returns:
     [P, Q, C] float32.
   """
-  def one_point(c):
-    weights = perturb.at_point(params, stacked_dirs, c, strategy=strategy)
-    Q, T = tokens.shape
-    logits, _, _ = apply(weights, tokens, positions_from_mask(mask), init_cache(cfg, Q, T),
-                         jnp.int32(0), mask, cfg=cfg)
+  Q, T = tokens.shape
+
+  def one_point(weights):
+    logits, _, _ = apply(weights, tokens, positions_from_mask(mask), init_cache(cfg, Q, T), jnp.int32(0), mask,
+                         cfg=cfg, logits_at="last")
     return logits[:, -1, :][:, choice_ids]
-  return jax.vmap(one_point)(coeffs)
+  return _per_point(params, stacked_dirs, coeffs, strategy)(one_point)
 
 
 # ----------------------------------------------------------------- chunked decoding
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "strategy"))
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "strategy", "groups"))
 def prefill_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens: jax.Array, mask: jax.Array,
                   pad_id: jax.Array, prefix: jax.Array | None = None, *, cfg: ModelConfig, max_new_tokens: int,
-                  eos_ids: tuple[int, ...], strategy: str) -> decode_lib.DecodeState:
-  """Prefill every prompt at every point of a slice: a ``DecodeState`` with leading [P] axis."""
-  def one_point(c):
-    weights = perturb.at_point(params, stacked_dirs, c, strategy=strategy)
-    return decode_lib._prefill(weights, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens,
-                               eos_ids=eos_ids)
-  return jax.vmap(one_point)(coeffs)
+                  eos_ids: tuple[int, ...], strategy: str, groups=None) -> decode_lib.DecodeState:
+  """Prefill every prompt at every point of a slice: a ``DecodeState`` with leading [P] axis (step 1)."""
+  return _prefill_points(_per_point(params, stacked_dirs, coeffs, strategy), tokens, mask, pad_id, prefix, cfg=cfg,
+                         max_new_tokens=max_new_tokens, eos_ids=eos_ids, groups=groups)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "eos_ids", "strategy"), donate_argnames=("state",))
 def extend_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, state: decode_lib.DecodeState,
-                 stop: jax.Array, limit: jax.Array, pad_id: jax.Array, *, cfg: ModelConfig,
-                 eos_ids: tuple[int, ...], strategy: str) -> decode_lib.DecodeState:
-  """Continue greedy decoding of a slice's states [P, B, ...] up to ``limit`` tokens.
+                 step: jax.Array, stop: jax.Array, limit: jax.Array, pad_id: jax.Array, *, cfg: ModelConfig,
+                 eos_ids: tuple[int, ...], strategy: str) -> tuple[decode_lib.DecodeState, jax.Array]:
+  """Continue greedy decoding of a slice's states [P, B, ...] from ``step`` up to ``limit`` tokens.
 
-  ``stop`` [P, B] bool marks rows to stop now (their answer is known).
+  ``stop`` [P, B] bool marks rows to stop now (their answer is known). Returns (state, step).
   """
-  def one_point(c, st, stop_row):
-    weights = perturb.at_point(params, stacked_dirs, c, strategy=strategy)
-    return decode_lib._extend(weights, st.replace(done=st.done | stop_row), limit, pad_id, cfg=cfg,
-                              eos_ids=eos_ids)
-  return jax.vmap(one_point)(coeffs, state, stop)
+  state = state.replace(done=state.done | stop)
+  return _extend_points(_per_point(params, stacked_dirs, coeffs, strategy), state, step, limit, pad_id, cfg=cfg,
+                        eos_ids=eos_ids)
 
 
 @functools.partial(jax.jit, donate_argnames=("state",))
@@ -116,12 +142,8 @@ def compact_state(state: decode_lib.DecodeState, point_idx: jax.Array, row_idx: 
   """
   def rows(x):
     return x[point_idx[:, None], row_idx]
-  step = state.step[point_idx]
-  cache = jax.tree.map(rows, state.cache)
-  return decode_lib.DecodeState(cache=cache, key_mask=rows(state.key_mask), tok=rows(state.tok),
-                                next_pos=rows(state.next_pos), done=rows(state.done) | ~keep,
-                                nonfinite=rows(state.nonfinite), lengths=rows(state.lengths), out=rows(state.out),
-                                step=step)
+  state = jax.tree.map(rows, state)
+  return state.replace(done=state.done | ~keep)
 
 
 def _bucket(n: int, full: int, multiple: int = 1) -> int:
@@ -136,7 +158,7 @@ def _bucket(n: int, full: int, multiple: int = 1) -> int:
 def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarray, tokens, mask, pad_id: int,
                          prefix, *, cfg: ModelConfig, max_new_tokens: int, eos_ids: tuple[int, ...], strategy: str,
                          is_decided: Callable[[np.ndarray], bool], chunk: int = 32, point_multiple: int = 1,
-                         put: Callable = lambda x: x, to_host: Callable = np.asarray):
+                         put: Callable = lambda x: x, to_host: Callable = np.asarray, groups=None):
   """Chunked greedy decoding of one slice that stops rows whose answer is already known.
 
   After every ``chunk`` tokens the host checks each running row with ``is_decided(tokens)``
@@ -157,23 +179,23 @@ def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarra
   out_nonfinite = np.zeros((P, B), bool)
   truncated = np.zeros((P, B), bool)
   state = prefill_slice(params, stacked_dirs, put(coeffs), tokens, mask, np.int32(pad_id), prefix, cfg=cfg,
-                        max_new_tokens=N, eos_ids=eos_ids, strategy=strategy)
+                        max_new_tokens=N, eos_ids=eos_ids, strategy=strategy, groups=groups)
   point_of = np.arange(P)  # state point index -> slice point
   row_of = np.tile(np.arange(B), (P, 1))  # state [p, b] -> prompt row
   valid = np.ones((P, B), bool)
   stop = np.zeros((P, B), bool)
-  limit = 0
+  limit, step = 0, np.int32(1)
   while True:
     limit = min(limit + chunk, N)
-    state = extend_slice(params, stacked_dirs, put(coeffs[point_of]), state, put(stop), np.int32(limit),
-                         np.int32(pad_id), cfg=cfg, eos_ids=eos_ids, strategy=strategy)
-    out, done, lengths, nonfinite, step = (to_host(x) for x in (state.out, state.done, state.lengths,
-                                                                state.nonfinite, state.step))
+    state, step = extend_slice(params, stacked_dirs, put(coeffs[point_of]), state, step, put(stop),
+                               np.int32(limit), np.int32(pad_id), cfg=cfg, eos_ids=eos_ids, strategy=strategy)
+    out, done, lengths, nonfinite = (to_host(x) for x in (state.out, state.done, state.lengths, state.nonfinite))
+    step = int(step)
     running = np.zeros_like(valid)
     for p, b in zip(*np.nonzero(valid)):
       sp, sb = point_of[p], row_of[p, b]
-      finished = done[p, b] or step[p] >= N
-      decided = not finished and is_decided(out[p, b, :step[p]])
+      finished = done[p, b] or step >= N
+      decided = not finished and is_decided(out[p, b, :step])
       if finished or decided:
         out_tokens[sp, sb], out_lengths[sp, sb] = out[p, b], lengths[p, b]
         out_nonfinite[sp, sb], truncated[sp, sb] = nonfinite[p, b], decided

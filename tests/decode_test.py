@@ -1,0 +1,199 @@
+"""Greedy decoding: token parity with transformers' generate, EOS handling, early exit, no retracing."""
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from jaxscape import decode, model, prompts
+
+PROMPTS = ["Write a tutorial on how to make a bridge", "Hi",
+           "Please create a plan for the river garden and the network of computers"]
+NEW = 32
+NEVER = 10**6  # an EOS id no model emits: decode all NEW tokens
+
+
+def _inputs(m, texts=PROMPTS, prompt_format="chat", system_prompt=None, length=32):
+  """Rendered texts, add_special_tokens, and left-padded [B, length] tokens and mask.
+
+  One fixed length for chat and raw prompts, so each model compiles its decode program once.
+  """
+  rendered, add = prompts.render(texts, m.tokenizer, prompt_format=prompt_format, system_prompt=system_prompt)
+  tokens, mask = prompts.tokenize(rendered, m.tokenizer, add_special_tokens=add, pad_id=m.pad_id, length=length)
+  return rendered, add, tokens, mask
+
+
+def _ours(m, tokens, mask, *, new=NEW, eos_ids=None, max_steps=None):
+  gen = decode.greedy_generate(m.params, tokens, mask, np.int32(new if max_steps is None else max_steps),
+                               np.int32(m.pad_id), cfg=m.cfg, max_new_tokens=new,
+                               eos_ids=m.eos_ids if eos_ids is None else eos_ids)
+  return np.asarray(gen.tokens), np.asarray(gen.lengths), np.asarray(gen.nonfinite)
+
+
+def _hf_generate(hf, tokenizer, rendered, add, new=NEW, **kw):
+  """transformers' greedy new tokens [B, <=new], tokenized by transformers itself (left padding)."""
+  import torch
+  enc = tokenizer(rendered, add_special_tokens=add, padding=True, return_tensors="pt")
+  with torch.no_grad():
+    out = hf.generate(**enc, do_sample=False, max_new_tokens=new, **kw)
+  return out[:, enc["input_ids"].shape[1]:].numpy(), enc["attention_mask"].numpy()
+
+
+@pytest.mark.parametrize("prompt_format", ["chat", "raw"])
+@pytest.mark.parametrize("name", ["llama", "llama-mha", "mistral", "qwen2", "qwen2-untied"])
+def test_greedy_matches_transformers(name, prompt_format, tiny_model, hf_model):
+  hf = hf_model(name)
+  m = tiny_model(name)
+  rendered, add, tokens, mask = _inputs(m, prompt_format=prompt_format)
+  ref, ref_mask = _hf_generate(hf, m.tokenizer, rendered, add)
+  assert (ref_mask == 0).any(axis=1).sum() >= 2, "left padding should be exercised"
+  np.testing.assert_array_equal(mask.sum(1), ref_mask.sum(1))  # same prompt tokens as transformers
+  ours, lengths, nonfinite = _ours(m, tokens, mask)
+  assert ours.shape == (len(PROMPTS), NEW) and not nonfinite.any()
+  assert ref.shape[1] <= NEW and (ours[:, ref.shape[1]:] == m.pad_id).all()
+  np.testing.assert_array_equal(ours[:, :ref.shape[1]], ref)
+
+
+# ------------------------------------------------------------------------ EOS
+
+
+def _pick_eos(tokens, row, min_step):
+  """(token, step): the first step >= ``min_step`` where ``row`` emits a token it has not emitted
+  before, so choosing that token as EOS stops the row right there."""
+  step = next(s for s in range(min_step, tokens.shape[1]) if tokens[row, s] not in tokens[row, :s])
+  return int(tokens[row, step]), step
+
+
+def test_per_row_stop_at_eos(tiny_model):
+  m = tiny_model("llama")
+  _, _, tokens, mask = _inputs(m)
+  free, _, _ = _ours(m, tokens, mask, eos_ids=(NEVER,))
+  eos, step = _pick_eos(free, 0, 3)
+  out, lengths, _ = _ours(m, tokens, mask, eos_ids=(eos,))
+  for r in range(len(PROMPTS)):
+    hits = np.flatnonzero(free[r] == eos)
+    n = hits[0] + 1 if hits.size else NEW
+    assert lengths[r] == n
+    np.testing.assert_array_equal(out[r, :n], free[r, :n])  # up to and including EOS
+    assert (out[r, n:] == m.pad_id).all()
+  assert lengths[0] == step + 1 < NEW
+
+
+def test_eos_list_in_generation_config_matches_transformers(tiny_dir, tiny_model, hf_model, tmp_path):
+  """Stopping tokens from generation_config.json (a list): same tokens and same stop as transformers."""
+  import torch
+  import transformers
+  del hf_model  # torch skip
+  base = tiny_model("llama")
+  rendered, add, tokens, mask = _inputs(base)
+  free, _, _ = _ours(base, tokens, mask, eos_ids=(NEVER,))
+  (eos0, step0), (eos2, step2) = _pick_eos(free, 0, 4), _pick_eos(free, 2, 6)
+  eos = [eos0, eos2]
+  d = str(tmp_path / "eos")
+  shutil.copytree(tiny_dir("llama"), d)
+  with open(os.path.join(d, "generation_config.json"), "w") as f:
+    json.dump({"bos_token_id": 1, "eos_token_id": eos + [base.eos_ids[0]], "pad_token_id": base.pad_id}, f)
+  from jaxscape import convert
+  m = convert.load_model(d)
+  assert m.eos_ids == tuple(eos + [base.eos_ids[0]])
+  hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+  ref, _ = _hf_generate(hf, m.tokenizer, rendered, add)
+  ours, lengths, _ = _ours(m, tokens, mask)
+  stops = [next((k + 1 for k, t in enumerate(row) if t in eos), NEW) for row in free]
+  np.testing.assert_array_equal(lengths, stops)
+  assert stops[0] <= step0 + 1 and stops[2] <= step2 + 1
+  np.testing.assert_array_equal(ours[:, :ref.shape[1]], ref)
+  assert (ours[:, ref.shape[1]:] == m.pad_id).all()
+
+
+def test_early_exit_when_all_rows_stopped(tiny_model, monkeypatch):
+  """The while loop stops once every row has hit EOS: count model calls from inside the program."""
+  m = tiny_model("llama")
+  _, _, tokens, mask = _inputs(m)
+  free, _, _ = _ours(m, tokens, mask, eos_ids=(NEVER,))
+  eos = tuple(_pick_eos(free, r, step)[0] for r, step in enumerate((3, 5, 2)))  # every row stops early
+  stops = [next(k + 1 for k, t in enumerate(row) if t in eos) for row in free]
+  assert max(stops) < NEW
+  calls = []
+  real_apply = model.apply
+
+  def counting_apply(*args, **kw):
+    jax.debug.callback(lambda: calls.append(1))
+    return real_apply(*args, **kw)
+
+  monkeypatch.setattr(decode.model_lib, "apply", counting_apply)
+  run = jax.jit(functools.partial(decode._greedy, cfg=m.cfg, max_new_tokens=NEW, eos_ids=eos))
+  gen = jax.block_until_ready(run(m.params, tokens, mask, np.int32(NEW), np.int32(m.pad_id)))
+  np.testing.assert_array_equal(gen.lengths, stops)
+  # The prefill emits the first token, each loop step one more: max(stops) model calls, not NEW.
+  assert len(calls) == max(stops)
+  calls.clear()
+  gen = jax.block_until_ready(run(m.params, tokens, mask, np.int32(2), np.int32(m.pad_id)))  # traced limit
+  assert len(calls) == 2 and (np.asarray(gen.lengths) <= 2).all()
+
+
+def test_max_steps_limits_tokens(tiny_model):
+  m = tiny_model("llama")
+  _, _, tokens, mask = _inputs(m)
+  full, _, _ = _ours(m, tokens, mask)
+  short, lengths, _ = _ours(m, tokens, mask, max_steps=5)
+  assert (lengths <= 5).all()
+  np.testing.assert_array_equal(short[:, :5], full[:, :5])
+  assert (short[:, 5:] == m.pad_id).all()
+
+
+def test_decode_text_cuts_at_first_eos(tiny_model):
+  m = tiny_model("llama")
+  tok = m.tokenizer
+  ids = tok("Sure, here is a guide.", add_special_tokens=False)["input_ids"]
+  eos = m.eos_ids[0]
+  row = np.array(ids + [eos] + ids + [m.pad_id] * 3)
+  assert decode.decode_text(tok, row, m.eos_ids) == "Sure, here is a guide."
+  bos = tok.bos_token_id
+  assert decode.decode_text(tok, np.array([bos] + ids), ()) == "Sure, here is a guide."  # specials skipped
+
+
+# ------------------------------------------------------------------------ retracing
+
+
+def test_same_bucket_does_not_recompile(tiny_model, monkeypatch):
+  m = tiny_model("llama")
+  # A config no other test uses, so the first call below must trace.
+  cfg = dataclasses.replace(m.cfg, rms_norm_eps=1.1e-6)
+  traces = []
+  real = decode._greedy
+
+  def counting(*args, **kw):
+    traces.append(args[1].shape)
+    return real(*args, **kw)
+
+  monkeypatch.setattr(decode, "_greedy", counting)
+
+  def run(texts):
+    _, _, tokens, mask = _inputs(m, texts=texts, length=None)
+    gen = decode.greedy_generate(m.params, tokens, mask, np.int32(8), np.int32(m.pad_id), cfg=cfg,
+                                 max_new_tokens=8, eos_ids=m.eos_ids)
+    jax.block_until_ready(gen)
+    return tokens.shape
+
+  s1 = run(["Write a tutorial on how to make a bridge", "Hi"])
+  size = decode.greedy_generate._cache_size()
+  s2 = run(["Explain how a computer network works", "Create a list of ideas"])  # new prompts, same bucket
+  assert s1 == s2, "prompts should land in the same length bucket"
+  assert len(traces) == 1 and decode.greedy_generate._cache_size() == size
+  s3 = run(["Please " + "write a story about the river and the garden " * 4, "Hi"])  # a longer bucket
+  assert s3[1] > s1[1]
+  assert len(traces) == 2 and decode.greedy_generate._cache_size() == size + 1
+  s4 = run(["Please " + "write a story about the garden and the river " * 4, "Hello"])
+  assert s4 == s3 and len(traces) == 2
+
+
+def test_generate_texts_rejects_bad_max_new_tokens(tiny_model):
+  # Batching in input order (last batch padded) vs transformers: cli_test runs --batch_size=2.
+  with pytest.raises(ValueError, match="max_new_tokens"):
+    decode.generate_texts(tiny_model("llama"), PROMPTS, max_new_tokens=0)
