@@ -151,3 +151,20 @@ def test_generate_cli_bad_prompt_format(tiny_dir, tmp_path):
               f"--out={tmp_path / 'o.jsonl'}", "--max_new_tokens=2")
   _assert_one_line_error(proc, "chat template")
   assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_every_flagfile_parses(monkeypatch):
+  """Each experiments/configs/*.flags parses with the flags its entry point defines."""
+  import glob
+  from absl import flags
+  monkeypatch.chdir(REPO)
+  import experiments.run_grid  # noqa: F401  (defines run_grid's flags)
+  files = sorted(glob.glob(os.path.join(REPO, "experiments", "configs", "*.flags")))
+  assert files
+  for path in files:
+    if os.path.basename(path).startswith(("train_", "toy_multitask", "toy_finetune")):
+      continue  # other entry points' flagfiles (checked by their own smoke tests)
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["run_grid", f"--flagfile={os.path.relpath(path, REPO)}"])
+    assert flags.FLAGS.kind and flags.FLAGS.steps > 0 and flags.FLAGS.multiplier != 0, path
+  flags.FLAGS.unparse_flags()

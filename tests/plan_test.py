@@ -1,0 +1,45 @@
+"""Memory planner: strategy and slice size from a budget, shape-only (nothing allocated)."""
+
+import pytest
+
+from jaxscape import scan
+from jaxscape.model import ModelConfig
+
+LLAMA_100M = ModelConfig(model_type="llama", vocab_size=8000, hidden_size=768, intermediate_size=2048, num_layers=12,
+                         num_heads=12, num_kv_heads=12, head_dim=64)
+LLAMA2_7B = ModelConfig(model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                        num_layers=32, num_heads=32, num_kv_heads=32, head_dim=128)
+GIB = 1 << 30
+
+
+def test_big_budget_takes_all_points_materialized():
+  plan = scan.plan_scan(LLAMA_100M, n_points=21, n_dirs=1, batch=80, seq_len=128, budget=64 * GIB)
+  assert (plan.strategy, plan.slice_size) == ("materialize", 21)
+  assert plan.bytes_per_device <= plan.budget
+
+
+def test_tight_budget_picks_factored_when_materialize_cannot_fit():
+  # 7B in float32: theta + one direction = 56 GB; a materialized point needs another 28 GB.
+  plan = scan.plan_scan(LLAMA2_7B, n_points=21, n_dirs=1, batch=8, seq_len=128, budget=70 * GIB)
+  assert plan.strategy == "factored" and plan.slice_size >= 1
+  assert plan.bytes_per_device <= 70 * GIB
+  assert scan.estimate_bytes(LLAMA2_7B, strategy="materialize", points=1, n_dirs=1, batch=8,
+                             seq_len=128) > 70 * GIB
+
+
+def test_slices_are_even_and_multiples_of_point_shards():
+  plan = scan.plan_scan(LLAMA_100M, n_points=21, n_dirs=1, batch=80, seq_len=128, budget=4 * GIB, point_shards=4)
+  assert plan.slice_size % 4 == 0 and plan.bytes_per_device <= 4 * GIB
+
+
+def test_no_plan_fits_is_a_clear_error():
+  with pytest.raises(ValueError, match="no scan plan fits"):
+    scan.plan_scan(LLAMA2_7B, n_points=21, n_dirs=2, batch=8, seq_len=128, budget=8 * GIB)
+
+
+def test_forced_strategy_and_slice_size():
+  plan = scan.plan_scan(LLAMA_100M, n_points=21, n_dirs=1, batch=80, seq_len=128, budget=64 * GIB,
+                        strategy="factored", slice_size=5)
+  assert (plan.strategy, plan.slice_size, plan.reason) == ("factored", 5, "forced")
+  with pytest.raises(ValueError, match="unknown strategy"):
+    scan.plan_scan(LLAMA_100M, n_points=21, n_dirs=1, batch=80, seq_len=128, budget=GIB, strategy="fast")
