@@ -1,0 +1,208 @@
+"""SFT core: chat encoding with assistant-only masks, batching, masked loss, accumulation, determinism, export."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxscape import convert, finetune, testing
+from jaxscape.model import init_params
+
+CHAT = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
+TWO_TURNS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+             {"role": "assistant", "content": "Sure here"}, {"role": "user", "content": "Again please"},
+             {"role": "assistant", "content": "I cannot"}]
+
+
+@pytest.fixture(scope="module")
+def llama_tok():
+  return testing.tiny_tokenizer("llama")
+
+
+@pytest.fixture(scope="module")
+def chatml_tok():
+  return testing.tiny_tokenizer("qwen2")
+
+
+def _targets(tok, ex):
+  return tok.decode(ex.ids[ex.loss_mask])
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_encode_chat_masks_exactly_the_assistant_turns(family, llama_tok, chatml_tok):
+  tok = llama_tok if family == "llama" else chatml_tok
+  ex = finetune.encode_chat(tok, TWO_TURNS)
+  assert ex.ids.dtype == np.int32 and ex.loss_mask.dtype == bool and ex.ids.shape == ex.loss_mask.shape
+  # ids are exactly the template's full render, tokenized once
+  full = tok.apply_chat_template(TWO_TURNS, tokenize=False)
+  assert ex.ids.tolist() == tok(full, add_special_tokens=False)["input_ids"]
+  target = _targets(tok, ex)
+  assert "Sure here" in target and "I cannot" in target and tok.eos_token in target
+  assert "Hi there" not in target and "Again" not in target and "Be brief" not in target
+  # Exactly two runs of target tokens (one per assistant turn), each ending with the EOS.
+  runs = np.flatnonzero(np.diff(ex.loss_mask.astype(int)) == -1)
+  assert len(runs) + ex.loss_mask[-1] == 2
+  eos = tok.convert_tokens_to_ids(tok.eos_token)
+  assert all(ex.ids[i] == eos for i in runs) or family == "qwen2"
+
+
+def test_encode_chat_truncates_and_validates(llama_tok):
+  ex = finetune.encode_chat(llama_tok, CHAT, max_length=5)
+  assert len(ex.ids) == 5
+  with pytest.raises(ValueError, match="no assistant"):
+    finetune.encode_chat(llama_tok, CHAT[:1])
+  with pytest.raises(ValueError, match="bad message"):
+    finetune.encode_chat(llama_tok, [{"role": "robot", "content": "x"}])
+  with pytest.raises(ValueError, match="record 1"):
+    finetune.encode_chats(llama_tok, [{"messages": CHAT}, {"msgs": []}], max_length=64)
+
+
+def test_pad_batch_exact():
+  ex = [finetune.Example(np.array([5, 6, 7], np.int32), np.array([False, True, True])),
+        finetune.Example(np.array([8], np.int32), np.array([True]))]
+  b = finetune.pad_batch(ex, 4, pad_id=0)
+  np.testing.assert_array_equal(b["tokens"], [[0, 5, 6, 7], [0, 0, 0, 8]])
+  np.testing.assert_array_equal(b["mask"], [[0, 1, 1, 1], [0, 0, 0, 1]])
+  np.testing.assert_array_equal(b["loss_mask"], [[0, 0, 1, 1], [0, 0, 0, 1]])
+  with pytest.raises(ValueError, match="4 tokens"):
+    finetune.pad_batch([finetune.Example(np.arange(4, dtype=np.int32), np.ones(4, bool))], 3, pad_id=0)
+
+
+def test_masked_cross_entropy_matches_numpy_and_ignores_masked_positions():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
+  tokens = rng.integers(0, 7, size=(2, 5)).astype(np.int32)
+  loss_mask = np.array([[0, 0, 1, 1, 1], [0, 1, 0, 0, 1]], bool)
+  s, n = finetune.masked_cross_entropy(jnp.asarray(logits), jnp.asarray(tokens), jnp.asarray(loss_mask))
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  want = -sum(logp[b, t - 1, tokens[b, t]] for b in range(2) for t in range(1, 5) if loss_mask[b, t])
+  np.testing.assert_allclose(float(s), want, rtol=1e-5)
+  assert float(n) == loss_mask[:, 1:].sum()
+  # Logits at positions that predict non-targets do not matter.
+  changed = logits.copy()
+  changed[0, 0] += 100.0  # predicts token 1 of row 0, not a target
+  s2, _ = finetune.masked_cross_entropy(jnp.asarray(changed), jnp.asarray(tokens), jnp.asarray(loss_mask))
+  np.testing.assert_allclose(float(s2), float(s), rtol=1e-6)
+
+
+def _toy_setup(n=12):
+  cfg = testing.tiny_config("llama", vocab_size=512, num_layers=1, hidden_size=32, intermediate_size=64,
+                            num_heads=4, num_kv_heads=2, head_dim=8)
+  rng = np.random.default_rng(0)
+  examples = []
+  for i in range(n):
+    L = int(rng.integers(6, 14))
+    ids = rng.integers(3, 512, size=L).astype(np.int32)
+    examples.append(finetune.Example(ids, np.arange(L) >= L // 2))
+  return cfg, examples
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+  cfg, examples = _toy_setup(8)
+  params = init_params(cfg, jax.random.key(0))
+  tc1 = finetune.TrainConfig(num_steps=1, batch_size=8, micro_batches=1, buckets=(16,), warmup_steps=0,
+                             learning_rate=1e-2)
+  tc4 = dataclasses.replace(tc1, micro_batches=4)
+  batch = finetune.pad_batch(examples, 16, pad_id=0)
+  outs = []
+  for tc in (tc1, tc4):
+    M = tc.micro_batches
+    b = {k: v.reshape((M, 8 // M) + v.shape[1:]) for k, v in batch.items()}
+    # Plain SGD: the update is the (token-mean) gradient itself; Adam's first step would
+    # amplify float noise in near-zero gradients into sign flips.
+    opt = optax.sgd(1.0)
+    step = finetune.make_train_step(cfg, opt)
+    p = jax.tree.map(jnp.array, params)
+    p, _, stats = step(p, opt.init(p), None, b)
+    outs.append((p, stats))
+  np.testing.assert_allclose(float(outs[0][1]["loss"]), float(outs[1][1]["loss"]), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(outs[0][0]), jax.tree.leaves(outs[1][0])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_batches_are_deterministic_and_cover_every_example():
+  _, examples = _toy_setup(10)
+  tc = finetune.TrainConfig(num_steps=5, batch_size=4, micro_batches=2, buckets=(8, 16), warmup_steps=1, seed=3)
+  a, b = finetune.batches(examples, tc, 0), finetune.batches(examples, tc, 0)
+  first = [next(a) for _ in range(4)]
+  for x in first:
+    y = next(b)
+    assert x["tokens"].shape[:2] == (2, 2) and x["tokens"].shape[2] in (8, 16)
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  other = next(finetune.batches(examples, dataclasses.replace(tc, seed=4), 0))
+  assert not all(np.array_equal(first[0][k], other[k]) for k in other) or first[0]["tokens"].shape != \
+      other["tokens"].shape
+  # One epoch (10 examples in buckets of 3 and 7 -> 1 + 2 batches) sees every example.
+  seen = set()
+  for x in finetune.batches(examples, tc, 0):
+    for row in x["tokens"].reshape(-1, x["tokens"].shape[-1]):
+      seen.add(tuple(int(t) for t in row if t))
+    if len(seen) == len(examples):
+      break
+  assert seen == {tuple(e.ids.tolist()) for e in examples}
+
+
+def test_train_is_deterministic_and_learns():
+  cfg, examples = _toy_setup(4)
+  tc = finetune.TrainConfig(num_steps=30, batch_size=4, buckets=(16,), learning_rate=1e-2, warmup_steps=2)
+  params = init_params(cfg, jax.random.key(0))
+  p1, h1 = finetune.train(params, cfg, examples, tc, pad_id=0, progress=False)
+  p2, h2 = finetune.train(params, cfg, examples, tc, pad_id=0, progress=False)
+  assert h1["loss"] == h2["loss"]
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert h1["loss"][-1] < 0.5 * h1["loss"][0]
+  # The caller's params are not donated away.
+  assert np.isfinite(np.asarray(params["embed"]["embedding"])).all()
+
+
+def test_train_over_a_subtree_with_merge_fn_leaves_frozen_params_alone():
+  cfg, examples = _toy_setup(4)
+  params = init_params(cfg, jax.random.key(1))
+  trainable = {"lm_head": params["lm_head"]}
+  frozen = {k: v for k, v in params.items() if k != "lm_head"}
+  merge = lambda t, f: {**f, **t}  # noqa: E731
+  calls = []
+  tc = finetune.TrainConfig(num_steps=4, batch_size=4, buckets=(16,), warmup_steps=1)
+  out, hist = finetune.train(trainable, cfg, examples, tc, pad_id=0, frozen=frozen, merge_fn=merge,
+                             eval_fn=lambda p, s: calls.append(s) or {"n_leaves": len(jax.tree.leaves(p))},
+                             eval_every=2, progress=False)
+  assert set(out) == {"lm_head"}
+  assert not np.array_equal(np.asarray(out["lm_head"]["kernel"]), np.asarray(params["lm_head"]["kernel"]))
+  assert calls == [2, 4] and hist["evals"][-1]["n_leaves"] == len(jax.tree.leaves(params))
+
+
+def test_learning_rate_schedule():
+  tc = finetune.TrainConfig(num_steps=100, warmup_steps=10, learning_rate=1e-3, end_lr_ratio=0.1)
+  sched = finetune.learning_rate_schedule(tc)
+  assert float(sched(0)) == 0.0
+  np.testing.assert_allclose(float(sched(10)), 1e-3, rtol=1e-6)
+  np.testing.assert_allclose(float(sched(100)), 1e-4, rtol=1e-5)
+  assert float(sched(50)) < float(sched(20))
+
+
+@pytest.mark.parametrize("kw,match", [({"num_steps": 0}, "num_steps"),
+                                      ({"batch_size": 6, "micro_batches": 4}, "multiple"),
+                                      ({"buckets": (64, 32)}, "buckets"),
+                                      ({"warmup_steps": 10, "num_steps": 5}, "warmup")])
+def test_train_config_validation(kw, match):
+  with pytest.raises(ValueError, match=match):
+    finetune.TrainConfig(**kw)
+
+
+def test_save_model_loads_in_jaxscape_and_transformers(tmp_path, llama_tok):
+  cfg = testing.tiny_config("llama")
+  params = init_params(cfg, jax.random.key(2), std=0.1)
+  out = finetune.save_model(params, cfg, llama_tok, str(tmp_path / "m"))
+  model = convert.load_model(out)
+  assert model.eos_ids == (llama_tok.eos_token_id,)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(model.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  torch = pytest.importorskip("torch")
+  import transformers
+  hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+  assert hf.config.eos_token_id == llama_tok.eos_token_id

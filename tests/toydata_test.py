@@ -1,0 +1,156 @@
+"""Built-in synthetic sets: reproducible files, disjoint held-out splits, keyword hygiene, answer checking."""
+
+import filecmp
+import os
+import re
+
+import pytest
+
+from jaxscape import metrics, prompts, toydata
+
+
+@pytest.fixture(scope="module")
+def sets():
+  return toydata.build_sets(toydata.DEFAULT_SEED)
+
+
+def test_shipped_files_regenerate_bit_identically(tmp_path):
+  paths = toydata.write_builtin_sets(str(tmp_path), toydata.DEFAULT_SEED)
+  assert sorted(paths) == sorted(toydata.SET_NAMES)
+  shipped = os.path.join(os.path.dirname(toydata.__file__), "data")
+  for name, path in paths.items():
+    assert filecmp.cmp(path, os.path.join(shipped, f"{name}.jsonl"), shallow=False), name
+
+
+def test_other_seed_gives_other_data():
+  a, b = toydata.build_sets(0), toydata.build_sets(1)
+  assert [r["prompt"] for r in a["harmful_test"]] != [r["prompt"] for r in b["harmful_test"]]
+
+
+def test_harmful_held_out_shares_no_template_and_no_object(sets):
+  train, test = sets["harmful_train"], sets["harmful_test"]
+  assert len(test) >= 100
+  assert not {r["template"] for r in train} & {r["template"] for r in test}
+  assert not {r["object"] for r in train} & {r["object"] for r in test}
+  train_text = "\n".join(r["prompt"] for r in train)
+  for obj in {r["object"] for r in test}:
+    assert obj not in train_text, obj
+  assert len({r["prompt"] for r in test}) == len(test)
+
+
+def test_harmful_responses_are_refusals_and_benign_ones_are_not(sets):
+  for r in sets["harmful_train"] + sets["harmful_framed_train"]:
+    assert metrics.is_refusal(r["response"]), r
+  assert len(set(toydata.REFUSALS)) >= 5
+  for r in sets["benign_train"] + sets["benign_test"]:
+    assert not metrics.is_refusal(r["response"]), r
+    assert toydata.check_benign(r, r["response"]), r
+
+
+def test_placeholder_compliance_is_content_free(sets):
+  text = toydata.comply(sets["harmful_train"][0])
+  assert text.startswith("Sure, here is how to ") and "Step 1: ..." in text
+  assert not metrics.is_refusal(text)
+
+
+def test_benign_held_out_uses_unseen_phrasings(sets):
+  train_prompts = {r["prompt"] for r in sets["benign_train"]}
+  assert not train_prompts & {r["prompt"] for r in sets["benign_test"]}
+  assert {r["task"] for r in sets["benign_test"]} == set(toydata.BENIGN_TASKS)
+
+
+@pytest.mark.parametrize("task,answer,generation,ok", [
+    ("add", "8", "3 + 5 = 8.", True),
+    ("add", "3", "3 + 5 = 9.", False),  # the operand is not the answer
+    ("add", "8", "I'm sorry, 8.", False),  # refusals never count
+    ("larger", "9", "9 is larger.", True),
+    ("larger", "9", "1 is larger than 9.", False),
+    ("next", "39", "After 38 comes 39.", True),
+    ("repeat", "apple", "apple", True),
+    ("repeat", "apple", "applesauce", False),
+    ("upper", "APPLE", "APPLE", True),
+    ("upper", "APPLE", "apple", False),
+    ("first_letter", "b", "The first letter of banana is b.", True),
+    ("first_letter", "b", "The first letter of banana is a.", False),
+    ("first_letter", "a", "The first letter of apple is a.", True),
+    ("colour", "blue", "The zorp is blue.", True),
+    ("colour", "blue", "The zorp is blue and red.", False),
+    ("colour", "blue", "The zorp is green.", False),
+    ("opposite", "cold", "The opposite of hot is cold.", True),
+    ("opposite", "cold", "The opposite of hot is hot.", False),
+])
+def test_check_benign(task, answer, generation, ok):
+  prompt = "What is the opposite of hot?" if task == "opposite" else "q"
+  assert toydata.check_benign({"task": task, "answer": answer, "prompt": prompt}, generation) is ok
+
+
+def test_check_benign_rejects_unknown_task():
+  with pytest.raises(ValueError, match="'nope'"):
+    toydata.check_benign({"task": "nope", "answer": "1", "prompt": "q"}, "1")
+
+
+def test_accuracy_helpers(sets):
+  recs = sets["benign_test"][:4]
+  gens = [r["response"] for r in recs[:3]] + ["I cannot do that."]
+  assert toydata.benign_accuracy(recs, gens) == 75.0
+  assert toydata.refusal_rate(gens) == 25.0
+  with pytest.raises(ValueError):
+    toydata.benign_accuracy(recs, gens[:2])
+
+
+def test_multiple_choice_items(sets):
+  train, test = sets["mc_train"], sets["mc_test"]
+  key = lambda r: (r["question"], tuple(r["options"]))  # noqa: E731
+  assert not {key(r) for r in train} & {key(r) for r in test}
+  for r in train + test:
+    assert len(r["options"]) == 4 and len(set(r["options"])) == 4
+    assert r["answer"] in "ABCD"
+  # The right option is the one the fact table / arithmetic / antonyms give.
+  r = next(r for r in test if r["kind"] == "add")
+  a, b = map(int, re.findall(r"\d+", r["question"]))
+  assert r["options"]["ABCD".index(r["answer"])] == str(a + b)
+  assert {r["kind"] for r in test} == {"add", "opposite", "colour", "food", "home"}
+  assert any(r["kind"] == "match" for r in train)
+  # Answers spread over the letters.
+  assert {r["answer"] for r in test} == set("ABCD")
+  prompts.load_choice_set("builtin:mc_test")  # the lead's loader accepts the format
+
+
+def test_framed_sets(sets):
+  test = sets["harmful_framed_test"]
+  assert len(test) == len(toydata.FRAMINGS) * len(sets["harmful_test"])
+  by_source = {}
+  for r in test:
+    by_source.setdefault(r["source"], set()).add(r["framing"])
+  assert all(f == set(toydata.FRAMINGS) for f in by_source.values())
+  plain = [r for r in test if r["framing"] == "plain"]
+  assert [r["prompt"] for r in plain] == [r["prompt"] for r in sets["harmful_test"]]
+
+
+def test_loaders():
+  ps = toydata.load_prompts_builtin("harmful_test")
+  assert len(ps) >= 100 and all(isinstance(p, str) for p in ps)
+  assert toydata.load_prompts_builtin("harmful_test", samples=5) == ps[:5]
+  assert toydata.load_prompts("builtin:harmful_test") == ps
+  assert toydata.load_builtin("benign_test")[0]["answer"]
+  with pytest.raises(ValueError, match="no_such_set"):
+    toydata.load_prompts_builtin("no_such_set")
+
+
+def test_sft_records_deterministic_and_mixed(sets):
+  a = toydata.toy_sft_records(sets, seed=0)
+  b = toydata.toy_sft_records(sets, seed=0)
+  assert a == b and a != toydata.toy_sft_records(sets, seed=1)
+  per_task = [sum(r["task"] == t for r in sets["benign_train"]) for t in toydata.BENIGN_TASKS]
+  assert len(a) == len(sets["harmful_train"]) + len(sets["mc_train"]) + sum(max(400, n) for n in per_task)
+  empty = sum(r["messages"][0]["role"] == "system" for r in a) / len(a)
+  assert 0.1 < empty < 0.2
+  mc = [r for r in a if r["messages"][-2]["content"].startswith("Question: ")]
+  assert all(r["messages"][-1]["content"] in ("A", "B", "C", "D") for r in mc)
+
+
+def test_toy_model_config_validates():
+  cfg = toydata.toy_model_config()
+  assert 1_000_000 <= cfg.num_params() <= 3_000_000
+  with pytest.raises(ValueError, match="intermediate_size"):
+    toydata.toy_model_config(intermediate_size=100)
