@@ -336,16 +336,6 @@ def plan_scan(cfg: ModelConfig, *, n_points: int, n_dirs: int, batch: int, seq_l
 # ----------------------------------------------------------------- the loop
 
 
-@dataclasses.dataclass
-class SliceResult:
-  """Host-side results of one slice (real points only)."""
-  point_ids: list[int]
-  generations: list[list[str]]  # [points][prompts]
-  lengths: np.ndarray  # [points, prompts] int
-  nonfinite: np.ndarray  # [points] bool
-  choice_logits: np.ndarray | None  # [points, Q, C]
-
-
 def pad_slice(ids: list[int], size: int) -> list[int]:
   """Pad a slice's point ids to ``size`` by repeating the last (outputs dropped on the host)."""
   return ids + [ids[-1]] * (size - len(ids))
