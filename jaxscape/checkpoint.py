@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -38,3 +39,9 @@ def restore_params(path: str | os.PathLike, abstract: PyTree | None = None) -> P
     if abstract is None:
       return ckptr.restore(path)
     return ckptr.restore(path, abstract)
+
+
+def abstract_like(tree: PyTree) -> PyTree:
+  """``jax.ShapeDtypeStruct`` tree (keeping shardings) for :func:`restore_params`."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                      tree)
