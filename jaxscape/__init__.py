@@ -12,6 +12,7 @@ Weights are plain pytrees; whole slices of grid points are decoded greedily unde
 
 from jaxscape.convert import Model, load_hf, load_model, save_hf
 from jaxscape.decode import Generation, generate_texts, greedy_generate
+from jaxscape.finetune import TrainConfig, load_chat_records, run_finetune
 from jaxscape.landscape import DecodeSpec, LandscapeSpec, make_grid, run_landscape
 from jaxscape.model import ModelConfig, forward, init_params
 from jaxscape.scan import decode_slice, plan_scan

@@ -2,21 +2,28 @@
 
 Pipeline::
 
-    records [{"messages": [...]}] --encode_chats--> Example(ids, loss_mask) per record
+    JSONL --load_chat_records--> records [{"messages": [...]}]
+      --encode_chats--> Example(ids, loss_mask) per record
       --batches--> {"tokens", "mask", "loss_mask"}: [M, b, T] (M micro-batches of b rows, T a length bucket)
-      --train (make_train_step)--> params
+      --train (make_train_step; orbax training-state checkpoints, resume)--> params
+      --save_model--> HF checkpoint dir (+ orbax copy)
 
-The train step differentiates a loss over a *trainable* pytree. Full finetuning trains the
-params themselves; LoRA (later) passes its adapters as ``trainable``, the frozen base as
-``frozen`` and a ``merge_fn(trainable, frozen) -> params`` (the seam of STYLE.md §2).
+:func:`run_finetune` does all of it for a model dir. The train step differentiates a loss
+over a *trainable* pytree. Full finetuning trains the params themselves; LoRA passes its
+adapters (:func:`init_lora`) as ``trainable``, the frozen base as ``frozen`` and
+:func:`merge_lora` as ``merge_fn(trainable, frozen) -> params`` (the seam of STYLE.md §2).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import math
+import os
+import shutil
 import time
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -46,7 +53,7 @@ class TrainConfig:
       ``learning_rate * end_lr_ratio`` at ``num_steps``.
     weight_decay: AdamW decay, applied to matrices only (not norm scales or biases).
     grad_clip: global-norm clip (0: off).
-    seed: data order (and nothing else: initialise params from your own key).
+    seed: data order (and the LoRA init in :func:`run_finetune`; :func:`train` takes params as given).
   """
   num_steps: int = 1000
   batch_size: int = 64
@@ -169,6 +176,47 @@ def encode_chats(tokenizer, records: list[dict], *, max_length: int) -> list[Exa
   return out
 
 
+def load_chat_records(source: str) -> list[dict]:
+  """Chat records ``{"messages": [{"role", "content"}, ...]}`` from a JSONL file or ``builtin:NAME``.
+
+  One JSON object a line (blank lines skipped). A line holds either ``"messages"`` or, as the
+  built-in sets do, ``"prompt"`` and ``"response"`` strings (one user and one assistant turn,
+  with an optional ``"system"`` string).
+
+  Raises:
+    ValueError: missing or empty file, or ``PATH:LINE: ...`` for the first malformed line
+      (invalid JSON, neither form, bad roles or contents, no assistant turn).
+  """
+  from jaxscape import prompts  # deferred: only file loading needs it
+
+  path = prompts.resolve(source)
+  if not os.path.isfile(path):
+    raise ValueError(f"data file {path} does not exist")
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"{path}:{n}"
+      try:
+        r = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+      if isinstance(r, dict) and "messages" not in r and isinstance(r.get("prompt"), str) \
+          and isinstance(r.get("response"), str):
+        system = [{"role": "system", "content": r["system"]}] if isinstance(r.get("system"), str) else []
+        r = {"messages": system + [{"role": "user", "content": r["prompt"]},
+                                   {"role": "assistant", "content": r["response"]}]}
+      if not isinstance(r, dict) or "messages" not in r:
+        raise ValueError(f"{where}: expected an object with \"messages\" (or \"prompt\" and \"response\"), "
+                         f"got {line.strip()[:80]!r}")
+      _check_messages(r["messages"], where)
+      records.append({"messages": r["messages"]})
+  if not records:
+    raise ValueError(f"data file {path} holds no records")
+  return records
+
+
 # ----------------------------------------------------------------- batching
 
 
@@ -200,18 +248,23 @@ def bucket_of(n: int, buckets: tuple[int, ...]) -> int:
   return buckets[-1]
 
 
-def batches(examples: list[Example], tc: TrainConfig, pad_id: int) -> Iterator[dict[str, np.ndarray]]:
+def batches(examples: list[Example], tc: TrainConfig, pad_id: int, *,
+            start: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Endless deterministic batches ``{"tokens", "mask", "loss_mask"}: [M, b, T]`` (M micro-batches).
 
   Each epoch (seeded by ``(tc.seed, epoch)``) shuffles every length bucket, cuts it into
   full batches (a bucket's last partial batch is filled with other examples of the same
   bucket, drawn at random), and visits the batches in a random order.
+
+  Args:
+    start: skip the first ``start`` batches (resuming at step ``start``): only the epochs'
+      index shuffles are replayed, no batch is padded.
   """
   by_bucket: dict[int, list[int]] = {}
   for i, ex in enumerate(examples):
     by_bucket.setdefault(bucket_of(len(ex.ids), tc.buckets), []).append(i)
   B, M = tc.batch_size, tc.micro_batches
-  epoch = 0
+  epoch, seen = 0, 0
   while True:
     rng = np.random.default_rng([tc.seed, epoch])
     plan = []
@@ -222,6 +275,9 @@ def batches(examples: list[Example], tc: TrainConfig, pad_id: int) -> Iterator[d
         idx = np.concatenate([idx, rng.choice(idx, short, replace=short > len(idx))])
       plan += [(length, idx[s:s + B]) for s in range(0, len(idx), B)]
     for k in rng.permutation(len(plan)):
+      seen += 1
+      if seen <= start:
+        continue
       length, idx = plan[k]
       batch = pad_batch([examples[i] for i in idx], length, pad_id)
       yield {name: a.reshape((M, B // M) + a.shape[1:]) for name, a in batch.items()}
@@ -298,48 +354,150 @@ def make_train_step(cfg: model_lib.ModelConfig, optimizer: optax.GradientTransfo
   return jax.jit(step, donate_argnums=(0, 1))
 
 
+# ----------------------------------------------------------------- LoRA
+
+# HF projection name -> (block, our name) inside each layer of jaxscape.model's params layout.
+LORA_TARGETS = {"q_proj": ("attn", "q"), "k_proj": ("attn", "k"), "v_proj": ("attn", "v"), "o_proj": ("attn", "o"),
+                "gate_proj": ("mlp", "gate"), "up_proj": ("mlp", "up"), "down_proj": ("mlp", "down")}
+DEFAULT_LORA_TARGETS = tuple(LORA_TARGETS)
+
+
+def init_lora(params: PyTree, cfg: model_lib.ModelConfig, rank: int, key: jax.Array, *,
+              targets: tuple[str, ...] = DEFAULT_LORA_TARGETS) -> PyTree:
+  """Zero-effect LoRA adapters for the ``targets`` kernels of every layer: ``ΔW = scale · A @ B``.
+
+  Args:
+    params: the base params (only their kernel shapes are read).
+    rank: adapter rank r >= 1.
+    key: PRNG key; the A of (layer i, target t) draws from ``fold_in(key, i * 7 + index of t in
+      LORA_TARGETS)``, so a draw does not depend on which other targets are chosen.
+    targets: HF projection names, keys of :data:`LORA_TARGETS`.
+  Returns:
+    ``{"layers": [{"attn": {"q": {"a": float32[in, r], "b": float32[r, out]}, ...},
+    "mlp": {...}}, ...]}`` (one dict per layer) with ``a ~ N(0, 1/in)``, so ``x @ a`` keeps
+    the scale of ``x``, and ``b = 0``, so :func:`merge_lora` starts at the base exactly.
+  """
+  if rank < 1:
+    raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+  unknown = [t for t in targets if t not in LORA_TARGETS]
+  if unknown or not targets:
+    raise ValueError(f"LoRA targets must be a non-empty subset of {', '.join(LORA_TARGETS)}, got {targets}")
+  assert len(params["layers"]) == cfg.num_layers, (len(params["layers"]), cfg.num_layers)
+  names = list(LORA_TARGETS)
+  layers = []
+  for i, lp in enumerate(params["layers"]):
+    la: dict = {}
+    for t in targets:
+      block, name = LORA_TARGETS[t]
+      n_in, n_out = lp[block][name]["kernel"].shape
+      k = jax.random.fold_in(key, i * len(names) + names.index(t))
+      a = jax.random.normal(k, (n_in, rank), jnp.float32) / np.float32(math.sqrt(n_in))
+      la.setdefault(block, {})[name] = {"a": a, "b": jnp.zeros((rank, n_out), jnp.float32)}
+    layers.append(la)
+  return {"layers": layers}
+
+
+def merge_lora(adapters: PyTree, frozen: PyTree, *, scale: float = 1.0) -> PyTree:
+  """Base params with each adapted kernel replaced by ``W + scale · A @ B`` (pure; the ``merge_fn`` seam).
+
+  The sum is formed in float32 (``A @ B`` at highest matmul precision) and cast once to
+  ``W``'s dtype, so zero ``B`` gives ``W`` back exactly. Leaves not adapted are shared, not copied.
+
+  Args:
+    adapters: from :func:`init_lora` (or trained).
+    frozen: the base params.
+    scale: ``alpha / rank``.
+  Returns:
+    A params pytree of the base's layout and dtypes.
+  """
+  layers = list(frozen["layers"])
+  for i, la in enumerate(adapters["layers"]):
+    lp = dict(layers[i])
+    for block, entries in la.items():
+      bp = dict(lp[block])
+      for name, ab in entries.items():
+        w = bp[name]["kernel"]
+        delta = jnp.matmul(ab["a"].astype(jnp.float32), ab["b"].astype(jnp.float32),
+                           precision=jax.lax.Precision.HIGHEST)
+        bp[name] = {**bp[name], "kernel": (w.astype(jnp.float32) + np.float32(scale) * delta).astype(w.dtype)}
+      lp[block] = bp
+    layers[i] = lp
+  return {**frozen, "layers": layers}
+
+
 # ----------------------------------------------------------------- the loop
 
 
 def train(trainable: PyTree, cfg: model_lib.ModelConfig, examples: list[Example], tc: TrainConfig, *,
           pad_id: int, frozen: PyTree = None, merge_fn: MergeFn | None = None,
           eval_fn: Callable[[PyTree, int], dict] | None = None, eval_every: int = 0,
-          progress: bool = True) -> tuple[PyTree, dict]:
+          progress: bool = True, checkpoint_dir: str | None = None, checkpoint_every: int = 0,
+          keep_checkpoints: int = 2, fingerprint: dict | None = None) -> tuple[PyTree, dict]:
   """Train ``trainable`` for ``tc.num_steps`` steps; deterministic for a given ``tc.seed`` and initial params.
+
+  With ``checkpoint_dir``, the training state (``trainable``, optimizer state, step, history)
+  is saved with orbax every ``checkpoint_every`` steps and at the last step, keeping the
+  newest ``keep_checkpoints``. If the dir already holds a state, training resumes from its
+  newest one: the data order is fast-forwarded to that step, so a resumed run ends with
+  params bit-identical to an uninterrupted one (same device kind). A state saved by a
+  different run (see :func:`train_fingerprint`) is refused.
 
   Args:
     trainable: params (full finetuning) or adapters (with ``frozen`` and ``merge_fn``).
     examples: from :func:`encode_chats`.
     pad_id: token id used for padding (masked out).
     eval_fn: ``eval_fn(params, step) -> dict`` called every ``eval_every`` steps (0: only at the
-      end) with the merged params; results go to the history.
+      end) with the merged params; results go to the history (JSON-serialisable values when
+      checkpointing).
     progress: tqdm bar on stderr showing the loss.
+    fingerprint: extra JSON-serialisable facts a resumed run must share (e.g. LoRA settings).
   Returns:
     (trained ``trainable``, history ``{"loss": [per step], "evals": [...], "seconds",
-    "compile_seconds", "tokens"}``).
+    "compile_seconds", "tokens", "resumed_from"}``); ``seconds`` counts this call only.
+  Raises:
+    ValueError: no examples, bad ``checkpoint_every``, or an incompatible saved state.
   """
   from tqdm.auto import tqdm  # deferred: only the loop needs it
 
+  from jaxscape import checkpoint  # deferred: orbax is slow to import
+
   if not examples:
     raise ValueError("train needs at least one example")
+  if checkpoint_every < 0 or keep_checkpoints < 1:
+    raise ValueError(f"need checkpoint_every >= 0 and keep_checkpoints >= 1, got {checkpoint_every}, "
+                     f"{keep_checkpoints}")
   optimizer = make_optimizer(tc)
-  step_fn = make_train_step(cfg, optimizer, merge_fn=merge_fn)
+  step_fn = _cached_train_step(cfg, tc, merge_fn)
   # Copy: the step donates its inputs, and the caller may still hold the initial params.
-  trainable = jax.tree.map(lambda x: jnp.array(x, copy=True), trainable)
-  opt_state = optimizer.init(trainable)
+  # Committed to their devices, like arrays restored from a checkpoint, so that a resumed
+  # run in this process reuses the compiled step (committedness is part of the compile key).
+  commit = lambda tree: jax.tree.map(lambda x: jax.device_put(x, x.sharding), tree)  # noqa: E731
+  trainable = commit(jax.tree.map(lambda x: jnp.array(x, copy=True), trainable))
+  opt_state = commit(optimizer.init(trainable))
   history = {"loss": [], "evals": [], "tokens": 0.0}
-  data = batches(examples, tc, pad_id)
+  start = 0
+  if checkpoint_dir is not None:
+    prints = train_fingerprint(trainable, frozen, cfg, examples, tc, pad_id=pad_id, extra=fingerprint)
+    found = checkpoint.latest_train_state(checkpoint_dir)
+    if found is not None:
+      start, meta = found
+      _check_fingerprint(meta["fingerprint"], prints, checkpoint_dir)
+      state = checkpoint.restore_train_state(
+          checkpoint_dir, start, checkpoint.abstract_like({"trainable": trainable, "opt_state": opt_state}))
+      trainable, opt_state, history = state["trainable"], state["opt_state"], meta["history"]
+      _log.warning("resuming from step %d of %d (%s)", start, tc.num_steps, checkpoint_dir)
+  data = batches(examples, tc, pad_id, start=start)
   merged = (lambda t: t) if merge_fn is None else (lambda t: merge_fn(t, frozen))
   t0 = time.perf_counter()
   compile_s = 0.0
   pending = None  # stats of the previous step, read after the next one is dispatched
-  bar = tqdm(total=tc.num_steps, desc="train", disable=not progress, dynamic_ncols=True)
+  bar = tqdm(total=tc.num_steps, initial=start, desc="train", disable=not progress, dynamic_ncols=True)
   try:
-    for step in range(1, tc.num_steps + 1):
+    for step in range(start + 1, tc.num_steps + 1):
       batch = next(data)
       ts = time.perf_counter()
       trainable, opt_state, stats = step_fn(trainable, opt_state, frozen, batch)
-      if step == 1:
+      if step == start + 1:
         jax.block_until_ready(stats)
         compile_s = time.perf_counter() - ts
       if pending is not None:
@@ -347,16 +505,37 @@ def train(trainable: PyTree, cfg: model_lib.ModelConfig, examples: list[Example]
       pending = stats
       if eval_fn is not None and eval_every and step % eval_every == 0 and step < tc.num_steps:
         history["evals"].append({"step": step, **eval_fn(merged(trainable), step)})
-    _record(history, pending, bar)
+      if checkpoint_dir is not None and ((checkpoint_every and step % checkpoint_every == 0)
+                                         or step == tc.num_steps):
+        _record(history, pending, bar)
+        pending = None
+        checkpoint.save_train_state(checkpoint_dir, step, {"trainable": trainable, "opt_state": opt_state},
+                                    {"fingerprint": prints, "history": history}, keep=keep_checkpoints)
+    if pending is not None:
+      _record(history, pending, bar)
   finally:
     bar.close()
   history["seconds"] = time.perf_counter() - t0
   history["compile_seconds"] = compile_s
+  history["resumed_from"] = start
   if eval_fn is not None:
     history["evals"].append({"step": tc.num_steps, **eval_fn(merged(trainable), tc.num_steps)})
   if not all(math.isfinite(x) for x in history["loss"]):
     _log.warning("non-finite training loss seen; lower the learning rate")
   return trainable, history
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_train_step(cfg: model_lib.ModelConfig, tc: TrainConfig, merge_fn: MergeFn | None) -> Callable:
+  """:func:`make_train_step` per (config, train config, merge function): a later :func:`train` with the
+  same ones (a resumed run, a sweep over data) reuses the compiled step instead of compiling again."""
+  return make_train_step(cfg, make_optimizer(tc), merge_fn=merge_fn)
+
+
+@functools.lru_cache(maxsize=8)
+def lora_merge_fn(scale: float) -> MergeFn:
+  """``merge_lora`` at ``scale`` as a ``merge_fn``; the same object per scale, so compiled steps are reused."""
+  return functools.partial(merge_lora, scale=scale)
 
 
 def _record(history: dict, stats: dict, bar) -> None:
@@ -367,20 +546,81 @@ def _record(history: dict, stats: dict, bar) -> None:
   bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
 
+# ----------------------------------------------------------------- resume checks
+
+
+def _tree_digest(tree: PyTree) -> str:
+  """``"N leaves, M values, sha256 …"`` over the tree's structure, shapes, dtypes and sampled values.
+
+  Sampled (the first and last 64 values along each leaf's last axis at its first and last
+  index of the other axes), not hashed in full: cheap for any model size, yet two different
+  checkpoints or initialisations differ there with near certainty.
+  """
+  if tree is None:
+    return "none"
+  leaves, treedef = jax.tree.flatten(tree)
+  h = hashlib.sha256(str(treedef).encode())
+  for x in leaves:
+    h.update(f"{x.shape}{x.dtype}".encode())
+    if x.ndim:
+      for corner in ((0,) * (x.ndim - 1), (-1,) * (x.ndim - 1)):
+        h.update(np.ascontiguousarray(jax.device_get(x[corner][:64])).tobytes())
+        h.update(np.ascontiguousarray(jax.device_get(x[corner][-64:])).tobytes())
+    else:
+      h.update(np.asarray(jax.device_get(x)).tobytes())
+  return f"{len(leaves)} leaves, {sum(x.size for x in leaves):,} values, sha256 {h.hexdigest()[:16]}"
+
+
+def train_fingerprint(trainable: PyTree, frozen: PyTree, cfg: model_lib.ModelConfig, examples: list[Example],
+                      tc: TrainConfig, *, pad_id: int, extra: dict | None = None) -> dict:
+  """What a resumed run must share with the run that saved the state, as a JSON-able dict.
+
+  The train and model configs, the encoded data (count and hash), the pad id, digests of
+  the initial ``trainable`` and ``frozen`` trees (:func:`_tree_digest`), and ``extra``.
+  """
+  h = hashlib.sha256()
+  for ex in examples:
+    h.update(np.int64(len(ex.ids)).tobytes())
+    h.update(np.asarray(ex.ids, np.int32).tobytes())
+    h.update(np.asarray(ex.loss_mask, bool).tobytes())
+  prints = {"train_config": dataclasses.asdict(tc), "model_config": dataclasses.asdict(cfg),
+            "data": f"{len(examples)} examples, sha256 {h.hexdigest()[:16]}", "pad_id": pad_id,
+            "initial_trainable": _tree_digest(trainable), "frozen": _tree_digest(frozen), **(extra or {})}
+  return json.loads(json.dumps(prints))  # tuples -> lists, as they come back from the saved JSON
+
+
+def _fingerprint_diff(saved: Any, now: Any, path: str = "") -> list[str]:
+  if isinstance(saved, dict) and isinstance(now, dict):
+    out = []
+    for k in sorted(set(saved) | set(now)):
+      out += _fingerprint_diff(saved.get(k), now.get(k), f"{path}.{k}" if path else k)
+    return out
+  return [] if saved == now else [f"{path}: saved {saved!r}, now {now!r}"]
+
+
+def _check_fingerprint(saved: dict, now: dict, checkpoint_dir: str) -> None:
+  diff = _fingerprint_diff(saved, now)
+  if diff:
+    more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+    raise ValueError(f"{checkpoint_dir} holds the training state of a different run: {'; '.join(diff[:3])}{more}. "
+                     "Resume with the same settings and data, or start over without it")
+
+
 # ----------------------------------------------------------------- export
 
 
 def save_model(params: PyTree, cfg: model_lib.ModelConfig, tokenizer, out_dir: str, *,
-               orbax_copy: bool = False, dtype: str | None = None) -> str:
+               orbax_copy: bool = False, dtype: str | None = None, eos_ids: tuple[int, ...] | None = None) -> str:
   """Write an HF checkpoint dir that jaxscape and ``transformers`` both load.
 
   ``config.json`` and ``model.safetensors`` (``convert.save_hf``), the tokenizer files,
   ``generation_config.json`` with the EOS/BOS/pad ids (also written into ``config.json``),
   and with ``orbax_copy`` the params as orbax under ``params/``. Returns ``out_dir``.
-  """
-  import json
-  import os
 
+  Args:
+    eos_ids: generation stop ids for ``generation_config.json`` (default: the tokenizer's EOS),
+      e.g. a source model's several end-of-turn ids.
+  """
   from jaxscape import checkpoint, convert
 
   os.makedirs(out_dir, exist_ok=True)
@@ -396,7 +636,122 @@ def save_model(params: PyTree, cfg: model_lib.ModelConfig, tokenizer, out_dir: s
   with open(path, "w", encoding="utf-8") as f:
     json.dump(hf_cfg, f, indent=2, sort_keys=True)
   with open(os.path.join(out_dir, "generation_config.json"), "w", encoding="utf-8") as f:
-    json.dump({**ids, "eos_token_id": [ids["eos_token_id"]], "do_sample": False}, f, indent=2, sort_keys=True)
+    json.dump({**ids, "eos_token_id": list(eos_ids or [ids["eos_token_id"]]), "do_sample": False}, f, indent=2,
+              sort_keys=True)
   if orbax_copy:
     checkpoint.save_params(os.path.join(out_dir, convert.ORBAX_DIR), params, overwrite=True)
   return out_dir
+
+
+# ----------------------------------------------------------------- finetune a model dir
+
+TRAIN_STATE_DIR = ".train_state"  # inside the output dir, removed when the run completes
+INFO_FILE = "finetune_info.json"  # written last: its presence marks a complete run
+
+
+def _prepare_out_dir(out_dir: str, *, resume: bool, overwrite: bool) -> None:
+  """Refuse an output dir holding earlier results (unless ``overwrite``); allow resuming our own state."""
+  from jaxscape import convert
+
+  if not os.path.exists(out_dir):
+    return
+  if not os.path.isdir(out_dir):
+    raise ValueError(f"output path {out_dir} exists and is not a directory")
+  entries = set(os.listdir(out_dir))
+  interrupted = TRAIN_STATE_DIR in entries and INFO_FILE not in entries
+  if interrupted and resume:
+    return
+  if entries and not overwrite:
+    what = ("the training state of an interrupted run (resume it, or pass overwrite=True / --overwrite with "
+            "resume off to start over)" if interrupted else
+            "earlier results (pass overwrite=True / --overwrite to replace them)")
+    raise ValueError(f"output dir {out_dir} is not empty: it holds {what}")
+  # Overwriting: drop what the new export would not replace but a loader would read instead
+  # (an orbax copy, a shard index) or take for a finished run.
+  for name in (TRAIN_STATE_DIR, INFO_FILE, convert.ORBAX_DIR, convert.SAFETENSORS_INDEX):
+    path = os.path.join(out_dir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+
+
+def run_finetune(model: Any, records: list[dict], tc: TrainConfig, *, out_dir: str, lora_rank: int = 0,
+                 lora_alpha: float | None = None, lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS,
+                 checkpoint_every: int = 0, resume: bool = True, overwrite: bool = False, orbax_copy: bool = True,
+                 keep_train_state: bool = False, eval_fn: Callable[[PyTree, int], dict] | None = None,
+                 eval_every: int = 0, progress: bool = True, extra_info: dict | None = None) -> dict:
+  """Finetune a model on chat records (full or LoRA) and write it as an HF checkpoint dir.
+
+  Loads the model (a dir path, or a :class:`jaxscape.convert.Model`), encodes the chats with
+  its chat template (assistant-only loss), trains (:func:`train`), and writes ``out_dir``:
+  ``config.json``, ``model.safetensors``, tokenizer files, ``generation_config.json`` (the
+  source's EOS ids), with ``orbax_copy`` the params under ``params/``, and last
+  ``finetune_info.json`` (the returned info). LoRA writes the merged full weights. Both
+  ``jaxscape.convert.load_model`` and ``transformers.AutoModelForCausalLM`` load the result.
+
+  The training state is checkpointed in ``out_dir/.train_state`` every ``checkpoint_every``
+  steps (0: only at the end); with ``resume``, an interrupted run in ``out_dir`` continues
+  from its newest state (bit-identical final weights) and the state is deleted once the
+  model is written (unless ``keep_train_state``).
+
+  Args:
+    records: ``[{"messages": [...]}, ...]`` (see :func:`load_chat_records`).
+    tc: optimisation settings; ``tc.seed`` fixes the data order and the LoRA init.
+    lora_rank: 0 trains every weight; r > 0 trains rank-r adapters on ``lora_targets``.
+    lora_alpha: LoRA scale numerator (``scale = alpha / rank``; default ``2 * rank``).
+    overwrite: replace an ``out_dir`` holding earlier results (never needed to resume).
+    extra_info: more entries for ``finetune_info.json`` (e.g. the command line).
+  Returns:
+    ``{"out_dir", "source", "steps", "loss" [per step], "final_loss", "evals", "seconds"
+    (whole call), "train_seconds", "compile_seconds", "resumed_from", "examples",
+    "target_tokens", "trainable_params", "lora" (or None), "train_config"}``.
+  Raises:
+    ValueError: a non-empty ``out_dir`` (see ``overwrite``), ``out_dir`` equal to the model
+      dir, a model without a chat template, buckets beyond the context window, bad records,
+      or an incompatible saved training state.
+  """
+  from jaxscape import convert
+
+  t0 = time.perf_counter()
+  out_dir = os.path.abspath(out_dir)
+  source = model if isinstance(model, str) else model.path
+  if source and os.path.realpath(source) == os.path.realpath(out_dir):
+    raise ValueError(f"output dir {out_dir} is the model dir; write the finetuned model elsewhere")
+  _prepare_out_dir(out_dir, resume=resume, overwrite=overwrite)
+  if isinstance(model, str):
+    model = convert.load_model(model)
+  cfg, tok = model.cfg, model.tokenizer
+  if getattr(tok, "chat_template", None) is None:
+    raise ValueError(f"{source}: the tokenizer has no chat template, so chat records cannot be rendered")
+  if tc.max_length > cfg.max_position_embeddings:
+    raise ValueError(f"longest bucket {tc.max_length} exceeds the model's context window "
+                     f"{cfg.max_position_embeddings}")
+  examples = encode_chats(tok, records, max_length=tc.max_length)
+  lora = None
+  if lora_rank:
+    alpha = float(lora_alpha if lora_alpha is not None else 2 * lora_rank)
+    lora = {"rank": lora_rank, "alpha": alpha, "targets": list(lora_targets)}
+    trainable = init_lora(model.params, cfg, lora_rank, jax.random.key(tc.seed), targets=tuple(lora_targets))
+    frozen, merge_fn = model.params, lora_merge_fn(alpha / lora_rank)
+  else:
+    trainable, frozen, merge_fn = model.params, None, None
+  state_dir = os.path.join(out_dir, TRAIN_STATE_DIR)
+  trained, history = train(trainable, cfg, examples, tc, pad_id=model.pad_id, frozen=frozen, merge_fn=merge_fn,
+                           eval_fn=eval_fn, eval_every=eval_every, progress=progress, checkpoint_dir=state_dir,
+                           checkpoint_every=checkpoint_every, fingerprint={"lora": lora})
+  params = trained if merge_fn is None else merge_fn(trained, frozen)
+  save_model(params, cfg, tok, out_dir, orbax_copy=orbax_copy, eos_ids=model.eos_ids)
+  info = {"out_dir": out_dir, "source": source, "steps": tc.num_steps, "loss": history["loss"],
+          "final_loss": history["loss"][-1], "evals": history["evals"], "seconds": time.perf_counter() - t0,
+          "train_seconds": history["seconds"], "compile_seconds": history["compile_seconds"],
+          "resumed_from": history["resumed_from"], "examples": len(examples), "target_tokens": history["tokens"],
+          "trainable_params": int(sum(x.size for x in jax.tree.leaves(trainable))), "lora": lora,
+          "train_config": dataclasses.asdict(tc), **(extra_info or {})}
+  tmp = os.path.join(out_dir, INFO_FILE + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(info, f, indent=2)
+  os.replace(tmp, os.path.join(out_dir, INFO_FILE))  # the completion mark appears whole or not at all
+  if not keep_train_state:
+    shutil.rmtree(state_dir, ignore_errors=True)
+  return info

@@ -1,6 +1,8 @@
 """SFT core: chat encoding with assistant-only masks, batching, masked loss, accumulation, determinism, export."""
 
 import dataclasses
+import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -206,3 +208,229 @@ def test_save_model_loads_in_jaxscape_and_transformers(tmp_path, llama_tok):
   import transformers
   hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
   assert hf.config.eos_token_id == llama_tok.eos_token_id
+
+
+# ----------------------------------------------------------------- LoRA
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_merge_lora_with_zero_b_is_the_base_exactly(family):
+  cfg = testing.tiny_config(family)
+  params = init_params(cfg, jax.random.key(3), std=0.1)
+  adapters = finetune.init_lora(params, cfg, 4, jax.random.key(0))
+  a = adapters["layers"][0]["attn"]["k"]
+  assert a["a"].shape == (64, 4) and a["b"].shape == (4, 2 * 16) and a["a"].dtype == jnp.float32
+  assert set(adapters["layers"][1]["mlp"]) == {"gate", "up", "down"}
+  merged = finetune.merge_lora(adapters, params, scale=2.0)
+  assert jax.tree.structure(merged) == jax.tree.structure(params)
+  for x, y in zip(jax.tree.leaves(merged), jax.tree.leaves(params)):
+    assert x.dtype == y.dtype
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # Non-zero B: exactly the targeted kernels move, by scale * A @ B; biases and others are shared.
+  only_q = finetune.init_lora(params, cfg, 2, jax.random.key(0), targets=("q_proj",))
+  assert set(only_q["layers"][1]) == {"attn"} and set(only_q["layers"][1]["attn"]) == {"q"}
+  # A (layer, target) draws the same A whatever the other targets.
+  all_r2 = finetune.init_lora(params, cfg, 2, jax.random.key(0))
+  np.testing.assert_array_equal(only_q["layers"][1]["attn"]["q"]["a"], all_r2["layers"][1]["attn"]["q"]["a"])
+  only_q = jax.tree.map(lambda x: x + 0.5 if x.shape[0] == 2 else x, only_q)  # B = 0.5
+  moved = finetune.merge_lora(only_q, params, scale=0.25)
+  ab = only_q["layers"][1]["attn"]["q"]
+  want = params["layers"][1]["attn"]["q"]["kernel"] + 0.25 * np.asarray(ab["a"]) @ np.asarray(ab["b"])
+  np.testing.assert_allclose(moved["layers"][1]["attn"]["q"]["kernel"], want, rtol=1e-6, atol=1e-6)
+  assert moved["layers"][1]["attn"]["k"] is params["layers"][1]["attn"]["k"]
+  assert moved["embed"] is params["embed"]
+  if family == "qwen2":
+    assert moved["layers"][0]["attn"]["q"]["bias"] is params["layers"][0]["attn"]["q"]["bias"]
+  with pytest.raises(ValueError, match="rank"):
+    finetune.init_lora(params, cfg, 0, jax.random.key(0))
+  with pytest.raises(ValueError, match="qkv"):
+    finetune.init_lora(params, cfg, 2, jax.random.key(0), targets=("qkv",))
+
+
+def test_lora_training_changes_only_adapters_and_lowers_the_loss():
+  cfg, examples = _toy_setup(4)
+  params = init_params(cfg, jax.random.key(0), std=0.1)
+  before = jax.tree.map(np.array, params)
+  adapters = finetune.init_lora(params, cfg, 4, jax.random.key(1), targets=("q_proj", "v_proj", "down_proj"))
+  merge = functools.partial(finetune.merge_lora, scale=2.0)
+  tc = finetune.TrainConfig(num_steps=30, batch_size=4, buckets=(16,), learning_rate=3e-2, warmup_steps=2)
+  out, hist = finetune.train(adapters, cfg, examples, tc, pad_id=0, frozen=params, merge_fn=merge, progress=False)
+  assert jax.tree.structure(out) == jax.tree.structure(adapters)
+  assert hist["loss"][-1] < 0.75 * hist["loss"][0]  # 6.3 -> 4.0: rank-4 adapters on a random model
+  for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(before)):  # the frozen base is untouched
+    np.testing.assert_array_equal(np.asarray(x), y)
+  merged = merge(out, params)
+  flat_m = dict(jax.tree_util.tree_leaves_with_path(merged))
+  changed = {jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(before)
+             if not np.array_equal(np.asarray(flat_m[k]), v)}
+  assert changed == {f"['layers'][0]['{b}']['{n}']['kernel']" for b, n in (("attn", "q"), ("attn", "v"),
+                                                                             ("mlp", "down"))}
+
+
+# ----------------------------------------------------------------- checkpoints and resume
+
+
+class _Killed(Exception):
+  pass
+
+
+def _kill_at(step):
+  def eval_fn(params, s):
+    if s == step:
+      raise _Killed(f"killed at step {s}")
+    return {}
+  return eval_fn
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_after_interruption_is_bit_identical(tmp_path, lora):
+  cfg, examples = _toy_setup(10)
+  params = init_params(cfg, jax.random.key(0))
+  tc = finetune.TrainConfig(num_steps=9, batch_size=4, micro_batches=2, buckets=(16,), learning_rate=1e-2,
+                            warmup_steps=2)
+  kw = dict(pad_id=0, progress=False)
+  if lora:
+    trainable = finetune.init_lora(params, cfg, 2, jax.random.key(1))
+    kw.update(frozen=params, merge_fn=finetune.lora_merge_fn(2.0))
+  else:
+    trainable = params
+  ref, ref_hist = finetune.train(trainable, cfg, examples, tc, **kw)
+  ckpt = str(tmp_path / "state")
+  with pytest.raises(_Killed):
+    finetune.train(trainable, cfg, examples, tc, checkpoint_dir=ckpt, checkpoint_every=2, eval_fn=_kill_at(7),
+                   eval_every=1, **kw)
+  assert sorted(os.listdir(ckpt)) == ["4", "6"]  # the newest two are kept
+  out, hist = finetune.train(trainable, cfg, examples, tc, checkpoint_dir=ckpt, checkpoint_every=2, **kw)
+  assert hist["resumed_from"] == 6 and hist["loss"] == ref_hist["loss"]
+  assert jax.tree.structure(out) == jax.tree.structure(ref)
+  for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert sorted(os.listdir(ckpt)) == ["8", "9"]
+  # A finished state resumes to the end at once.
+  again, hist2 = finetune.train(trainable, cfg, examples, tc, checkpoint_dir=ckpt, **kw)
+  assert hist2["resumed_from"] == 9 and hist2["loss"] == ref_hist["loss"]
+  np.testing.assert_array_equal(np.asarray(jax.tree.leaves(again)[0]), np.asarray(jax.tree.leaves(ref)[0]))
+
+
+def test_batches_start_skips_exactly():
+  _, examples = _toy_setup(10)
+  tc = finetune.TrainConfig(num_steps=5, batch_size=4, buckets=(8, 16), warmup_steps=1)
+  full = finetune.batches(examples, tc, 0)
+  ref = [next(full) for _ in range(9)]  # crosses epoch boundaries (3 batches an epoch)
+  skipped = finetune.batches(examples, tc, 0, start=5)
+  for want in ref[5:]:
+    got = next(skipped)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_incompatible_checkpoint_is_refused(tmp_path):
+  cfg, examples = _toy_setup(4)
+  params = init_params(cfg, jax.random.key(0))
+  tc = finetune.TrainConfig(num_steps=2, batch_size=4, buckets=(16,), warmup_steps=1)
+  ckpt = str(tmp_path / "state")
+  finetune.train(params, cfg, examples, tc, pad_id=0, progress=False, checkpoint_dir=ckpt)
+  cases = [("train_config.learning_rate", dict(tc=dataclasses.replace(tc, learning_rate=2e-3))),
+           ("data", dict(examples=examples[:3])),
+           ("initial_trainable", dict(params=init_params(cfg, jax.random.key(9)))),
+           ("model_config.compute_dtype", dict(cfg=dataclasses.replace(cfg, compute_dtype="bfloat16"))),
+           ("lora", dict(fingerprint={"lora": {"rank": 2}}))]
+  for what, change in cases:
+    args = {"params": params, "cfg": cfg, "examples": examples, "tc": tc, "fingerprint": None, **change}
+    with pytest.raises(ValueError, match=f"different run: {what}"):
+      finetune.train(args["params"], args["cfg"], args["examples"], args["tc"], pad_id=0, progress=False,
+                     checkpoint_dir=ckpt, fingerprint=args["fingerprint"])
+
+
+# ----------------------------------------------------------------- chat JSONL
+
+
+def _write(path, lines):
+  path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  return str(path)
+
+
+def test_load_chat_records(tmp_path):
+  import json
+  good = _write(tmp_path / "good.jsonl", [json.dumps({"messages": CHAT}), "",
+                                          json.dumps({"prompt": "Hi", "response": "Hello.", "system": "S"})])
+  recs = finetune.load_chat_records(good)
+  assert recs == [{"messages": CHAT}, {"messages": [{"role": "system", "content": "S"},
+                                                    {"role": "user", "content": "Hi"},
+                                                    {"role": "assistant", "content": "Hello."}]}]
+  assert len(finetune.load_chat_records("builtin:harmful_train")) > 100
+  ok = json.dumps({"messages": CHAT})
+  cases = [(["", ""], "holds no records"),
+           ([ok, "", "{not json"], r"bad.jsonl:3: not valid JSON"),
+           ([ok, json.dumps({"msgs": CHAT})], r"bad.jsonl:2: expected an object"),
+           ([json.dumps([1, 2])], r"bad.jsonl:1: expected an object"),
+           ([json.dumps({"messages": [{"role": "robot", "content": "x"}]})], r"bad.jsonl:1: bad message"),
+           ([json.dumps({"messages": CHAT[:1]})], r"bad.jsonl:1: no assistant"),
+           ([json.dumps({"messages": []})], r"bad.jsonl:1: \"messages\" must be a non-empty list")]
+  for lines, match in cases:
+    with pytest.raises(ValueError, match=match):
+      finetune.load_chat_records(_write(tmp_path / "bad.jsonl", lines))
+  with pytest.raises(ValueError, match="does not exist"):
+    finetune.load_chat_records(str(tmp_path / "missing.jsonl"))
+
+
+# ----------------------------------------------------------------- run_finetune
+
+
+def _records(n=6):
+  return [{"messages": [{"role": "user", "content": f"Please create a plan {i}"},
+                        {"role": "assistant", "content": f"Sure, here is step {i}."}]} for i in range(n)]
+
+
+def test_run_finetune_lora_writes_merged_weights_and_guards_its_out_dir(tmp_path, tiny_dir):
+  base = convert.load_model(tiny_dir("qwen2"))
+  tc = finetune.TrainConfig(num_steps=3, batch_size=2, buckets=(64,), learning_rate=1e-2, warmup_steps=1)
+  out = str(tmp_path / "ft")
+  info = finetune.run_finetune(tiny_dir("qwen2"), _records(), tc, out_dir=out, lora_rank=2,
+                               lora_targets=("o_proj", "up_proj"), progress=False, extra_info={"note": "x"})
+  assert info["lora"] == {"rank": 2, "alpha": 4.0, "targets": ["o_proj", "up_proj"]} and info["note"] == "x"
+  assert len(info["loss"]) == 3 and info["resumed_from"] == 0 and info["examples"] == 6
+  assert info["trainable_params"] == 2 * (2 * (64 + 64) + 2 * (64 + 128))
+  assert not os.path.exists(os.path.join(out, finetune.TRAIN_STATE_DIR))  # removed once complete
+  assert convert.is_converted_dir(out)
+  got = convert.load_model(out)
+  hf_only = convert.hf_to_params(convert.read_safetensors(out), got.cfg)
+  assert got.cfg == base.cfg and got.eos_ids == base.eos_ids
+  moved = set()
+  for (k, x), y, z in zip(jax.tree_util.tree_leaves_with_path(got.params), jax.tree.leaves(base.params),
+                          jax.tree.leaves(hf_only)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(z))  # orbax copy == safetensors
+    if not np.array_equal(np.asarray(x), np.asarray(y)):
+      moved.add(jax.tree_util.keystr(k).split("]")[-3].strip("['"))
+  assert moved == {"o", "up"}
+  # A finished run is not overwritten by accident; with overwrite it is replaced.
+  with pytest.raises(ValueError, match="not empty.*earlier results"):
+    finetune.run_finetune(tiny_dir("qwen2"), _records(), tc, out_dir=out, progress=False)
+  with pytest.raises(ValueError, match="is the model dir"):
+    finetune.run_finetune(tiny_dir("qwen2"), _records(), tc, out_dir=tiny_dir("qwen2"), progress=False)
+  info2 = finetune.run_finetune(base, _records(), tc, out_dir=out, lora_rank=2, lora_targets=("o_proj", "up_proj"),
+                                overwrite=True, orbax_copy=False, progress=False)
+  assert not convert.is_converted_dir(out)  # the stale orbax copy is gone
+  assert info2["loss"] == info["loss"]  # deterministic
+  for x, y in zip(jax.tree.leaves(convert.load_model(out).params), jax.tree.leaves(got.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_run_finetune_resumes_an_interrupted_run(tmp_path, tiny_dir):
+  tc = finetune.TrainConfig(num_steps=4, batch_size=2, buckets=(64,), learning_rate=1e-2, warmup_steps=1)
+  ref = finetune.run_finetune(tiny_dir("llama"), _records(), tc, out_dir=str(tmp_path / "ref"), lora_rank=2,
+                              progress=False)
+  out = str(tmp_path / "ft")
+  with pytest.raises(_Killed):
+    finetune.run_finetune(tiny_dir("llama"), _records(), tc, out_dir=out, lora_rank=2, checkpoint_every=2,
+                          eval_fn=_kill_at(3), eval_every=1, progress=False)
+  with pytest.raises(ValueError, match="interrupted run"):
+    finetune.run_finetune(tiny_dir("llama"), _records(), tc, out_dir=out, lora_rank=2, resume=False,
+                          progress=False)
+  with pytest.raises(ValueError, match="lora.rank: saved 2, now 3"):
+    finetune.run_finetune(tiny_dir("llama"), _records(), tc, out_dir=out, lora_rank=3, progress=False)
+  info = finetune.run_finetune(tiny_dir("llama"), _records(), tc, out_dir=out, lora_rank=2, progress=False)
+  assert info["resumed_from"] == 2 and info["loss"] == ref["loss"]
+  with open(os.path.join(out, convert.SAFETENSORS), "rb") as f, \
+       open(os.path.join(ref["out_dir"], convert.SAFETENSORS), "rb") as g:
+    assert f.read() == g.read()
