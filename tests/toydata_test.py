@@ -106,10 +106,10 @@ def test_multiple_choice_items(sets):
     assert len(r["options"]) == 4 and len(set(r["options"])) == 4
     assert r["answer"] in "ABCD"
   # The right option is the one the fact table / arithmetic / antonyms give.
-  r = next(r for r in test if r["kind"] == "add")
-  a, b = map(int, re.findall(r"\d+", r["question"]))
-  assert r["options"]["ABCD".index(r["answer"])] == str(a + b)
-  assert {r["kind"] for r in test} == {"add", "opposite", "colour", "food", "home"}
+  r = next(r for r in test if r["kind"] == "colour")
+  creature = next(x for x in toydata.CREATURES if f" {x}?" in r["question"])
+  assert r["options"]["ABCD".index(r["answer"])] == toydata.FACTS[creature]["colour"]
+  assert {r["kind"] for r in test} == {"opposite", "colour", "food", "home"}
   assert any(r["kind"] == "match" for r in train)
   # Answers spread over the letters.
   assert {r["answer"] for r in test} == set("ABCD")
@@ -154,3 +154,15 @@ def test_toy_model_config_validates():
   assert 1_000_000 <= cfg.num_params() <= 3_000_000
   with pytest.raises(ValueError, match="intermediate_size"):
     toydata.toy_model_config(intermediate_size=100)
+
+
+def _words(text):
+  return set(re.findall(r"[A-Za-z']+", text))
+
+
+def test_benign_held_out_wording_is_learnable_from_training_words(sets):
+  # A model trained from scratch cannot know a word it never saw: held-out benign phrasings are
+  # new *combinations* of training words. (Held-out harmful templates do use new words.)
+  benign_words = set().union(*(_words(r["prompt"]) for r in sets["benign_train"]))
+  for r in sets["benign_test"]:
+    assert _words(r["prompt"]) <= benign_words, r["prompt"]
