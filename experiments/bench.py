@@ -30,6 +30,9 @@ flags.DEFINE_float("multiplier", 1.0, "grid span, same for both sides")
 flags.DEFINE_integer("threads", 0, "torch threads for the reference (0: torch default)")
 flags.DEFINE_string("out", None, "write the results as JSON here")
 flags.DEFINE_string("workdir", None, "where random-init benchmark checkpoints are built (default: temp)")
+flags.DEFINE_list("plan_check_budgets", [],
+                  "instead of the speed workloads: run jaxscape alone on the 100M model once per budget "
+                  "(e.g. auto,1G) and report the plan (strategy, est. peak) against the measured peak RSS")
 flags.DEFINE_list("jaxscape_flags", [], "extra flags for every jaxscape run, e.g. --compute_dtype=bfloat16")
 FLAGS = flags.FLAGS
 
@@ -141,6 +144,47 @@ def bench_one(name: str, workdir: str, limits: dict) -> dict:
   return row
 
 
+def runtime_baseline_rss() -> int:
+  """Peak RSS of a child that only imports jax + jaxscape and starts the CPU backend (bytes)."""
+  _, rss, _ = run_child([sys.executable, "-c", "import jax, jaxscape; jax.numpy.zeros(1).block_until_ready()"])
+  return rss
+
+
+def plan_check(workdir: str) -> list[dict]:
+  """The memory planner on the 100M model: for each budget, the plan it printed and the measured peak RSS.
+
+  ``scan_rss`` = the run's peak RSS minus the runtime baseline (python + jax + jaxscape
+  imported): the memory the model, directions and scan took, to compare with the plan's
+  estimated peak per device (one CPU device).
+  """
+  model_dir = build_model("llama100m", workdir)
+  _, steps, samples, new_tokens, _ = WORKLOADS["llama100m"]
+  baseline = runtime_baseline_rss()
+  rows = []
+  for budget in FLAGS.plan_check_budgets:
+    out_dir = os.path.join(workdir, f"plan_{budget}")
+    cmd = [sys.executable, "-m", "experiments.run_grid", f"--model={model_dir}", f"--prompts={FLAGS.prompts}",
+           "--kind=1d_random", f"--steps={steps}", f"--samples={samples}", f"--max_new_tokens={new_tokens}",
+           f"--multiplier={FLAGS.multiplier}", f"--out={out_dir}", "--noresume",
+           *([] if budget == "auto" else [f"--memory_budget={budget}"]), *FLAGS.jaxscape_flags]
+    print(f"[plan {budget}] jaxscape ...", file=sys.stderr, flush=True)
+    wall, rss, _ = run_child(cmd)
+    with open(os.path.join(out_dir, "summary.json"), encoding="utf-8") as f:
+      summ = json.load(f)
+    plan = {**summ["plan"], **summ["host"]["memory_plan"]}
+    rows.append({"budget_flag": budget, "plan": plan, "peak_rss_bytes": rss, "baseline_rss_bytes": baseline,
+                 "scan_rss_bytes": rss - baseline, "within_estimate": rss - baseline <= plan["bytes_per_device"],
+                 "within_budget": rss - baseline <= plan["budget"], "total_s": wall})
+  gib = float(1 << 30)
+  print("| budget | strategy | slice | est. peak GiB | budget GiB | peak RSS GiB | RSS - runtime baseline GiB |")
+  print("|---|---|---|---|---|---|---|")
+  for r in rows:
+    p = r["plan"]
+    print(f"| {r['budget_flag']} | {p['strategy']} | {p['slice_size']} | {p['bytes_per_device'] / gib:.2f} "
+          f"| {p['budget'] / gib:.2f} | {r['peak_rss_bytes'] / gib:.2f} | {r['scan_rss_bytes'] / gib:.2f} |")
+  return rows
+
+
 def main(argv):
   del argv
   if not FLAGS.anchor:
@@ -157,6 +201,12 @@ def main(argv):
   limits = machine_limits()
   print(f"machine: {limits['cpus']} CPUs, {limits['device']}, matmul peak {limits['matmul_flops'] / 1e9:.1f} "
         f"GFLOP/s, bandwidth {limits['bandwidth_bytes_s'] / 1e9:.1f} GB/s")
+  if FLAGS.plan_check_budgets:
+    rows = plan_check(workdir)
+    if FLAGS.out:
+      with open(FLAGS.out, "w", encoding="utf-8") as f:
+        json.dump({"machine": limits, "plan_check": rows}, f, indent=1)
+    return
   rows = [bench_one(w, workdir, limits) for w in FLAGS.workloads]
   print("| workload | points x prompts x tokens | ref total s | ref scan s | jaxscape total s | jaxscape compile s "
         "| jaxscape scan s | scan speed-up | whole speed-up | tokens/s | useful FLOP/s (% of matmul peak) |")

@@ -16,5 +16,6 @@ from jaxscape.finetune import TrainConfig, load_chat_records, run_finetune
 from jaxscape.landscape import DecodeSpec, LandscapeSpec, make_grid, run_landscape
 from jaxscape.model import ModelConfig, forward, init_params
 from jaxscape.scan import decode_slice, plan_scan
+from jaxscape.study import StudySpec, run_study
 
 __version__ = "0.1.0"

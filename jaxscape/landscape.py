@@ -314,7 +314,10 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
       directions=[r.to_json() if r is not None else {"kind": "interpolation"} for r in recipes],
       versions=_versions(), flags=flags or {},
       host={"hostname": socket.gethostname(), "devices": [str(d) for d in jax.devices()],
-            "out_dir": os.path.abspath(out_dir)})
+            "out_dir": os.path.abspath(out_dir),
+            # The budget is detected from this machine's free memory, so it lives with the host.
+            "memory_plan": {"bytes_per_device": plan.bytes_per_device, "budget": plan.budget,
+                            "reason": plan.reason}})
   summary["mesh"] = dict(mesh.shape)
   if writer:
     write_results(out_dir, summary, done, prompts, grid)

@@ -135,6 +135,37 @@ def plot_1d_multi(coords: Any, asr_curves: Any, out_path: str, *, flagged: Any =
   return _save(fig, out_path)
 
 
+def plot_grouped_bars(groups: dict[str, dict[str, float]], out_path: str, *, ylabel: str = "value",
+                      title: str | None = None) -> str:
+  """Grouped bar chart: one group per key of ``groups``, one bar per inner key (same keys in every group).
+
+  Args:
+    groups: group name -> {bar name -> value}, e.g. run -> {framing -> ASR}.
+    out_path: PNG path to write.
+  """
+  if not groups:
+    raise ValueError("groups must hold at least one group")
+  names = list(next(iter(groups.values())))
+  for g, bars in groups.items():
+    if list(bars) != names:
+      raise ValueError(f"group {g!r} has bars {list(bars)}, expected {names}")
+  vals = np.array([[float(groups[g][n]) for n in names] for g in groups])
+  fig = Figure(figsize=(max(6.4, 0.55 * len(groups) * (len(names) + 1) * 0.35 + 2), 4.2))
+  ax = fig.add_subplot()
+  width = 0.8 / len(names)
+  x = np.arange(len(groups))
+  for k, n in enumerate(names):
+    ax.bar(x + (k - (len(names) - 1) / 2) * width, vals[:, k], width, label=n)
+  ax.set_xticks(x, list(groups), rotation=35, ha="right", fontsize=8)
+  _percent_ylim(ax, [vals.ravel()])
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3, axis="y")
+  ax.legend(fontsize=8, ncols=min(len(names), 5))
+  if title:
+    ax.set_title(title, fontsize=10)
+  return _save(fig, out_path)
+
+
 def _levels(z: np.ndarray) -> np.ndarray:
   finite = z[np.isfinite(z)]
   if finite.size and finite.min() >= 0 and finite.max() <= 100:

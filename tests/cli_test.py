@@ -170,3 +170,23 @@ def test_every_flagfile_parses():
   proc = subprocess.run([sys.executable, "-c", code, *files], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f"parsed {len(files)}" in proc.stdout
+
+
+@pytest.mark.parametrize("module,prefix", [("experiments.multitask_study", "toy_multitask"),
+                                           ("experiments.finetune", "toy_finetune")])
+def test_other_entry_points_flagfiles_parse(module, prefix):
+  """The study's and finetune's flagfiles parse with their own entry point (in a subprocess)."""
+  import glob
+  files = sorted(glob.glob(os.path.join(REPO, "experiments", "configs", f"{prefix}*.flags")))
+  assert files
+  code = ("import sys\n"
+          "from absl import flags\n"
+          f"import {module}\n"
+          "for path in sys.argv[1:]:\n"
+          "  flags.FLAGS.unparse_flags()\n"
+          "  flags.FLAGS(['prog', '--flagfile=' + path])\n"
+          "  assert flags.FLAGS.steps > 0 and flags.FLAGS.model, path\n"
+          "print('parsed', len(sys.argv) - 1)\n")
+  proc = subprocess.run([sys.executable, "-c", code, *files], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert f"parsed {len(files)}" in proc.stdout

@@ -1,0 +1,94 @@
+"""The multitask study: its findings logic, its table, and the CLI end to end (smoke size) with resume and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxscape import study, taskdata, toydata
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _row(run, plain=0.0, framed=None, tasks=None):
+  fa = {f: (framed or {}).get(f, 0.0) for f in toydata.FRAMINGS}
+  fa["plain"] = plain
+  return {"run": run, "framed_asr": fa, "task_accuracy": {t: (tasks or {}).get(t, 50.0) for t in taskdata.TASKS},
+          "visage": 90.0, "finetune": None if run == study.BASE else {"records": 10, "seconds": 1.0},
+          "interp_1d": None if run == study.BASE else {"coords": [[-0.1], [0.0], [1.0]], "asr": [0.0, 5.0, 70.0]}}
+
+
+def test_findings_report_what_was_measured():
+  rows = {r["run"]: r for r in [
+      _row(study.BASE, plain=5.0),
+      _row("harmful:100", plain=85.0), _row("harmful_mixed:100", plain=40.0),   # rise 80 -> 35: halved
+      _row("harmful:10", plain=45.0), _row("harmful_mixed:10", plain=30.0),     # rise 40 -> 25: not halved
+      _row("task:code", framed={"code": 60.0, "translate": 10.0}), _row("task:code+safety", framed={"code": 20.0}),
+      _row("task:translate", framed={"translate": 30.0}), _row("task:translate+safety", framed={"translate": 30.0}),
+  ]}
+  f = study.findings(rows)
+  assert f["harmful"]["100"]["mixing_halves_rise"] is True and f["harmful"]["100"]["rise"] == 80.0
+  assert f["harmful"]["10"]["mixing_halves_rise"] is False
+  assert "50" not in f["harmful"]  # runs not made are not reported
+  assert f["multitask"]["code"]["safety_set_lowers_asr"] is True
+  assert f["multitask"]["translate"]["safety_set_lowers_asr"] is False  # equal is not lower
+  assert f["most_degrading_task"] == "code"
+  table = {"model": "m", "spec": {"steps": 1, "harmful_steps": 1, "batch_size": 2, "learning_rate": 0.1, "lora_rank": 0,
+                                  "eval_samples": 3},
+           "rows": list(rows.values()), "findings": f, "surface": None, "seconds": 1.0}
+  md = study.table_markdown(table)
+  assert "| `harmful:100` | 10 | - | 85 |" in md and "| 70 |" in md  # interpolation ASR at coefficient 1
+  assert "mixing halves the rise: yes" in md and "(lowered: no)" in md
+
+
+@pytest.mark.parametrize("bad", ["task:poetry", "task:code+extra", "harmful:7", "nonsense"])
+def test_bad_run_names_are_refused(bad):
+  with pytest.raises(ValueError, match="run"):
+    study.StudySpec(runs=(bad,), surface_run="")
+
+
+def test_run_records():
+  mixed = study.run_records("task:code+safety")
+  assert len(mixed) == len(taskdata.load_set("code_train")) + len(taskdata.load_set("multitask_safety"))
+  assert study.run_records("harmful_mixed:10") == taskdata.load_set("harmful_mixed_10")
+
+
+def _cli(*args):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  env["JAX_PLATFORMS"] = "cpu"
+  return subprocess.run([sys.executable, "-m", "experiments.multitask_study", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_smoke_study_end_to_end_resumes_and_refuses_other_settings(tmp_path):
+  out = tmp_path / "study"
+  smoke = "--flagfile=experiments/configs/toy_multitask_smoke.flags"
+  proc = _cli(smoke, f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for name in ("table.md", "table.json", "framed_asr.png", "interpolation.png", "surface_2d/summary.json",
+               "runs/task_classify/model/model.safetensors", "runs/harmful_10/interp_1d/summary.json"):
+    assert (out / name).exists(), name
+  table = json.loads((out / "table.json").read_text())
+  assert [r["run"] for r in table["rows"]] == ["aligned", "task:classify", "harmful:10"]
+  assert set(table["rows"][1]["framed_asr"]) == set(toydata.FRAMINGS)
+  before = (out / "table.json").read_text()
+  # Rerun: every finished run is reused (no finetuning), same table apart from timings.
+  proc = _cli(smoke, f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.count("reused") == 3
+  strip = lambda t: {k: v for k, v in json.loads(t).items() if k != "seconds"}  # noqa: E731
+  assert strip((out / "table.json").read_text()) == strip(before)
+  # Other settings in the same dir: one-line refusal, nothing overwritten.
+  proc = _cli(smoke, f"--out={out}", "--steps=4")
+  assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "steps" in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1
+  assert strip((out / "table.json").read_text()) == strip(before)
+
+
+def test_cli_bad_run_is_one_line(tmp_path):
+  proc = _cli("--flagfile=experiments/configs/toy_multitask_smoke.flags", f"--out={tmp_path}/s", "--runs=task:poetry")
+  assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "task:poetry" in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1
