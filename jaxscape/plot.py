@@ -56,7 +56,8 @@ def _draw_flags(ax, coords: np.ndarray, values: np.ndarray, flagged: np.ndarray,
 
 
 def plot_1d(coords: Any, series: dict[str, Any], out_path: str, *, basin: tuple[float, float] | None = None,
-            flagged: Any = None, title: str | None = None, xlabel: str = "coordinate") -> str:
+            flagged: Any = None, title: str | None = None, xlabel: str = "coordinate",
+            ylabel: str | None = None) -> str:
   """Curves of one or more metrics against a 1-D coordinate.
 
   Args:
@@ -66,6 +67,7 @@ def plot_1d(coords: Any, series: dict[str, Any], out_path: str, *, basin: tuple[
     basin: ``(lo_coord, hi_coord)`` shaded as the VISAGE basin, or None.
     flagged: bool[K], points with a numerical fault (NaN logits), marked on every series.
     title, xlabel: figure text.
+    ylabel: y-axis label (default: the series names).
 
   Returns:
     ``out_path``.
@@ -79,16 +81,16 @@ def plot_1d(coords: Any, series: dict[str, Any], out_path: str, *, basin: tuple[
   ax = fig.add_subplot()
   if basin is not None:
     ax.axvspan(float(basin[0]), float(basin[1]), color="tab:green", alpha=0.12, label="basin")
-  for name, y in ys.items():
-    ax.plot(x, y, marker="o", markersize=3.5, label=name)
+  for k, (name, y) in enumerate(ys.items()):  # past 10 curves the colours repeat: vary the line style
+    ax.plot(x, y, marker="o", markersize=3.5, label=name, linestyle=("-", "--", ":")[(k // 10) % 3])
   if fl is not None:
     for k, y in enumerate(ys.values()):
       _draw_flags(ax, x, y, fl, _FLAG_LABEL if k == 0 else None)
   _percent_ylim(ax, list(ys.values()))
   ax.set_xlabel(xlabel)
-  ax.set_ylabel(" / ".join(ys))
+  ax.set_ylabel(ylabel or " / ".join(ys))
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=8 if len(ys) <= 6 else 6)
   if title:
     ax.set_title(title, fontsize=10)
   return _save(fig, out_path)

@@ -372,5 +372,5 @@ def plot_study(table: dict, out_dir: str) -> list[str]:
     paths.append(plot.plot_1d(x, {k: v["asr"] for k, v in curves.items()},
                               os.path.join(out_dir, "interpolation.png"),
                               title="1-D interpolation aligned (0) -> finetuned (1)",
-                              xlabel="interpolation coefficient"))
+                              xlabel="interpolation coefficient", ylabel="ASR (%)"))
   return paths
