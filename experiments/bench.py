@@ -25,7 +25,7 @@ from experiments import common
 flags.DEFINE_string("anchor", None, "path to the reference loop, anchor_loop.py (required)")
 flags.DEFINE_string("prompts", None, "AdvBench-style CSV (required)")
 flags.DEFINE_string("model", common.DEFAULT_MODEL, "checkpoint of the toy workloads")
-flags.DEFINE_list("workloads", ["toy"], "any of: toy, toy512, llama100m, llama1b")
+flags.DEFINE_list("workloads", ["toy"], "any of: toy, toy512, toy512_16, llama100m, llama1b")
 flags.DEFINE_float("multiplier", 1.0, "grid span, same for both sides")
 flags.DEFINE_integer("threads", 0, "torch threads for the reference (0: torch default)")
 flags.DEFINE_string("out", None, "write the results as JSON here")
@@ -40,6 +40,7 @@ FLAGS = flags.FLAGS
 WORKLOADS = {
     "toy": ("toy", 20, 80, 64, []),
     "toy512": ("toy", 20, 80, 512, ["--stop_when_decided"]),
+    "toy512_16": ("toy", 20, 16, 512, ["--stop_when_decided"]),  # the same with 16 prompts (a shorter run)
     "llama100m": ("llama100m", 4, 16, 32, []),
     "llama1b": ("llama1b", 20, 80, 64, []),
 }
@@ -119,6 +120,14 @@ def bench_one(name: str, workdir: str, limits: dict) -> dict:
               *extra, *FLAGS.jaxscape_flags]
   print(f"[{name}] jaxscape ...", file=sys.stderr, flush=True)
   ours_wall, ours_rss, _ = run_child(ours_cmd)
+  full_asr = None
+  if "--stop_when_decided" in extra:  # work avoidance must not change a single point's ASR
+    full_dir = out_dir + "_full_decode"
+    print(f"[{name}] jaxscape without --stop_when_decided (ASR check) ...", file=sys.stderr, flush=True)
+    run_child([c for c in ours_cmd if c != "--stop_when_decided" and not c.startswith("--out=")]
+              + [f"--out={full_dir}"])
+    with open(os.path.join(full_dir, "summary.json"), encoding="utf-8") as f:
+      full_asr = json.load(f)["asr"]
   print(f"[{name}] reference ...", file=sys.stderr, flush=True)
   ref_wall, ref_rss, _ = run_child(ref_cmd)
   with open(ref_json, encoding="utf-8") as f:
@@ -140,6 +149,7 @@ def bench_one(name: str, workdir: str, limits: dict) -> dict:
       "ours_peak_fraction_whole": ours["useful_flops"] / ours_wall / limits["matmul_flops"],
       "ref_peak_rss_bytes": ref_rss, "ours_peak_rss_bytes": ours_rss,
       "plan": summ.get("plan"), "asr_ours": summ.get("asr"),
+      "asr_full_decode": full_asr, "asr_equal_to_full_decode": None if full_asr is None else full_asr == summ["asr"],
   }
   return row
 
