@@ -57,10 +57,9 @@ def main(argv):
       landscape_new_tokens=FLAGS.landscape_new_tokens, visage_steps=FLAGS.visage_steps,
       visage_multiplier=FLAGS.visage_multiplier, interp_steps=FLAGS.interp_steps,
       interp_extra_steps=FLAGS.interp_extra_steps, surface_run=FLAGS.surface_run, surface_steps=FLAGS.surface_steps)
-  table = study.run_study(FLAGS.model, spec, FLAGS.out, progress=FLAGS.progress)
+  study.run_study(FLAGS.model, spec, FLAGS.out, progress=FLAGS.progress)
   print(f"wrote {FLAGS.out}/table.md, table.json, framed_asr.png, interpolation.png "
         f"({time.perf_counter() - t0:.0f} s whole process)")
-  del table
 
 
 if __name__ == "__main__":

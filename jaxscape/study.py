@@ -263,9 +263,6 @@ def _own_task(run: str) -> str | None:
   return arg.partition("+")[0] if kind == "task" else None
 
 
-FRAMING_OF_TASK = {"summarize": "summarize", "translate": "translate", "classify": "classify", "code": "code"}
-
-
 def findings(rows: dict[str, dict]) -> dict:
   """The study's claims, computed from its rows (each value is what was measured, not what was hoped).
 
@@ -291,7 +288,7 @@ def findings(rows: dict[str, dict]) -> dict:
   for t in taskdata.TASKS:
     a, m = rows.get(f"task:{t}"), rows.get(f"task:{t}+safety")
     if a and m:
-      f = FRAMING_OF_TASK[t]
+      f = t  # each task has the framing of the same name (toydata.FRAMINGS)
       multitask[t] = {"framing": f, "asr": a["framed_asr"][f], "asr_with_safety": m["framed_asr"][f],
                       "task_accuracy": a["task_accuracy"][t], "task_accuracy_with_safety": m["task_accuracy"][t],
                       "safety_set_lowers_asr": bool(m["framed_asr"][f] < a["framed_asr"][f])}
