@@ -16,6 +16,14 @@ from jaxscape.finetune import TrainConfig, load_chat_records, run_finetune
 from jaxscape.landscape import DecodeSpec, LandscapeSpec, make_grid, run_landscape
 from jaxscape.model import ModelConfig, forward, init_params
 from jaxscape.scan import decode_slice, plan_scan
-from jaxscape.study import StudySpec, run_study
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+  # The study pulls in the built-in data modules; load it on first use, so that
+  # ``python -m jaxscape.toydata`` / ``jaxscape.taskdata`` do not import themselves twice.
+  if name in ("StudySpec", "run_study"):
+    from jaxscape import study
+    return getattr(study, name)
+  raise AttributeError(f"module 'jaxscape' has no attribute {name!r}")

@@ -133,8 +133,7 @@ def _landscape(model, spec: StudySpec, kind: str, out_dir: str, *, model_b=None,
   summary = landscape.run_landscape(model, prompts, ls, out_dir=out_dir, model_b=model_b,
                                     decode=landscape.DecodeSpec(max_new_tokens=spec.landscape_new_tokens),
                                     progress=progress)
-  return {"coords": summary["coords"], "asr": summary["asr"], "visage": summary["visage"],
-          "seconds": summary.get("timings", {}).get("total_s")}
+  return {"coords": summary["coords"], "asr": summary["asr"], "visage": summary["visage"]}
 
 
 def _measure(model, spec: StudySpec, run_dir: str, *, base=None, progress: bool) -> dict:

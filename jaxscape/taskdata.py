@@ -351,13 +351,7 @@ def data_dir() -> str:
 
 def write_sets(out_dir: str | None = None, seed: int = DEFAULT_SEED) -> dict[str, str]:
   """Write every set to ``out_dir/NAME.jsonl`` (default :func:`data_dir`); name -> path."""
-  out_dir = out_dir or data_dir()
-  os.makedirs(out_dir, exist_ok=True)
-  paths = {}
-  for name, records in build_sets(seed).items():
-    paths[name] = os.path.join(out_dir, f"{name}.jsonl")
-    toydata.write_jsonl(records, paths[name])
-  return paths
+  return toydata.write_set_files(build_sets(seed), out_dir or data_dir())
 
 
 def load_set(name: str) -> list[dict]:
@@ -579,15 +573,7 @@ def evaluate_tasks(model: Any, *, samples: int | None = None, max_new_tokens: in
 
 
 def _main(argv: list[str]) -> None:
-  out_dir, seed = None, DEFAULT_SEED
-  for a in argv:
-    if a.startswith("--seed="):
-      seed = int(a.split("=", 1)[1])
-    else:
-      out_dir = a
-  for name, path in write_sets(out_dir, seed).items():
-    with open(path, encoding="utf-8") as f:
-      print(f"{name}: {sum(1 for _ in f)} records -> {path}")
+  toydata.regenerate_main(argv, write_sets)
 
 
 if __name__ == "__main__":

@@ -412,15 +412,19 @@ def write_jsonl(records: list[dict], path: str) -> None:
   os.replace(tmp, path)
 
 
-def write_builtin_sets(out_dir: str | None = None, seed: int = DEFAULT_SEED) -> dict[str, str]:
-  """Write every set to ``out_dir/NAME.jsonl`` (default: the package's ``data/``); name -> path."""
-  out_dir = out_dir or _data_dir()
+def write_set_files(sets: dict[str, list[dict]], out_dir: str) -> dict[str, str]:
+  """Write each set to ``out_dir/NAME.jsonl`` (:func:`write_jsonl`); name -> path."""
   os.makedirs(out_dir, exist_ok=True)
   paths = {}
-  for name, records in build_sets(seed).items():
+  for name, records in sets.items():
     paths[name] = os.path.join(out_dir, f"{name}.jsonl")
     write_jsonl(records, paths[name])
   return paths
+
+
+def write_builtin_sets(out_dir: str | None = None, seed: int = DEFAULT_SEED) -> dict[str, str]:
+  """Write every set to ``out_dir/NAME.jsonl`` (default: the package's ``data/``); name -> path."""
+  return write_set_files(build_sets(seed), out_dir or _data_dir())
 
 
 # ----------------------------------------------------------------- SFT mixture
@@ -765,17 +769,21 @@ def _md(s: str) -> str:
   return s.replace("\n", " / ").replace("`", "'")
 
 
-def _main(argv: list[str]) -> None:
+def regenerate_main(argv: list[str], write) -> None:
+  """``python -m MODULE [OUT_DIR] [--seed=N]``: ``write(out_dir, seed) -> {name: path}``, then a line per file."""
   out_dir, seed = None, DEFAULT_SEED
   for a in argv:
     if a.startswith("--seed="):
       seed = int(a.split("=", 1)[1])
     else:
       out_dir = a
-  paths = write_builtin_sets(out_dir, seed)
-  for name, path in paths.items():
+  for name, path in write(out_dir, seed).items():
     with open(path, encoding="utf-8") as f:
       print(f"{name}: {sum(1 for _ in f)} records -> {path}")
+
+
+def _main(argv: list[str]) -> None:
+  regenerate_main(argv, write_builtin_sets)
 
 
 if __name__ == "__main__":

@@ -153,31 +153,8 @@ def test_generate_cli_bad_prompt_format(tiny_dir, tmp_path):
   assert not (tmp_path / "o.jsonl").exists()
 
 
-def test_every_flagfile_parses():
-  """Each run_grid flagfile in experiments/configs parses (in a subprocess: absl flags are global)."""
-  import glob
-  files = [os.path.relpath(p, REPO) for p in sorted(glob.glob(os.path.join(REPO, "experiments", "configs", "*.flags")))
-           if not os.path.basename(p).startswith(("train_", "toy_multitask", "toy_finetune"))]
-  assert files
-  code = ("import sys\n"
-          "from absl import flags\n"
-          "import experiments.run_grid\n"
-          "for path in sys.argv[1:]:\n"
-          "  flags.FLAGS.unparse_flags()\n"
-          "  flags.FLAGS(['run_grid', '--flagfile=' + path])\n"
-          "  assert flags.FLAGS.kind and flags.FLAGS.steps > 0 and flags.FLAGS.multiplier != 0, path\n"
-          "print('parsed', len(sys.argv) - 1)\n")
-  proc = subprocess.run([sys.executable, "-c", code, *files], cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert f"parsed {len(files)}" in proc.stdout
-
-
-@pytest.mark.parametrize("module,prefix", [("experiments.multitask_study", "toy_multitask"),
-                                           ("experiments.finetune", "toy_finetune")])
-def test_other_entry_points_flagfiles_parse(module, prefix):
-  """The study's and finetune's flagfiles parse with their own entry point (in a subprocess)."""
-  import glob
-  files = sorted(glob.glob(os.path.join(REPO, "experiments", "configs", f"{prefix}*.flags")))
+def _assert_flagfiles_parse(module: str, files: list[str], check: str) -> None:
+  """Parse each flagfile with ``module``'s flags in a subprocess (absl flags are global); ``check`` must hold."""
   assert files
   code = ("import sys\n"
           "from absl import flags\n"
@@ -185,8 +162,26 @@ def test_other_entry_points_flagfiles_parse(module, prefix):
           "for path in sys.argv[1:]:\n"
           "  flags.FLAGS.unparse_flags()\n"
           "  flags.FLAGS(['prog', '--flagfile=' + path])\n"
-          "  assert flags.FLAGS.steps > 0 and flags.FLAGS.model, path\n"
+          f"  assert {check}, path\n"
           "print('parsed', len(sys.argv) - 1)\n")
   proc = subprocess.run([sys.executable, "-c", code, *files], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f"parsed {len(files)}" in proc.stdout
+
+
+def test_every_flagfile_parses():
+  """Each run_grid flagfile in experiments/configs parses."""
+  import glob
+  files = [os.path.relpath(p, REPO) for p in sorted(glob.glob(os.path.join(REPO, "experiments", "configs", "*.flags")))
+           if not os.path.basename(p).startswith(("train_", "toy_multitask", "toy_finetune"))]
+  _assert_flagfiles_parse("experiments.run_grid", files,
+                          "flags.FLAGS.kind and flags.FLAGS.steps > 0 and flags.FLAGS.multiplier != 0")
+
+
+@pytest.mark.parametrize("module,prefix", [("experiments.multitask_study", "toy_multitask"),
+                                           ("experiments.finetune", "toy_finetune")])
+def test_other_entry_points_flagfiles_parse(module, prefix):
+  """The study's and finetune's flagfiles parse with their own entry point."""
+  import glob
+  files = sorted(glob.glob(os.path.join(REPO, "experiments", "configs", f"{prefix}*.flags")))
+  _assert_flagfiles_parse(module, files, "flags.FLAGS.steps > 0 and flags.FLAGS.model")
