@@ -50,8 +50,12 @@ class DecodeState:
   counter is kept apart, as one scalar for all rows and points, so cache writes use a scalar
   index (an in-place ``dynamic_update_slice``, not a scatter).
 
+  The cache holds only the slots decoding has reached so far: the prompt's, then room for the
+  new tokens of the current phase (see :func:`phase_ends`, :func:`grow`), so attention never
+  reads slots that no token has filled yet.
+
   Attributes:
-    cache: per layer ``{"k", "v": [..., B, K, S, E]}``, S = prefix + prompt + N slots.
+    cache: per layer ``{"k", "v": [..., B, K, S, E]}``, S = ``prompt_slots`` + room for new tokens.
     key_mask: [..., B, S] bool, slots holding real tokens.
     tok: [..., B] int32 token emitted at the previous step (not yet fed to the model).
     next_pos: [..., B] int32 RoPE position of the first new token.
@@ -59,6 +63,8 @@ class DecodeState:
     nonfinite: [..., B] bool, row met NaN/Inf logits.
     lengths: [..., B] int32 tokens emitted, up to and including the first EOS.
     out: [..., B, N] int32 emitted tokens (``pad_id`` after EOS and beyond the step).
+    prompt_slots: static int, cache slots of the prompt (shared prefix + left-padded rest);
+      the token fed at step ``i`` goes to slot ``prompt_slots + i - 1``.
   """
   cache: list
   key_mask: jax.Array
@@ -68,12 +74,56 @@ class DecodeState:
   nonfinite: jax.Array
   lengths: jax.Array
   out: jax.Array
+  prompt_slots: int = flax.struct.field(pytree_node=False, default=0)
+
+
+def phase_ends(max_new_tokens: int, first: int = 64) -> tuple[int, ...]:
+  """Step counts at which the cache grows: ``first``, doubling, then ``max_new_tokens``.
+
+  Each phase is its own ``while_loop`` over a cache sized for that phase's last step, so a
+  step's attention reads ~prompt + step slots instead of prompt + ``max_new_tokens`` (28%
+  fewer bytes at 512 new tokens after an 86-token prompt). Each phase compiles the model
+  step once more, so short decodes keep one phase.
+  """
+  ends, end = [], first
+  while end < max_new_tokens:
+    ends.append(end)
+    end *= 2
+  return tuple(ends) + (max_new_tokens,)
+
+
+def grow(state: DecodeState, slots: int) -> DecodeState:
+  """The state with its cache and key mask padded to ``slots`` slots (no-op if already there)."""
+  have = state.key_mask.shape[-1]
+  if slots <= have:
+    return state
+  def pad(x, axis_from_end):
+    widths = [(0, 0)] * x.ndim
+    widths[x.ndim - axis_from_end] = (0, slots - have)
+    return jnp.pad(x, widths)
+  cache = [{name: pad(layer[name], 2) for name in ("k", "v")} for layer in state.cache]
+  return state.replace(cache=cache, key_mask=pad(state.key_mask, 1))
+
+
+def greedy_token(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(jnp.argmax(logits, -1), jnp.all(jnp.isfinite(logits), -1))`` for [..., V] float logits.
+
+  Written as plain max/min reductions, which XLA fuses into one pass over the logits: 8x
+  faster on CPU than argmax's variadic reduction (1.1 vs 8.6 ms for [1680, 2048]). Same
+  answer, ties and NaN included: the first maximum, or the first NaN (max propagates NaN).
+  """
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  vocab = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+  tok = jnp.min(jnp.where((logits == top) | jnp.isnan(logits), vocab, logits.shape[-1]), axis=-1)
+  finite = jnp.isfinite(top[..., 0]) & jnp.isfinite(jnp.min(logits, axis=-1))
+  return tok, finite
 
 
 def _emit(state: DecodeState, logits: jax.Array, step: jax.Array, pad_id, eos: jax.Array) -> DecodeState:
   """Greedy token for ``step`` from [..., B, V] logits; finished rows emit pad."""
-  nonfinite = state.nonfinite | (~jnp.all(jnp.isfinite(logits), axis=-1) & ~state.done)
-  tok = jnp.where(state.done, pad_id, jnp.argmax(logits, axis=-1).astype(jnp.int32))
+  best, finite = greedy_token(logits)
+  nonfinite = state.nonfinite | (~finite & ~state.done)
+  tok = jnp.where(state.done, pad_id, best)
   out = jax.lax.dynamic_update_index_in_dim(state.out, tok, step, axis=state.out.ndim - 1)
   lengths = state.lengths + (~state.done).astype(jnp.int32)
   return state.replace(tok=tok, out=out, done=state.done | jnp.isin(tok, eos), nonfinite=nonfinite,
@@ -92,9 +142,9 @@ def _prefill(params: PyTree, tokens: jax.Array, mask: jax.Array, pad_id: jax.Arr
   B, T = tokens.shape
   N = max_new_tokens
   P0 = 0 if prefix is None else prefix.shape[0]
-  # Cache slots: [shared prefix (P0)] [left-padded per-row rest (T)] [new tokens (N)].
-  cache = model_lib.init_cache(cfg, B, P0 + T + N)
-  key_mask = jnp.concatenate([jnp.ones((B, P0), bool), mask, jnp.zeros((B, N), bool)], axis=1)  # [B, S]
+  # Cache slots: [shared prefix (P0)] [left-padded per-row rest (T)]; the loop adds the new tokens' slots.
+  cache = model_lib.init_cache(cfg, B, P0 + T)
+  key_mask = jnp.concatenate([jnp.ones((B, P0), bool), mask], axis=1)  # [B, P0 + T]
   if P0:
     cache = _prefill_prefix(params, prefix, cache, cfg=cfg)
   positions = P0 + model_lib.positions_from_mask(mask)
@@ -111,14 +161,15 @@ def _prefill(params: PyTree, tokens: jax.Array, mask: jax.Array, pad_id: jax.Arr
   state = DecodeState(cache=cache, key_mask=key_mask, tok=jnp.full((B,), pad_id, jnp.int32),
                       next_pos=positions[:, -1] + 1,  # left padding: the last column is a real token
                       done=jnp.zeros((B,), bool), nonfinite=jnp.zeros((B,), bool),
-                      lengths=jnp.zeros((B,), jnp.int32), out=jnp.full((B, N), pad_id, jnp.int32))
+                      lengths=jnp.zeros((B,), jnp.int32), out=jnp.full((B, N), pad_id, jnp.int32),
+                      prompt_slots=P0 + T)
   return _emit(state, logits[:, -1], jnp.int32(0), pad_id, jnp.asarray(eos_ids, jnp.int32))
 
 
 def _advance(params: PyTree, state: DecodeState, step: jax.Array, *, cfg: model_lib.ModelConfig):
   """Feed the token emitted at ``step - 1`` to one model: (logits [B, V], cache, key_mask)."""
-  B, N = state.out.shape
-  slot = state.key_mask.shape[1] - N + step - 1  # scalar: every row writes the same slot
+  B = state.out.shape[0]
+  slot = state.prompt_slots + step - 1  # scalar: every row writes the same slot
   key_mask = jax.lax.dynamic_update_slice(state.key_mask, jnp.ones((B, 1), bool), (0, slot))
   logits, _, cache = model_lib.apply(params, state.tok[:, None], (state.next_pos + step - 1)[:, None],
                                      state.cache, slot, key_mask, cfg=cfg)
@@ -126,28 +177,35 @@ def _advance(params: PyTree, state: DecodeState, step: jax.Array, *, cfg: model_
 
 
 def run_loop(advance, state: DecodeState, step: jax.Array, limit: jax.Array, pad_id: jax.Array,
-             eos_ids: tuple[int, ...]) -> tuple[DecodeState, jax.Array]:
+             eos_ids: tuple[int, ...], ends: tuple[int, ...] | None = None) -> tuple[DecodeState, jax.Array]:
   """Greedy steps from ``step`` until ``limit`` (traced) or every row has stopped.
 
   Args:
     advance: ``advance(state, step) -> (logits [..., B, V], cache, key_mask)``; for a slice of
       grid points it ``vmap``s :func:`_advance` over the points with ``step`` shared.
+    ends: static phase ends (:func:`phase_ends`); before each phase the cache grows to hold
+      its last step. None: one phase whose steps must fit the cache as it is.
   Returns:
     ``(state, step)`` after the loop.
   """
   eos = jnp.asarray(eos_ids, jnp.int32)
   limit = jnp.minimum(jnp.asarray(limit, jnp.int32), state.out.shape[-1])
-
-  def cond(carry):
-    st, i = carry
-    return (i < limit) & ~jnp.all(st.done)
+  if ends is None:
+    ends = (state.key_mask.shape[-1] - state.prompt_slots + 1,)
 
   def body(carry):
     st, i = carry
     logits, cache, key_mask = advance(st, i)
     return _emit(st.replace(cache=cache, key_mask=key_mask), logits, i, pad_id, eos), i + 1
 
-  return jax.lax.while_loop(cond, body, (state, jnp.asarray(step, jnp.int32)))
+  carry = (state, jnp.asarray(step, jnp.int32))
+  for end in ends:
+    # Step i writes slot prompt_slots + i - 1, so a phase ending before step ``end`` needs
+    # prompt_slots + end - 1 slots.
+    carry = (grow(carry[0], state.prompt_slots + end - 1), carry[1])
+    phase_limit = jnp.minimum(limit, end)
+    carry = jax.lax.while_loop(lambda c, lim=phase_limit: (c[1] < lim) & ~jnp.all(c[0].done), body, carry)
+  return carry
 
 
 def _greedy(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.Array, pad_id: jax.Array,
@@ -157,7 +215,7 @@ def _greedy(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.A
   state = _prefill(params, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
                    groups=groups)
   advance = functools.partial(_advance, params, cfg=cfg)
-  state, _ = run_loop(advance, state, jnp.int32(1), max_steps, pad_id, eos_ids)
+  state, _ = run_loop(advance, state, jnp.int32(1), max_steps, pad_id, eos_ids, phase_ends(max_new_tokens))
   return Generation(tokens=state.out, lengths=state.lengths, nonfinite=state.nonfinite)
 
 

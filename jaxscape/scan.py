@@ -52,7 +52,8 @@ def decode_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens
   run = _per_point(params, stacked_dirs, coeffs, strategy)
   state = _prefill_points(run, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
                           groups=groups)
-  state, _ = _extend_points(run, state, jnp.int32(1), max_steps, pad_id, cfg=cfg, eos_ids=eos_ids)
+  state, _ = _extend_points(run, state, jnp.int32(1), max_steps, pad_id, cfg=cfg, eos_ids=eos_ids,
+                            ends=decode_lib.phase_ends(max_new_tokens))
   return decode_lib.Generation(tokens=state.out, lengths=state.lengths, nonfinite=state.nonfinite)
 
 
@@ -78,12 +79,12 @@ def _prefill_points(run, tokens, mask, pad_id, prefix, *, cfg, max_new_tokens, e
                                            eos_ids=eos_ids, groups=groups))
 
 
-def _extend_points(run, state, step, limit, pad_id, *, cfg, eos_ids):
-  """One while loop for all points (a scalar step shared by all), each step vmapped over the points."""
+def _extend_points(run, state, step, limit, pad_id, *, cfg, eos_ids, ends=None):
+  """One while loop per phase for all points (a scalar step shared by all), each step vmapped over the points."""
   def advance(st, i):
     return run(lambda w, s: decode_lib._advance(w, s, i, cfg=cfg), st)
 
-  return decode_lib.run_loop(advance, state, step, limit, pad_id, eos_ids)
+  return decode_lib.run_loop(advance, state, step, limit, pad_id, eos_ids, ends)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "strategy"))
@@ -124,11 +125,16 @@ def extend_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, state:
                  eos_ids: tuple[int, ...], strategy: str) -> tuple[decode_lib.DecodeState, jax.Array]:
   """Continue greedy decoding of a slice's states [P, B, ...] from ``step`` up to ``limit`` tokens.
 
-  ``stop`` [P, B] bool marks rows to stop now (their answer is known). Returns (state, step).
+  ``stop`` [P, B] bool marks rows to stop now (their answer is known). The cache must already
+  hold the slots of step ``limit - 1`` (:data:`grow_state`). Returns (state, step).
   """
   state = state.replace(done=state.done | stop)
   return _extend_points(_per_point(params, stacked_dirs, coeffs, strategy), state, step, limit, pad_id, cfg=cfg,
                         eos_ids=eos_ids)
+
+
+grow_state = jax.jit(decode_lib.grow, static_argnums=1)
+grow_state.__doc__ = "Jitted :func:`jaxscape.decode.grow`: pad a state's cache to a static slot count."
 
 
 @functools.partial(jax.jit, donate_argnames=("state",))
@@ -185,8 +191,11 @@ def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarra
   valid = np.ones((P, B), bool)
   stop = np.zeros((P, B), bool)
   limit, step = 0, np.int32(1)
+  ends = decode_lib.phase_ends(N)
   while True:
     limit = min(limit + chunk, N)
+    # Grow the cache by phases (few distinct shapes to compile), never to more than this chunk needs.
+    state = grow_state(state, state.prompt_slots + next(e for e in ends if e >= limit) - 1)
     state, step = extend_slice(params, stacked_dirs, put(coeffs[point_of]), state, step, put(stop),
                                np.int32(limit), np.int32(pad_id), cfg=cfg, eos_ids=eos_ids, strategy=strategy)
     out, done, lengths, nonfinite = (to_host(x) for x in (state.out, state.done, state.lengths, state.nonfinite))
