@@ -265,12 +265,21 @@ def _rms_norm(x: jax.Array, scale, eps: float) -> jax.Array:
   return scale.reshape((1,) * (normed.ndim - 1) + scale.shape) * normed  # explicit broadcast
 
 
+def _add_bias(y: jax.Array, p: dict, dtype) -> jax.Array:
+  if "bias" not in p:
+    return y
+  bias = perturb.dense(p["bias"]).astype(dtype)
+  return y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
+
+
 def _linear(x: jax.Array, p: dict, dtype) -> jax.Array:
-  y = perturb.matmul(x, p["kernel"], dtype)
-  if "bias" in p:
-    bias = perturb.dense(p["bias"]).astype(dtype)
-    y = y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
-  return y
+  return _add_bias(perturb.matmul(x, p["kernel"], dtype), p, dtype)
+
+
+def _linears(x: jax.Array, ps: list[dict], dtype) -> list[jax.Array]:
+  """Several linear layers of the same input, run as one matmul (see ``perturb.matmul_split``)."""
+  ys = perturb.matmul_split(x, [p["kernel"] for p in ps], dtype)
+  return [_add_bias(y, p, dtype) for y, p in zip(ys, ps)]
 
 
 def _attention(lp: dict, x: jax.Array, positions: jax.Array, cache: dict, index: jax.Array,
@@ -285,9 +294,8 @@ def _attention(lp: dict, x: jax.Array, positions: jax.Array, cache: dict, index:
   """
   B, T, _ = x.shape
   H, K, E, dtype = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.dtype
-  q = _linear(x, lp["q"], dtype).reshape(B, T, H, E)
-  k = _linear(x, lp["k"], dtype).reshape(B, T, K, E)
-  v = _linear(x, lp["v"], dtype).reshape(B, T, K, E)
+  q, k, v = _linears(x, [lp["q"], lp["k"], lp["v"]], dtype)
+  q, k, v = q.reshape(B, T, H, E), k.reshape(B, T, K, E), v.reshape(B, T, K, E)
   q, k = _rope(q, positions, inv_freq), _rope(k, positions, inv_freq)
   k_all = jax.lax.dynamic_update_slice(cache["k"], k.transpose(0, 2, 1, 3).astype(cache["k"].dtype),
                                        (0, 0, index, 0))
@@ -321,8 +329,7 @@ def _attention(lp: dict, x: jax.Array, positions: jax.Array, cache: dict, index:
 
 
 def _mlp(mp: dict, x: jax.Array, dtype) -> jax.Array:
-  gate = _linear(x, mp["gate"], dtype)
-  up = _linear(x, mp["up"], dtype)
+  gate, up = _linears(x, [mp["gate"], mp["up"]], dtype)
   return _linear(jax.nn.silu(gate) * up, mp["down"], dtype)
 
 

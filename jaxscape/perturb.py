@@ -94,15 +94,42 @@ def dense(w) -> jax.Array:
   return w.dense() if isinstance(w, Factored) else w
 
 
+def _mm(x: jax.Array, w: jax.Array) -> jax.Array:
+  """``x @ w`` accumulated in float32, returned in ``x``'s dtype.
+
+  For bfloat16 this is both more accurate and, on CPUs with AVX512-BF16, 2x faster than a
+  bfloat16-output matmul (388 vs 186 GFLOP/s for 2048^2 on the benchmark machine).
+  """
+  return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
 def matmul(x: jax.Array, w, dtype) -> jax.Array:
   """``x @ w`` over the last axis of ``x`` and the first of ``w`` ([in, out]), in ``dtype``."""
   x = x.astype(dtype)
   if not isinstance(w, Factored):
-    return x @ w.astype(dtype)
-  y = x @ w.base.astype(dtype)
+    return _mm(x, w.astype(dtype))
+  y = _mm(x, w.base.astype(dtype))
   # Σᵢ cᵢ (x·Dᵢ): one extra matmul per direction, never a perturbed weight copy.
-  yd = jnp.einsum("...i,nio->n...o", x, w.dirs.astype(dtype))
+  yd = jnp.einsum("...i,nio->n...o", x, w.dirs.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
   return y + jnp.tensordot(w.coeffs.astype(dtype), yd, axes=1)
+
+
+def matmul_split(x: jax.Array, ws: Sequence, dtype) -> list[jax.Array]:
+  """``[x @ w for w in ws]`` (all ``[in, out_k]``, same ``in``) as one matmul on the concatenated kernels.
+
+  One wider matmul runs much closer to the CPU's peak than several narrow ones (gate and up
+  of the toy MLP: 3.3 ms together vs 3.1 ms each); under a decode loop the concatenation of
+  loop-invariant weights is hoisted out by XLA.
+  """
+  widths = [w.shape[-1] for w in ws]
+  if all(isinstance(w, Factored) for w in ws):
+    w = Factored(jnp.concatenate([w.base for w in ws], axis=-1), jnp.concatenate([w.dirs for w in ws], axis=-1),
+                 ws[0].coeffs)
+  else:
+    w = jnp.concatenate([dense(w) for w in ws], axis=-1)
+  y = matmul(x, w, dtype)
+  bounds = [sum(widths[:k]) for k in range(1, len(widths))]
+  return jnp.split(y, bounds, axis=-1)
 
 
 def take_rows(table, ids: jax.Array, dtype) -> jax.Array:
@@ -118,7 +145,7 @@ def matmul_transposed(x: jax.Array, table, dtype) -> jax.Array:
   """``x @ table.T`` for a [V, D] table (tied output embedding), in ``dtype``."""
   x = x.astype(dtype)
   if not isinstance(table, Factored):
-    return x @ table.astype(dtype).T
-  y = x @ table.base.astype(dtype).T
-  yd = jnp.einsum("...d,nvd->n...v", x, table.dirs.astype(dtype))
+    return _mm(x, table.astype(dtype).T)
+  y = _mm(x, table.base.astype(dtype).T)
+  yd = jnp.einsum("...d,nvd->n...v", x, table.dirs.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
   return y + jnp.tensordot(table.coeffs.astype(dtype), yd, axes=1)

@@ -197,3 +197,37 @@ def test_generate_texts_rejects_bad_max_new_tokens(tiny_model):
   # Batching in input order (last batch padded) vs transformers: cli_test runs --batch_size=2.
   with pytest.raises(ValueError, match="max_new_tokens"):
     decode.generate_texts(tiny_model("llama"), PROMPTS, max_new_tokens=0)
+
+
+# ------------------------------------------------------------------ phased cache
+
+
+def test_phase_ends():
+  assert decode.phase_ends(32) == (32,)
+  assert decode.phase_ends(64) == (64,)
+  assert decode.phase_ends(150) == (64, 128, 150)
+  assert decode.phase_ends(512) == (64, 128, 256, 512)
+
+
+def test_long_decode_across_phases_matches_transformers(tiny_model, hf_model):
+  """150 new tokens cross two cache growths (64, 128): still transformers' tokens."""
+  hf, m = hf_model("llama"), tiny_model("llama")
+  rendered, add, tokens, mask = _inputs(m)
+  ref, _ = _hf_generate(hf, m.tokenizer, rendered, add, new=150, eos_token_id=NEVER)
+  ours, lengths, _ = _ours(m, tokens, mask, new=150, eos_ids=(NEVER,))
+  assert ref.shape == (len(PROMPTS), 150) and (lengths == 150).all()
+  np.testing.assert_array_equal(ours, ref)
+
+
+def test_greedy_token_is_argmax_with_ties_and_nonfinite():
+  rng = np.random.RandomState(0)
+  logits = rng.randn(8, 50).astype(np.float32)
+  logits[0, [3, 7]] = 9.0  # tie: the first wins
+  logits[1, 5], logits[1, 9] = np.nan, np.inf  # NaN beats everything, as in argmax
+  logits[2, 4] = -np.inf
+  logits[3, [2, 8]] = np.inf
+  logits[4] = 1.0
+  logits[5, [10, 20]] = np.nan
+  tok, finite = decode.greedy_token(jax.numpy.asarray(logits))
+  np.testing.assert_array_equal(np.asarray(tok), np.argmax(logits, -1))
+  np.testing.assert_array_equal(np.asarray(finite), np.isfinite(logits).all(-1))

@@ -172,3 +172,26 @@ def test_bad_prompt_files(tmp_path):
     prompts.load_prompt_file(str(empty))
   with pytest.raises(ValueError, match="--prompts"):
     prompts.load_prompts("")
+
+
+def test_length_groups_minimise_padding():
+  lengths = [59, 50, 48, 45, 41, 40] + [30] * 30 + [20] * 40 + [9, 3]
+  mask = np.zeros((len(lengths), 64), bool)
+  for r, n in enumerate(lengths):
+    mask[r, 64 - n:] = True
+  order, groups = prompts.length_groups(mask, max_groups=4)
+  sorted_lengths = mask.sum(1)[order]
+  assert list(sorted_lengths) == sorted(lengths, reverse=True)
+  assert groups[0][0] == 0 and groups[-1][1] == len(lengths)
+  assert all(a[1] == b[0] for a, b in zip(groups, groups[1:])) and len(groups) <= 4
+  for r0, r1, length in groups:  # every prompt fits its group, lengths are multiples of 8
+    assert length % 8 == 0 and sorted_lengths[r0:r1].max() <= length
+  cost = sum((r1 - r0) * length for r0, r1, length in groups)
+  # Brute force over every way to cut the sorted rows into at most 4 groups.
+  import itertools
+  padded = [min(64, -(-max(int(n), 1) // 8) * 8) for n in sorted_lengths]
+  best = min(sum((e - s) * padded[s] for s, e in zip((0,) + cuts, cuts + (len(lengths),)))
+             for k in range(4) for cuts in itertools.combinations(range(1, len(lengths)), k))
+  assert cost == best
+  # The long outlier gets a small group instead of padding a quarter of the batch.
+  assert groups[0][1] - groups[0][0] < len(lengths) // 4
