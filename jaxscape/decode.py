@@ -30,23 +30,21 @@ class Generation:
   nonfinite: jax.Array
 
 
-def _prefill_prefix(params: PyTree, prefix: jax.Array, cache: list[dict], *, cfg) -> list[dict]:
-  """KV of the shared prefix [p], computed once (batch 1), copied into slots 0..p-1 of every row."""
+def _prefill_prefix(params: PyTree, prefix: jax.Array, *, cfg) -> list[dict]:
+  """KV of the shared prefix [p], computed once (batch 1): per layer ``{"k", "v": [K, p, E]}``."""
   p = prefix.shape[0]
   _, _, pre = model_lib.apply(params, prefix[None], jnp.arange(p, dtype=jnp.int32)[None],
                               model_lib.init_cache(cfg, 1, p), jnp.int32(0), jnp.ones((1, p), bool), cfg=cfg,
                               logits_at="none")
-  B = cache[0]["k"].shape[0]
-  return [{name: jax.lax.dynamic_update_slice(full[name], jnp.broadcast_to(part[name], (B,) + part[name].shape[1:]),
-                                              (0, 0, 0, 0)) for name in ("k", "v")}
-          for full, part in zip(cache, pre)]
+  return [{name: layer[name][0] for name in ("k", "v")} for layer in pre]
 
 
 @flax.struct.dataclass
 class DecodeState:
   """Carry of the greedy loop, so decoding can pause and resume (``scan``'s chunked decoding).
 
-  Every field has leading dims ``[..., B]`` (``[P, B]`` for a slice of grid points). The step
+  Every field but ``prefix_cache`` has leading dims ``[..., B]`` (``[P, B]`` for a slice of grid
+  points); ``prefix_cache`` has only the ``[...]`` ones, being shared by the B rows. The step
   counter is kept apart, as one scalar for all rows and points, so cache writes use a scalar
   index (an in-place ``dynamic_update_slice``, not a scatter).
 
@@ -56,6 +54,8 @@ class DecodeState:
 
   Attributes:
     cache: per layer ``{"k", "v": [..., B, K, S, E]}``, S = ``prompt_slots`` + room for new tokens.
+    prefix_cache: per layer ``{"k", "v": [..., K, P0, E]}``: the shared prompt prefix, stored
+      and read once for all rows instead of once per row; None without a prefix.
     key_mask: [..., B, S] bool, slots holding real tokens.
     tok: [..., B] int32 token emitted at the previous step (not yet fed to the model).
     next_pos: [..., B] int32 RoPE position of the first new token.
@@ -63,10 +63,11 @@ class DecodeState:
     nonfinite: [..., B] bool, row met NaN/Inf logits.
     lengths: [..., B] int32 tokens emitted, up to and including the first EOS.
     out: [..., B, N] int32 emitted tokens (``pad_id`` after EOS and beyond the step).
-    prompt_slots: static int, cache slots of the prompt (shared prefix + left-padded rest);
+    prompt_slots: static int, cache slots of the prompt (its left-padded part after the prefix);
       the token fed at step ``i`` goes to slot ``prompt_slots + i - 1``.
   """
   cache: list
+  prefix_cache: list | None
   key_mask: jax.Array
   tok: jax.Array
   next_pos: jax.Array
@@ -142,27 +143,28 @@ def _prefill(params: PyTree, tokens: jax.Array, mask: jax.Array, pad_id: jax.Arr
   B, T = tokens.shape
   N = max_new_tokens
   P0 = 0 if prefix is None else prefix.shape[0]
-  # Cache slots: [shared prefix (P0)] [left-padded per-row rest (T)]; the loop adds the new tokens' slots.
-  cache = model_lib.init_cache(cfg, B, P0 + T)
-  key_mask = jnp.concatenate([jnp.ones((B, P0), bool), mask], axis=1)  # [B, P0 + T]
-  if P0:
-    cache = _prefill_prefix(params, prefix, cache, cfg=cfg)
+  # The shared prefix has its own cache; row caches hold the left-padded rest (T slots), and
+  # the loop adds the new tokens' slots.
+  prefix_cache = _prefill_prefix(params, prefix, cfg=cfg) if P0 else None
+  cache = model_lib.init_cache(cfg, B, T)
+  key_mask = mask
   positions = P0 + model_lib.positions_from_mask(mask)
   last_logits = []
   for r0, r1, length in groups or ((0, B, T),):
     rows = lambda x: x[r0:r1]  # noqa: E731  (static slices)
     logits, _, group_cache = model_lib.apply(
         params, tokens[r0:r1, T - length:], positions[r0:r1, T - length:], jax.tree.map(rows, cache),
-        jnp.int32(P0 + T - length), key_mask[r0:r1], cfg=cfg, logits_at="last")
+        jnp.int32(T - length), key_mask[r0:r1], cfg=cfg, logits_at="last", prefix_cache=prefix_cache)
     cache = jax.tree.map(lambda full, part: jax.lax.dynamic_update_slice(full, part, (r0, 0, 0, 0)), cache,
                          group_cache)
     last_logits.append(logits[:, -1])
   logits = jnp.concatenate(last_logits, axis=0)[:, None]
-  state = DecodeState(cache=cache, key_mask=key_mask, tok=jnp.full((B,), pad_id, jnp.int32),
+  state = DecodeState(cache=cache, prefix_cache=prefix_cache, key_mask=key_mask,
+                      tok=jnp.full((B,), pad_id, jnp.int32),
                       next_pos=positions[:, -1] + 1,  # left padding: the last column is a real token
                       done=jnp.zeros((B,), bool), nonfinite=jnp.zeros((B,), bool),
                       lengths=jnp.zeros((B,), jnp.int32), out=jnp.full((B, N), pad_id, jnp.int32),
-                      prompt_slots=P0 + T)
+                      prompt_slots=T)
   return _emit(state, logits[:, -1], jnp.int32(0), pad_id, jnp.asarray(eos_ids, jnp.int32))
 
 
@@ -172,7 +174,7 @@ def _advance(params: PyTree, state: DecodeState, step: jax.Array, *, cfg: model_
   slot = state.prompt_slots + step - 1  # scalar: every row writes the same slot
   key_mask = jax.lax.dynamic_update_slice(state.key_mask, jnp.ones((B, 1), bool), (0, slot))
   logits, _, cache = model_lib.apply(params, state.tok[:, None], (state.next_pos + step - 1)[:, None],
-                                     state.cache, slot, key_mask, cfg=cfg)
+                                     state.cache, slot, key_mask, cfg=cfg, prefix_cache=state.prefix_cache)
   return logits[:, 0], cache, key_mask
 
 
@@ -232,8 +234,9 @@ def greedy_generate(params: PyTree, tokens: jax.Array, mask: jax.Array, max_step
     max_steps: int32 scalar (traced): stop after this many tokens (<= ``max_new_tokens``).
     pad_id: int32 scalar written after a row's EOS.
     prefix: optional [p] int32 tokens that precede every row (chat template + system prompt):
-      prefilled once (batch 1) and its KV copied to every row, so ``tokens`` hold only the
-      rest of each prompt (see ``prompts.split_shared_prefix``). Same tokens as without it.
+      prefilled once (batch 1); its KV is kept once and attended to by every row (not copied
+      per row), so ``tokens`` hold only the rest of each prompt (see
+      ``prompts.split_shared_prefix``). Same tokens as without it, up to float summation order.
     cfg: model config (static).
     max_new_tokens: size of the static output buffer (static).
     eos_ids: tuple of EOS token ids (static); a row stops at its first one; the loop exits

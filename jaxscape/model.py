@@ -283,11 +283,13 @@ def _linears(x: jax.Array, ps: list[dict], dtype) -> list[jax.Array]:
 
 
 def _attention(lp: dict, x: jax.Array, positions: jax.Array, cache: dict, index: jax.Array,
-               key_mask: jax.Array, inv_freq: jax.Array, cfg: ModelConfig):
+               key_mask: jax.Array, inv_freq: jax.Array, cfg: ModelConfig, prefix: dict | None = None):
   """One attention block over new tokens, reading and writing the KV cache.
 
   x: [B, T, D]; positions: [B, T]; cache: {"k", "v": [B, K, S, E]}; index: scalar slot of
-  the first new token; key_mask: [B, S] bool, True for real tokens.
+  the first new token; key_mask: [B, S] bool, True for real tokens. prefix: optional
+  {"k", "v": [K, P, E]}, the keys and values of P tokens that precede every row (a shared
+  prompt prefix), attended to by every query but stored and read once for all rows.
 
   The cache keeps (batch, kv head) leading so both attention contractions are batched
   matmuls over contiguous [S, E] blocks (10x faster on CPU than a [B, S, K, E] layout).
@@ -313,17 +315,34 @@ def _attention(lp: dict, x: jax.Array, positions: jax.Array, cache: dict, index:
     scores = sum(q32[..., e, None] * k32[:, :, None, None, :, e] for e in range(E))
   else:
     scores = jnp.einsum("bkgte,bkse->bkgts", qg, k_all.astype(dtype), preferred_element_type=jnp.float32)
+  P = 0 if prefix is None else prefix["k"].shape[1]
+  if P and T == 1:  # decoding: the prefix keys once for all rows, one [B*G, E] x [E, P] matmul per kv head
+    pre_scores = jnp.einsum("bkgte,kpe->bkgtp", qg, prefix["k"].astype(dtype), preferred_element_type=jnp.float32)
+    scores = jnp.concatenate([pre_scores, scores], axis=-1)
+  elif P:  # prefill: prepending the prefix to every row's keys measured faster than a second matmul
+    k_pre = jnp.broadcast_to(prefix["k"].astype(dtype), (B,) + prefix["k"].shape)
+    scores = jnp.einsum("bkgte,bkse->bkgts", qg, jnp.concatenate([k_pre, k_all.astype(dtype)], axis=2),
+                        preferred_element_type=jnp.float32)
   scores = scores / np.float32(math.sqrt(E))
-  q_slot = index + jnp.arange(T)[:, None]  # [T, 1]
-  k_slot = jnp.arange(S)[None, :]  # [1, S]
-  allowed = (k_slot <= q_slot)[None] & key_mask[:, None, :]  # [B, T, S]
+  # Global slots: the prefix is 0..P-1, the cache P..P+S-1.
+  q_slot = P + index + jnp.arange(T)[:, None]  # [T, 1]
+  k_slot = jnp.arange(P + S)[None, :]  # [1, P + S]
+  key_mask = jnp.concatenate([jnp.ones((B, P), bool), key_mask], axis=1) if P else key_mask
+  allowed = (k_slot <= q_slot)[None] & key_mask[:, None, :]  # [B, T, P + S]
   if cfg.sliding_window is not None:
     allowed &= (q_slot - k_slot < cfg.sliding_window)[None]
   # A padded query sees only itself, so no row is empty (its output is never used).
   allowed |= (k_slot == q_slot)[None]
   scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1)
-  out = jnp.einsum("bkgts,bkse->btkge", probs.astype(dtype), v_all.astype(dtype))
+  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  if P and T == 1:
+    out = (jnp.einsum("bkgts,bkse->btkge", probs[..., P:], v_all.astype(dtype))
+           + jnp.einsum("bkgtp,kpe->btkge", probs[..., :P], prefix["v"].astype(dtype)))
+  elif P:
+    v_pre = jnp.broadcast_to(prefix["v"].astype(dtype), (B,) + prefix["v"].shape)
+    out = jnp.einsum("bkgts,bkse->btkge", probs, jnp.concatenate([v_pre, v_all.astype(dtype)], axis=2))
+  else:
+    out = jnp.einsum("bkgts,bkse->btkge", probs, v_all.astype(dtype))
   out = _linear(out.reshape(B, T, H * E), lp["o"], dtype)
   return out, {"k": k_all, "v": v_all}
 
@@ -341,7 +360,8 @@ def init_cache(cfg: ModelConfig, batch: int, length: int) -> list[dict]:
 
 
 def apply(params: PyTree, tokens: jax.Array, positions: jax.Array, cache: list[dict],
-          index: jax.Array, key_mask: jax.Array, *, cfg: ModelConfig, logits_at: str = "all"):
+          index: jax.Array, key_mask: jax.Array, *, cfg: ModelConfig, logits_at: str = "all",
+          prefix_cache: list[dict] | None = None):
   """Run new tokens through the model with a KV cache.
 
   Args:
@@ -352,6 +372,8 @@ def apply(params: PyTree, tokens: jax.Array, positions: jax.Array, cache: list[d
     index: int32 scalar, the cache slot of ``tokens[:, 0]``.
     key_mask: [B, S] bool, True where a slot holds a real (non-pad) token.
     logits_at: "all" positions, only the "last" one ([B, 1, V]), or "none" (cache only).
+    prefix_cache: optional per-layer ``{"k", "v": [K, P, E]}`` of a prefix every row shares,
+      before cache slot 0 (``positions`` must then start after it). Read, never written.
   Returns:
     (logits [B, T, V] float32, hidden [B, T, D] float32 after the final norm, new cache).
   """
@@ -359,9 +381,10 @@ def apply(params: PyTree, tokens: jax.Array, positions: jax.Array, cache: list[d
   inv_freq = jnp.asarray(rope_inv_freq(cfg))
   x = perturb.take_rows(params["embed"]["embedding"], tokens, dtype)
   new_cache = []
-  for lp, lc in zip(params["layers"], cache):
+  for i, (lp, lc) in enumerate(zip(params["layers"], cache)):
     h = _rms_norm(x, lp["attn_norm"]["scale"], cfg.rms_norm_eps)
-    attn_out, lc = _attention(lp["attn"], h, positions, lc, index, key_mask, inv_freq, cfg)
+    attn_out, lc = _attention(lp["attn"], h, positions, lc, index, key_mask, inv_freq, cfg,
+                              None if prefix_cache is None else prefix_cache[i])
     x = x.astype(jnp.float32) + attn_out.astype(jnp.float32)
     h = _rms_norm(x, lp["mlp_norm"]["scale"], cfg.rms_norm_eps)
     x = x + _mlp(lp["mlp"], h, dtype).astype(jnp.float32)

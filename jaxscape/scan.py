@@ -148,8 +148,9 @@ def compact_state(state: decode_lib.DecodeState, point_idx: jax.Array, row_idx: 
   """
   def rows(x):
     return x[point_idx[:, None], row_idx]
-  state = jax.tree.map(rows, state)
-  return state.replace(done=state.done | ~keep)
+  prefix_cache = jax.tree.map(lambda x: x[point_idx], state.prefix_cache)  # per point, not per row
+  state = jax.tree.map(rows, state.replace(prefix_cache=None))
+  return state.replace(done=state.done | ~keep, prefix_cache=prefix_cache)
 
 
 def _bucket(n: int, full: int, multiple: int = 1) -> int:
