@@ -13,6 +13,7 @@ float32 matmul measured in this run, memory bandwidth, peak RSS.
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -115,6 +116,8 @@ def bench_one(name: str, workdir: str, limits: dict) -> dict:
   if FLAGS.threads:
     ref_cmd += ["--threads", str(FLAGS.threads)]
   out_dir = os.path.join(workdir, f"{name}_jaxscape")
+  for stale in (out_dir, out_dir + "_full_decode"):  # results of an earlier bench in the same --workdir
+    shutil.rmtree(stale, ignore_errors=True)
   ours_cmd = [sys.executable, "-m", "experiments.run_grid", f"--model={model_dir}", f"--prompts={FLAGS.prompts}",
               "--kind=1d_random", f"--steps={steps}", f"--samples={samples}", f"--max_new_tokens={new_tokens}",
               f"--multiplier={FLAGS.multiplier}", "--prompt_format=chat", f"--out={out_dir}", "--noresume",
@@ -179,6 +182,7 @@ def plan_check(workdir: str) -> list[dict]:
   rows = []
   for budget in FLAGS.plan_check_budgets:
     out_dir = os.path.join(workdir, f"plan_{budget}")
+    shutil.rmtree(out_dir, ignore_errors=True)  # an earlier plan check in the same --workdir
     cmd = [sys.executable, "-m", "experiments.run_grid", f"--model={model_dir}", f"--prompts={FLAGS.prompts}",
            "--kind=1d_random", f"--steps={steps}", f"--samples={samples}", f"--max_new_tokens={new_tokens}",
            f"--multiplier={FLAGS.multiplier}", f"--out={out_dir}", "--noresume",
