@@ -158,7 +158,8 @@ def bench_one(name: str, workdir: str, limits: dict) -> dict:
       "plan": summ.get("plan"), "asr_ours": summ.get("asr"),
       "asr_full_decode": full_asr, "asr_equal_to_full_decode": None if full_asr is None else full_asr == summ["asr"],
       # The same run without --stop_when_decided (the ASR check), timed as well.
-      "full_decode": full and {**full, "scan_speedup": ref_scan / full["scan_s"], "total_speedup": ref_wall / full["total_s"]},
+      "full_decode": full and {**full, "scan_speedup": ref_scan / full["scan_s"],
+                               "total_speedup": ref_wall / full["total_s"]},
   }
   return row
 

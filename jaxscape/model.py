@@ -291,8 +291,8 @@ def _attention(lp: dict, x: jax.Array, positions: jax.Array, cache: dict, index:
   {"k", "v": [K, P, E]}, the keys and values of P tokens that precede every row (a shared
   prompt prefix), attended to by every query but stored and read once for all rows.
 
-  The cache keeps (batch, kv head) leading so both attention contractions are batched
-  matmuls over contiguous [S, E] blocks (10x faster on CPU than a [B, S, K, E] layout).
+  The cache keeps (batch, kv head) leading so every (row, head) reads a contiguous [S, E]
+  block (10x faster on CPU than a [B, S, K, E] layout).
   """
   B, T, _ = x.shape
   H, K, E, dtype = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.dtype
