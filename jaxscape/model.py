@@ -305,24 +305,26 @@ def _attention(lp: dict, x: jax.Array, positions: jax.Array, cache: dict, index:
                                        (0, 0, index, 0))
   S = k_all.shape[2]
   qg = q.reshape(B, T, K, H // K, E).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, E]
+  P = 0 if prefix is None else prefix["k"].shape[1]
+  keys, values = k_all.astype(dtype), v_all.astype(dtype)  # what every row attends to (decoding: + the prefix)
+  if P and T > 1:
+    # Prefill: prepending the prefix to every row's keys and values measured faster than a
+    # second matmul; the rows then attend to [prefix, cache] like any cache.
+    keys, values = (jnp.concatenate([jnp.broadcast_to(prefix[n].astype(dtype), (B,) + prefix[n].shape), kv], axis=2)
+                    for n, kv in (("k", keys), ("v", values)))
   if T == 1:
     # Decoding: one query per row against the whole cache. As a batched dot this is a tiny
     # matvec per (row, head) with a 16-64 long contraction, which XLA:CPU runs well below
     # memory bandwidth; an explicit sum over E is one fused pass over the cache at bandwidth
     # (4.5 vs 6.1 ms for a [1680, 8, 149, 16] cache on a 2-core CPU). Prefill keeps the dot:
     # there each key serves T queries, and the sum measured slower.
-    q32, k32 = qg.astype(jnp.float32), k_all.astype(jnp.float32)
+    q32, k32 = qg.astype(jnp.float32), keys.astype(jnp.float32)
     scores = sum(q32[..., e, None] * k32[:, :, None, None, :, e] for e in range(E))
   else:
-    scores = jnp.einsum("bkgte,bkse->bkgts", qg, k_all.astype(dtype), preferred_element_type=jnp.float32)
-  P = 0 if prefix is None else prefix["k"].shape[1]
+    scores = jnp.einsum("bkgte,bkse->bkgts", qg, keys, preferred_element_type=jnp.float32)
   if P and T == 1:  # decoding: the prefix keys once for all rows, one [B*G, E] x [E, P] matmul per kv head
     pre_scores = jnp.einsum("bkgte,kpe->bkgtp", qg, prefix["k"].astype(dtype), preferred_element_type=jnp.float32)
     scores = jnp.concatenate([pre_scores, scores], axis=-1)
-  elif P:  # prefill: prepending the prefix to every row's keys measured faster than a second matmul
-    k_pre = jnp.broadcast_to(prefix["k"].astype(dtype), (B,) + prefix["k"].shape)
-    scores = jnp.einsum("bkgte,bkse->bkgts", qg, jnp.concatenate([k_pre, k_all.astype(dtype)], axis=2),
-                        preferred_element_type=jnp.float32)
   scores = scores / np.float32(math.sqrt(E))
   # Global slots: the prefix is 0..P-1, the cache P..P+S-1.
   q_slot = P + index + jnp.arange(T)[:, None]  # [T, 1]
@@ -335,14 +337,9 @@ def _attention(lp: dict, x: jax.Array, positions: jax.Array, cache: dict, index:
   allowed |= (k_slot == q_slot)[None]
   scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  out = jnp.einsum("bkgts,bkse->btkge", probs[..., probs.shape[-1] - values.shape[2]:], values)
   if P and T == 1:
-    out = (jnp.einsum("bkgts,bkse->btkge", probs[..., P:], v_all.astype(dtype))
-           + jnp.einsum("bkgtp,kpe->btkge", probs[..., :P], prefix["v"].astype(dtype)))
-  elif P:
-    v_pre = jnp.broadcast_to(prefix["v"].astype(dtype), (B,) + prefix["v"].shape)
-    out = jnp.einsum("bkgts,bkse->btkge", probs, jnp.concatenate([v_pre, v_all.astype(dtype)], axis=2))
-  else:
-    out = jnp.einsum("bkgts,bkse->btkge", probs, v_all.astype(dtype))
+    out = out + jnp.einsum("bkgtp,kpe->btkge", probs[..., :P], prefix["v"].astype(dtype))
   out = _linear(out.reshape(B, T, H * E), lp["o"], dtype)
   return out, {"k": k_all, "v": v_all}
 

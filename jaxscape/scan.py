@@ -196,7 +196,9 @@ def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarra
   while True:
     limit = min(limit + chunk, N)
     # Grow the cache by phases (few distinct shapes to compile), never to more than this chunk needs.
-    state = grow_state(state, state.prompt_slots + next(e for e in ends if e >= limit) - 1)
+    slots = state.prompt_slots + next(e for e in ends if e >= limit) - 1
+    if slots > state.key_mask.shape[-1]:
+      state = grow_state(state, slots)
     state, step = extend_slice(params, stacked_dirs, put(coeffs[point_of]), state, step, put(stop),
                                np.int32(limit), np.int32(pad_id), cfg=cfg, eos_ids=eos_ids, strategy=strategy)
     out, done, lengths, nonfinite = (to_host(x) for x in (state.out, state.done, state.lengths, state.nonfinite))
