@@ -176,7 +176,10 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
                           if decode.share_prefix else (None, tokens, mask))
   # Rows sorted by length, prefilled in length groups; ``unsort`` restores the prompt order.
   order, groups = prompts_lib.length_groups(mask)
-  tokens, mask, unsort = tokens[order], mask[order], np.argsort(order)
+  # Columns left of the longest group are padding in every row: dropped, so the decode cache
+  # (prompt slots + new tokens) has no slot that is never filled (64 -> 40 on the default scan).
+  width = groups[0][2]
+  tokens, mask, unsort = tokens[order, -width:], mask[order, -width:], np.argsort(order)
   if want_capability:
     mc_texts = [prompts_lib.format_choice_question(item) for item in capability_set]
     mc_rendered, mc_add = prompts_lib.render(mc_texts, tok, prompt_format=decode.prompt_format,

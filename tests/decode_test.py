@@ -204,13 +204,14 @@ def test_generate_texts_rejects_bad_max_new_tokens(tiny_model):
 
 def test_phase_ends():
   assert decode.phase_ends(32) == (32,)
-  assert decode.phase_ends(64) == (64,)
-  assert decode.phase_ends(150) == (64, 128, 150)
-  assert decode.phase_ends(512) == (64, 128, 256, 512)
+  assert decode.phase_ends(64) == (32, 64)
+  assert decode.phase_ends(150) == (32, 64, 128, 150)
+  assert decode.phase_ends(512) == (32, 64, 128, 256, 512)
+  assert decode.phase_ends(150, first=64) == (64, 128, 150)
 
 
 def test_long_decode_across_phases_matches_transformers(tiny_model, hf_model):
-  """150 new tokens cross two cache growths (64, 128): still transformers' tokens."""
+  """150 new tokens cross three cache growths (32, 64, 128): still transformers' tokens."""
   hf, m = hf_model("llama"), tiny_model("llama")
   rendered, add, tokens, mask = _inputs(m)
   ref, _ = _hf_generate(hf, m.tokenizer, rendered, add, new=150, eos_token_id=NEVER)
