@@ -34,7 +34,7 @@ def _prefill_prefix(params: PyTree, prefix: jax.Array, *, cfg) -> list[dict]:
   """KV of the shared prefix [p], computed once (batch 1): per layer ``{"k", "v": [K, p, E]}``."""
   p = prefix.shape[0]
   _, _, pre = model_lib.apply(params, prefix[None], jnp.arange(p, dtype=jnp.int32)[None],
-                              model_lib.init_cache(cfg, 1, p), jnp.int32(0), jnp.ones((1, p), bool), cfg=cfg,
+                              None, jnp.int32(0), jnp.ones((1, p), bool), cfg=cfg,
                               logits_at="none")
   return [{name: layer[name][0] for name in ("k", "v")} for layer in pre]
 
@@ -140,25 +140,30 @@ def _prefill(params: PyTree, tokens: jax.Array, mask: jax.Array, pad_id: jax.Arr
   ``groups``: static ``((row_start, row_end, length), ...)`` over rows sorted by prompt length
   (see ``prompts.length_groups``): each group is prefilled over only its last ``length``
   columns, so short prompts do not pay for the longest one's padding.
+
+  The returned cache already has room for the first phase of new tokens (:func:`phase_ends`):
+  each group's keys/values are padded into place and the groups concatenated, one copy per
+  layer (writing them into a zero cache instead is a scatter under ``vmap``, ~4x slower).
   """
   B, T = tokens.shape
   N = max_new_tokens
   P0 = 0 if prefix is None else prefix.shape[0]
-  # The shared prefix has its own cache; row caches hold the left-padded rest (T slots), and
-  # the loop adds the new tokens' slots.
+  slots = T + phase_ends(N)[0] - 1  # prompt + the first phase's new tokens (see run_loop)
+  # The shared prefix has its own cache; row caches hold the left-padded rest (T slots), then
+  # the new tokens' slots.
   prefix_cache = _prefill_prefix(params, prefix, cfg=cfg) if P0 else None
-  cache = model_lib.init_cache(cfg, B, T)
-  key_mask = mask
   positions = P0 + model_lib.positions_from_mask(mask)
-  last_logits = []
+  last_logits, parts = [], []
   for r0, r1, length in groups or ((0, B, T),):
-    rows = lambda x: x[r0:r1]  # noqa: E731  (static slices)
     logits, _, group_cache = model_lib.apply(
-        params, tokens[r0:r1, T - length:], positions[r0:r1, T - length:], jax.tree.map(rows, cache),
-        jnp.int32(T - length), key_mask[r0:r1], cfg=cfg, logits_at="last", prefix_cache=prefix_cache)
-    cache = jax.tree.map(lambda full, part: jax.lax.dynamic_update_slice(full, part, (r0, 0, 0, 0)), cache,
-                         group_cache)
+        params, tokens[r0:r1, T - length:], positions[r0:r1, T - length:], None, jnp.int32(0),
+        mask[r0:r1, T - length:], cfg=cfg, logits_at="last", prefix_cache=prefix_cache)
+    widths = ((0, 0), (0, 0), (T - length, slots - T), (0, 0))  # [b, K, length, E] -> [b, K, slots, E]
+    parts.append([{n: jnp.pad(layer[n], widths) for n in ("k", "v")} for layer in group_cache])
     last_logits.append(logits[:, -1])
+  cache = [{n: jnp.concatenate([part[i][n] for part in parts], axis=0) for n in ("k", "v")}
+           for i in range(cfg.num_layers)]
+  key_mask = jnp.pad(mask, ((0, 0), (0, slots - T)))
   logits = jnp.concatenate(last_logits, axis=0)[:, None]
   state = DecodeState(cache=cache, prefix_cache=prefix_cache, key_mask=key_mask,
                       tok=jnp.full((B,), pad_id, jnp.int32),

@@ -286,8 +286,10 @@ def _attention(lp: dict, x: jax.Array, positions: jax.Array, cache: dict, index:
                key_mask: jax.Array, inv_freq: jax.Array, cfg: ModelConfig, prefix: dict | None = None):
   """One attention block over new tokens, reading and writing the KV cache.
 
-  x: [B, T, D]; positions: [B, T]; cache: {"k", "v": [B, K, S, E]}; index: scalar slot of
-  the first new token; key_mask: [B, S] bool, True for real tokens. prefix: optional
+  x: [B, T, D]; positions: [B, T]; cache: {"k", "v": [B, K, S, E]}, or None for a fresh
+  cache of exactly the T new tokens (S = T, index 0: no zero cache to write into, which under
+  ``vmap`` is a scatter); index: scalar slot of the first new token; key_mask: [B, S] bool,
+  True for real tokens. prefix: optional
   {"k", "v": [K, P, E]}, the keys and values of P tokens that precede every row (a shared
   prompt prefix), attended to by every query but stored and read once for all rows.
 
@@ -299,10 +301,13 @@ def _attention(lp: dict, x: jax.Array, positions: jax.Array, cache: dict, index:
   q, k, v = _linears(x, [lp["q"], lp["k"], lp["v"]], dtype)
   q, k, v = q.reshape(B, T, H, E), k.reshape(B, T, K, E), v.reshape(B, T, K, E)
   q, k = _rope(q, positions, inv_freq), _rope(k, positions, inv_freq)
-  k_all = jax.lax.dynamic_update_slice(cache["k"], k.transpose(0, 2, 1, 3).astype(cache["k"].dtype),
-                                       (0, 0, index, 0))
-  v_all = jax.lax.dynamic_update_slice(cache["v"], v.transpose(0, 2, 1, 3).astype(cache["v"].dtype),
-                                       (0, 0, index, 0))
+  if cache is None:  # no earlier slots: the cache is the new tokens' keys and values
+    k_all, v_all = k.transpose(0, 2, 1, 3).astype(dtype), v.transpose(0, 2, 1, 3).astype(dtype)
+  else:
+    k_all = jax.lax.dynamic_update_slice(cache["k"], k.transpose(0, 2, 1, 3).astype(cache["k"].dtype),
+                                         (0, 0, index, 0))
+    v_all = jax.lax.dynamic_update_slice(cache["v"], v.transpose(0, 2, 1, 3).astype(cache["v"].dtype),
+                                         (0, 0, index, 0))
   S = k_all.shape[2]
   qg = q.reshape(B, T, K, H // K, E).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, E]
   P = 0 if prefix is None else prefix["k"].shape[1]
@@ -365,7 +370,8 @@ def apply(params: PyTree, tokens: jax.Array, positions: jax.Array, cache: list[d
     params: params pytree (leaves may be ``Factored``).
     tokens: [B, T] int32 new tokens, written at cache slots ``index .. index+T-1``.
     positions: [B, T] int32 RoPE positions.
-    cache: from :func:`init_cache`, length S.
+    cache: from :func:`init_cache`, length S; or None: the returned cache holds just the T new
+      tokens (S = T, ``index`` 0), the cheap way to prefill.
     index: int32 scalar, the cache slot of ``tokens[:, 0]``.
     key_mask: [B, S] bool, True where a slot holds a real (non-pad) token.
     logits_at: "all" positions, only the "last" one ([B, 1, V]), or "none" (cache only).
@@ -378,7 +384,8 @@ def apply(params: PyTree, tokens: jax.Array, positions: jax.Array, cache: list[d
   inv_freq = jnp.asarray(rope_inv_freq(cfg))
   x = perturb.take_rows(params["embed"]["embedding"], tokens, dtype)
   new_cache = []
-  for i, (lp, lc) in enumerate(zip(params["layers"], cache)):
+  for i, lp in enumerate(params["layers"]):
+    lc = None if cache is None else cache[i]
     h = _rms_norm(x, lp["attn_norm"]["scale"], cfg.rms_norm_eps)
     attn_out, lc = _attention(lp["attn"], h, positions, lc, index, key_mask, inv_freq, cfg,
                               None if prefix_cache is None else prefix_cache[i])
@@ -420,5 +427,5 @@ def forward(params: PyTree, tokens: jax.Array, *, cfg: ModelConfig, mask: jax.Ar
     mask = jnp.ones((B, T), bool)
   if positions is None:
     positions = positions_from_mask(mask)
-  logits, _, _ = apply(params, tokens, positions, init_cache(cfg, B, T), jnp.int32(0), mask, cfg=cfg)
+  logits, _, _ = apply(params, tokens, positions, None, jnp.int32(0), mask, cfg=cfg)
   return logits

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxscape import decode as decode_lib
 from jaxscape import perturb
-from jaxscape.model import ModelConfig, apply, init_cache, positions_from_mask
+from jaxscape.model import ModelConfig, apply, positions_from_mask
 
 PyTree = Any
 STRATEGIES = ("materialize", "factored")
@@ -98,10 +98,10 @@ def choice_logits_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array,
   Returns:
     [P, Q, C] float32.
   """
-  Q, T = tokens.shape
+  Q = tokens.shape[0]
 
   def one_point(weights):
-    logits, _, _ = apply(weights, tokens, positions_from_mask(mask), init_cache(cfg, Q, T), jnp.int32(0), mask,
+    logits, _, _ = apply(weights, tokens, positions_from_mask(mask), None, jnp.int32(0), mask,
                          cfg=cfg, logits_at="last")
     return logits[:, -1, :][:, choice_ids]
   return _per_point(params, stacked_dirs, coeffs, strategy)(one_point)
