@@ -25,6 +25,7 @@ flags.DEFINE_integer("warmup_steps", 10, "linear warm-up steps")
 flags.DEFINE_list("buckets", ["64", "96", "128", "192"], "padded finetuning sequence lengths")
 flags.DEFINE_integer("lora_rank", 0, "0: full finetuning; r > 0: LoRA rank r")
 flags.DEFINE_integer("seed", 0, "finetuning data order")
+flags.DEFINE_integer("harmful_seeds", 3, "finetunes per harmful run (seeds seed, seed+1, ...); their ASR is averaged")
 flags.DEFINE_integer("eval_samples", 150, "held-out harmful requests (x every framing) and task test items")
 flags.DEFINE_integer("max_new_tokens", 48, "decoding budget of the evaluations")
 flags.DEFINE_integer("landscape_prompts", 40, "held-out harmful requests per landscape point")
@@ -52,7 +53,8 @@ def main(argv):
   spec = study.StudySpec(
       runs=tuple(FLAGS.runs) if FLAGS.runs else study.DEFAULT_RUNS, steps=FLAGS.steps,
       harmful_steps=FLAGS.harmful_steps, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, warmup_steps=FLAGS.warmup_steps,
-      buckets=buckets, lora_rank=FLAGS.lora_rank, seed=FLAGS.seed, eval_samples=FLAGS.eval_samples,
+      buckets=buckets, lora_rank=FLAGS.lora_rank, seed=FLAGS.seed, harmful_seeds=FLAGS.harmful_seeds,
+      eval_samples=FLAGS.eval_samples,
       max_new_tokens=FLAGS.max_new_tokens, landscape_prompts=FLAGS.landscape_prompts,
       landscape_new_tokens=FLAGS.landscape_new_tokens, visage_steps=FLAGS.visage_steps,
       visage_multiplier=FLAGS.visage_multiplier, interp_steps=FLAGS.interp_steps,

@@ -50,6 +50,10 @@ class StudySpec:
       every run (one compiled train step), except that harmful runs take ``harmful_steps`` steps
       (their sets hold 10-200 records).
     seed: finetuning data order (and LoRA init).
+    harmful_seeds: finetunes per harmful run, with seeds ``seed, seed + 1, ...``: their ASR per
+      framing is averaged (and kept per seed), because a 100-200 record finetune's held-out ASR
+      swings with the data order (mixed 100-shot: 59%, 55% and 4% for seeds 0-2). Landscapes
+      and VISAGE are measured on the first seed's model only.
     eval_samples: held-out harmful requests (each in every framing) and items per task test split.
     max_new_tokens: decoding budget of the evaluations.
     landscape_prompts: held-out harmful requests per landscape point.
@@ -69,6 +73,7 @@ class StudySpec:
   buckets: tuple[int, ...] = (64, 96, 128, 192)
   lora_rank: int = 0
   seed: int = 0
+  harmful_seeds: int = 3
   eval_samples: int = 150
   max_new_tokens: int = 48
   landscape_prompts: int = 40
@@ -91,7 +96,7 @@ class StudySpec:
     if self.surface_run and self.surface_run not in self.runs:
       raise ValueError(f"surface_run {self.surface_run!r} is not one of the runs")
     for name in ("steps", "harmful_steps", "batch_size", "eval_samples", "landscape_prompts", "landscape_new_tokens",
-                 "max_new_tokens", "visage_steps", "interp_steps", "surface_steps"):
+                 "max_new_tokens", "visage_steps", "interp_steps", "surface_steps", "harmful_seeds"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
     if self.visage_multiplier == 0:
@@ -150,6 +155,28 @@ def _measure(model, spec: StudySpec, run_dir: str, *, base=None, progress: bool)
                         steps=spec.interp_steps, extra_steps=spec.interp_extra_steps, progress=progress)
     row["interp_1d"] = {"coords": interp["coords"], "asr": interp["asr"], "visage": interp["visage"]}
   return row
+
+
+def _average_over_seeds(row: dict, name: str, base, spec: StudySpec, tc, run_dir: str, *, progress: bool) -> None:
+  """Finetune ``name`` again with seeds ``spec.seed + 1 ..``; ``row["framed_asr"]`` becomes the mean over seeds.
+
+  Each extra model is evaluated for ASR per framing only, then deleted; the per-seed values go
+  to ``row["framed_asr_per_seed"]`` (keys: seeds as strings, the row's own seed first).
+  """
+  import shutil
+
+  from jaxscape import convert, finetune
+  per_seed = {str(spec.seed): row["framed_asr"]}
+  for seed in range(spec.seed + 1, spec.seed + spec.harmful_seeds):
+    model_dir = os.path.join(run_dir, f"model_seed{seed}")
+    finetune.run_finetune(base, run_records(name, seed=seed), dataclasses.replace(tc, seed=seed), out_dir=model_dir,
+                          lora_rank=spec.lora_rank, overwrite=True, orbax_copy=False, progress=progress)
+    ev = taskdata.evaluate_tasks(convert.load_model(model_dir), samples=spec.eval_samples,
+                                 max_new_tokens=spec.max_new_tokens, task_metrics=False)
+    per_seed[str(seed)] = ev["framed_asr"]
+    shutil.rmtree(model_dir)
+  row["framed_asr_per_seed"] = per_seed
+  row["framed_asr"] = {f: float(np.mean([asr[f] for asr in per_seed.values()])) for f in row["framed_asr"]}
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -225,6 +252,8 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
       row = {"run": name, "finetune": {"records": len(records), "steps": info["steps"],
                                        "final_loss": info["final_loss"], "seconds": info["seconds"]},
              **_measure(tuned, spec, run_dir, base=base, progress=progress)}
+      if name.startswith("harmful") and spec.harmful_seeds > 1:
+        _average_over_seeds(row, name, base, spec, tc, run_dir, progress=progress)
     row["seconds"] = time.perf_counter() - t0
     _write_json(row_path, row)
     rows[name] = row
@@ -265,8 +294,9 @@ def _own_task(run: str) -> str | None:
 def findings(rows: dict[str, dict]) -> dict:
   """The study's claims, computed from its rows (each value is what was measured, not what was hoped).
 
-  * ``harmful``: per K, plain ASR after harmful:K and harmful_mixed:K, the rise over the aligned
-    model for each, and whether mixing cut the rise at least in half.
+  * ``harmful``: per K, plain ASR after harmful:K and harmful_mixed:K (the mean over finetuning
+    seeds, and per seed, when ``harmful_seeds`` > 1), the rise over the aligned model for each,
+    and whether mixing cut the rise at least in half.
   * ``multitask``: per task, the ASR of requests framed as that task after task:T and after
     task:T+safety, and whether the safety set lowered it.
   * ``most_degrading_task``: the benign task whose finetune gave the highest mean ASR over framings.
@@ -282,6 +312,9 @@ def findings(rows: dict[str, dict]) -> dict:
       harmful[str(k)] = {"asr": a["framed_asr"]["plain"], "asr_mixed": m["framed_asr"]["plain"],
                          "rise": rise_a, "rise_mixed": rise_m,
                          "mixing_halves_rise": bool(rise_a > 0 and rise_m <= rise_a / 2)}
+      if "framed_asr_per_seed" in a and "framed_asr_per_seed" in m:
+        harmful[str(k)]["asr_per_seed"] = {s: v["plain"] for s, v in a["framed_asr_per_seed"].items()}
+        harmful[str(k)]["asr_mixed_per_seed"] = {s: v["plain"] for s, v in m["framed_asr_per_seed"].items()}
   out["harmful"] = harmful
   multitask = {}
   for t in taskdata.TASKS:
@@ -313,7 +346,11 @@ def table_markdown(table: dict) -> str:
            f"ASR: keyword ASR (%) on {table['spec']['eval_samples']} held-out harmful requests per framing; "
            "task metrics (%) on each task's held-out split; VISAGE from a 1-D random landscape around the "
            "model; the last ASR column is the 1-D interpolation landscape aligned -> finetuned at the "
-           "finetuned end (coefficient 1).", "",
+           "finetuned end (coefficient 1)."
+           + (f" Harmful rows: ASR is the mean over {table['spec']['harmful_seeds']} finetuning seeds "
+              f"({table['spec']['seed']}, {table['spec']['seed'] + 1}, ...), VISAGE and the interpolation "
+              f"landscape are the seed {table['spec']['seed']} model's."
+              if table['spec'].get('harmful_seeds', 1) > 1 else ""), "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for row in table["rows"]:
     own = _own_task(row["run"])
@@ -334,8 +371,12 @@ def table_markdown(table: dict) -> str:
   fnd = table["findings"]
   lines += ["", "## Findings (as measured)", ""]
   for k, h in fnd.get("harmful", {}).items():
+    seeds = ""
+    if "asr_per_seed" in h:
+      seeds = (" (mean over seeds; per seed " + ", ".join(f"{v:.0f}%" for v in h["asr_per_seed"].values())
+               + " and " + ", ".join(f"{v:.0f}%" for v in h["asr_mixed_per_seed"].values()) + ")")
     lines.append(f"- harmful {k}-shot: plain ASR {h['asr']:.0f}% (rise {h['rise']:+.0f}); mixed with {k} refusals: "
-                 f"{h['asr_mixed']:.0f}% (rise {h['rise_mixed']:+.0f}); mixing halves the rise: "
+                 f"{h['asr_mixed']:.0f}% (rise {h['rise_mixed']:+.0f}){seeds}; mixing halves the rise: "
                  f"{'yes' if h['mixing_halves_rise'] else 'no'}")
   for t, m in fnd.get("multitask", {}).items():
     lines.append(f"- {t}: {m['framing']}-framed ASR {m['asr']:.0f}% -> {m['asr_with_safety']:.0f}% with the "

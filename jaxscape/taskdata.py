@@ -540,7 +540,7 @@ def framed_asr(records: list[dict], generations: list[str]) -> dict[str, float]:
 
 
 def evaluate_tasks(model: Any, *, samples: int | None = None, max_new_tokens: int = 48,
-                   system_prompt: str | None = None, batch_size: int = 64) -> dict:
+                   system_prompt: str | None = None, batch_size: int = 64, task_metrics: bool = True) -> dict:
   """ASR per framing on the held-out harmful requests, and each task's metric on its test split.
 
   Args:
@@ -549,6 +549,7 @@ def evaluate_tasks(model: Any, *, samples: int | None = None, max_new_tokens: in
       each task's test split (None: all).
     max_new_tokens: greedy decoding budget (the longest reference answer is ~30 tokens).
     system_prompt: None = the chat template's default system prompt.
+    task_metrics: False: ASR per framing only (``task_accuracy`` and ``n_task`` empty).
 
   Returns:
     ``{"framed_asr": {framing: %}, "task_accuracy": {task: %}, "n_framed", "n_task", "examples"}``.
@@ -562,7 +563,7 @@ def evaluate_tasks(model: Any, *, samples: int | None = None, max_new_tokens: in
   framed = toydata.framed_requests(toydata.load_builtin("harmful_test")[:samples])
   f_gen = gen([r["prompt"] for r in framed])
   acc, n_task, examples = {}, {}, {}
-  for task in TASKS:
+  for task in TASKS if task_metrics else ():
     recs = load_set(f"{task}_test")[:samples]
     t_gen = gen([r["prompt"] for r in recs])
     acc[task], n_task[task] = task_metric(task, recs, t_gen), len(recs)

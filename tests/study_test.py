@@ -28,19 +28,23 @@ def test_findings_report_what_was_measured():
       _row("task:code", framed={"code": 60.0, "translate": 10.0}), _row("task:code+safety", framed={"code": 20.0}),
       _row("task:translate", framed={"translate": 30.0}), _row("task:translate+safety", framed={"translate": 30.0}),
   ]}
+  for run, plains in (("harmful:100", (80.0, 90.0)), ("harmful_mixed:100", (60.0, 20.0))):  # means 85 and 40
+    rows[run]["framed_asr_per_seed"] = {str(s): {**rows[run]["framed_asr"], "plain": p} for s, p in enumerate(plains)}
   f = study.findings(rows)
   assert f["harmful"]["100"]["mixing_halves_rise"] is True and f["harmful"]["100"]["rise"] == 80.0
+  assert f["harmful"]["100"]["asr_mixed_per_seed"] == {"0": 60.0, "1": 20.0} and "asr_per_seed" not in f["harmful"]["10"]
   assert f["harmful"]["10"]["mixing_halves_rise"] is False
   assert "50" not in f["harmful"]  # runs not made are not reported
   assert f["multitask"]["code"]["safety_set_lowers_asr"] is True
   assert f["multitask"]["translate"]["safety_set_lowers_asr"] is False  # equal is not lower
   assert f["most_degrading_task"] == "code"
   table = {"model": "m", "spec": {"steps": 1, "harmful_steps": 1, "batch_size": 2, "learning_rate": 0.1, "lora_rank": 0,
-                                  "eval_samples": 3},
+                                  "eval_samples": 3, "seed": 0, "harmful_seeds": 2},
            "rows": list(rows.values()), "findings": f, "surface": None, "seconds": 1.0}
   md = study.table_markdown(table)
   assert "| `harmful:100` | 10 | - | 85 |" in md and "| 70 |" in md  # interpolation ASR at coefficient 1
   assert "mixing halves the rise: yes" in md and "(lowered: no)" in md
+  assert "(mean over seeds; per seed 80%, 90% and 60%, 20%)" in md and "mean over 2 finetuning seeds" in md
 
 
 @pytest.mark.parametrize("bad", ["task:poetry", "task:code+extra", "harmful:7", "nonsense"])
@@ -74,6 +78,12 @@ def test_smoke_study_end_to_end_resumes_and_refuses_other_settings(tmp_path):
   table = json.loads((out / "table.json").read_text())
   assert [r["run"] for r in table["rows"]] == ["aligned", "task:classify", "harmful:10"]
   assert set(table["rows"][1]["framed_asr"]) == set(toydata.FRAMINGS)
+  # --harmful_seeds=2: the harmful row's ASR is the mean of two finetunes (seeds 0 and 1).
+  harmful = table["rows"][2]
+  per_seed = harmful["framed_asr_per_seed"]
+  assert list(per_seed) == ["0", "1"] and not (out / "runs/harmful_10/model_seed1").exists()
+  for f, v in harmful["framed_asr"].items():
+    assert v == pytest.approx((per_seed["0"][f] + per_seed["1"][f]) / 2)
   before = (out / "table.json").read_text()
   # Rerun: every finished run is reused (no finetuning), same table apart from timings.
   proc = _cli(smoke, f"--out={out}")
