@@ -41,6 +41,8 @@ flags.DEFINE_integer("chunk_tokens", 32, "with --stop_when_decided: tokens decod
 flags.DEFINE_bool("resume", True, "reuse finished points of a compatible run in --out")
 flags.DEFINE_string("out", None, "results directory")
 flags.DEFINE_string("mesh", None, "device mesh, e.g. points:4,model:2 (default: all devices on points)")
+flags.DEFINE_integer("cpu_devices", 0, "CPU-only host: split it into this many devices (0: one per core, "
+                     "1: one device); ignored with accelerators or when XLA_FLAGS sets a device count")
 flags.DEFINE_string("coordinator", None, "multi-host: address HOST:PORT of process 0")
 flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
 flags.DEFINE_integer("process_id", None, "multi-host: index of this process")
@@ -77,6 +79,9 @@ def main(argv):
   if FLAGS.kind == "2d_interpolation" and not FLAGS.model_c:
     raise common.UserError("--kind=2d_interpolation needs --model_c")
   budget = parse_bytes(FLAGS.memory_budget) if FLAGS.memory_budget else None
+  if FLAGS.cpu_devices < 0:
+    raise common.UserError(f"--cpu_devices must be >= 0, got {FLAGS.cpu_devices}")
+  sharding.split_cpu_host(FLAGS.cpu_devices)  # before anything starts a JAX backend
   if FLAGS.coordinator or FLAGS.distributed:
     if FLAGS.coordinator and (FLAGS.num_processes is None or FLAGS.process_id is None):
       raise common.UserError("--coordinator needs --num_processes and --process_id")

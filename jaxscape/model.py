@@ -282,25 +282,51 @@ def _linears(x: jax.Array, ps: list[dict], dtype) -> list[jax.Array]:
   return [_add_bias(y, p, dtype) for y, p in zip(ys, ps)]
 
 
-def _attention(lp: dict, x: jax.Array, positions: jax.Array, cache: dict, index: jax.Array,
-               key_mask: jax.Array, inv_freq: jax.Array, cfg: ModelConfig, prefix: dict | None = None):
+def _attention(lp: dict, x: jax.Array, positions: jax.Array, cache, index, key_mask, inv_freq: jax.Array,
+               cfg: ModelConfig, prefix: dict | None = None):
   """One attention block over new tokens, reading and writing the KV cache.
 
   x: [B, T, D]; positions: [B, T]; cache: {"k", "v": [B, K, S, E]}, or None for a fresh
   cache of exactly the T new tokens (S = T, index 0: no zero cache to write into, which under
   ``vmap`` is a scatter); index: scalar slot of the first new token; key_mask: [B, S] bool,
-  True for real tokens. prefix: optional
-  {"k", "v": [K, P, E]}, the keys and values of P tokens that precede every row (a shared
-  prompt prefix), attended to by every query but stored and read once for all rows.
+  True for real tokens. prefix: optional {"k", "v": [K, P, E]}, the keys and values of P
+  tokens that precede every row (a shared prompt prefix), attended to by every query but
+  stored and read once for all rows.
 
-  The cache keeps (batch, kv head) leading so every (row, head) reads a contiguous [S, E]
-  block (10x faster on CPU than a [B, S, K, E] layout).
+  Row groups: ``cache``, ``index`` and ``key_mask`` may be equal-length tuples, one entry per
+  group of consecutive rows (group g has ``key_mask[g].shape[0]`` rows and its own S_g): each
+  group attends over its own cache only, so short prompts do not read the longest one's
+  padding slots at every decoding step. Returns the cache in the same form.
   """
   B, T, _ = x.shape
   H, K, E, dtype = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.dtype
   q, k, v = _linears(x, [lp["q"], lp["k"], lp["v"]], dtype)
   q, k, v = q.reshape(B, T, H, E), k.reshape(B, T, K, E), v.reshape(B, T, K, E)
   q, k = _rope(q, positions, inv_freq), _rope(k, positions, inv_freq)
+  if isinstance(key_mask, tuple):
+    outs, new_cache, r0 = [], [], 0
+    for c, i, m in zip(cache, index, key_mask):
+      r1 = r0 + m.shape[0]
+      o, nc = _attend(q[r0:r1], k[r0:r1], v[r0:r1], c, i, m, cfg, prefix)
+      outs.append(o)
+      new_cache.append(nc)
+      r0 = r1
+    out, new_cache = jnp.concatenate(outs, axis=0), tuple(new_cache)
+  else:
+    out, new_cache = _attend(q, k, v, cache, index, key_mask, cfg, prefix)
+  return _linear(out.reshape(B, T, H * E), lp["o"], dtype), new_cache
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, cache: dict | None, index: jax.Array, key_mask: jax.Array,
+            cfg: ModelConfig, prefix: dict | None):
+  """Attention of [B, T, H, E] queries over the cache with the new [B, T, K, E] keys/values written in.
+
+  Returns (out [B, T, K, G, E] in the compute dtype, new cache). The cache keeps (batch, kv head)
+  leading so every (row, head) reads a contiguous [S, E] block (10x faster on CPU than a
+  [B, S, K, E] layout).
+  """
+  B, T, H, E = q.shape
+  K, dtype = k.shape[2], cfg.dtype
   if cache is None:  # no earlier slots: the cache is the new tokens' keys and values
     k_all, v_all = k.transpose(0, 2, 1, 3).astype(dtype), v.transpose(0, 2, 1, 3).astype(dtype)
   else:
@@ -345,7 +371,6 @@ def _attention(lp: dict, x: jax.Array, positions: jax.Array, cache: dict, index:
   out = jnp.einsum("bkgts,bkse->btkge", probs[..., probs.shape[-1] - values.shape[2]:], values)
   if P and T == 1:
     out = out + jnp.einsum("bkgtp,kpe->btkge", probs[..., :P], prefix["v"].astype(dtype))
-  out = _linear(out.reshape(B, T, H * E), lp["o"], dtype)
   return out, {"k": k_all, "v": v_all}
 
 
@@ -371,7 +396,8 @@ def apply(params: PyTree, tokens: jax.Array, positions: jax.Array, cache: list[d
     tokens: [B, T] int32 new tokens, written at cache slots ``index .. index+T-1``.
     positions: [B, T] int32 RoPE positions.
     cache: from :func:`init_cache`, length S; or None: the returned cache holds just the T new
-      tokens (S = T, ``index`` 0), the cheap way to prefill.
+      tokens (S = T, ``index`` 0), the cheap way to prefill. Row groups (decoding): per layer a
+      tuple of group caches, with ``index`` and ``key_mask`` tuples to match (see ``_attention``).
     index: int32 scalar, the cache slot of ``tokens[:, 0]``.
     key_mask: [B, S] bool, True where a slot holds a real (non-pad) token.
     logits_at: "all" positions, only the "last" one ([B, 1, V]), or "none" (cache only).

@@ -134,7 +134,7 @@ def extend_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, state:
 
 
 grow_state = jax.jit(decode_lib.grow, static_argnums=1)
-grow_state.__doc__ = "Jitted :func:`jaxscape.decode.grow`: pad a state's cache to a static slot count."
+grow_state.__doc__ = "Jitted :func:`jaxscape.decode.grow`: pad a state's caches to hold steps below a static bound."
 
 
 @functools.partial(jax.jit, donate_argnames=("state",))
@@ -142,12 +142,16 @@ def compact_state(state: decode_lib.DecodeState, point_idx: jax.Array, row_idx: 
                   keep: jax.Array) -> decode_lib.DecodeState:
   """Gather the rows still being decoded: ``new[p, b] = state[point_idx[p], row_idx[p, b]]``.
 
+  Rows of different length groups may now share a batch, so the groups are merged first
+  (``decode.merge_groups``).
+
   Args:
     state: [P, B, ...] states; point_idx: [P'] int32; row_idx: [P', B'] int32;
     keep: [P', B'] bool, False for filler entries (marked done so they stop at once).
   """
   def rows(x):
     return x[point_idx[:, None], row_idx]
+  state = decode_lib.merge_groups(state)
   prefix_cache = jax.tree.map(lambda x: x[point_idx], state.prefix_cache)  # per point, not per row
   state = jax.tree.map(rows, state.replace(prefix_cache=None))
   return state.replace(done=state.done | ~keep, prefix_cache=prefix_cache)
@@ -196,9 +200,9 @@ def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarra
   while True:
     limit = min(limit + chunk, N)
     # Grow the cache by phases (few distinct shapes to compile), never to more than this chunk needs.
-    slots = state.prompt_slots + next(e for e in ends if e >= limit) - 1
-    if slots > state.key_mask.shape[-1]:
-      state = grow_state(state, slots)
+    end = next(e for e in ends if e >= limit)
+    if end > state.room:
+      state = grow_state(state, end)
     state, step = extend_slice(params, stacked_dirs, put(coeffs[point_of]), state, step, put(stop),
                                np.int32(limit), np.int32(pad_id), cfg=cfg, eos_ids=eos_ids, strategy=strategy)
     out, done, lengths, nonfinite = (to_host(x) for x in (state.out, state.done, state.lengths, state.nonfinite))

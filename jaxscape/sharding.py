@@ -29,6 +29,32 @@ PARAM_RULES: tuple[tuple[str, P], ...] = (
 )
 
 
+def split_cpu_host(n: int = 0) -> int:
+  """Expose a CPU-only host as ``n`` JAX devices (0: one per core), so grid points run in parallel.
+
+  XLA:CPU runs the many small ops of a decoding step on ~1.6 of 2 cores; with one device per
+  core each device decodes its own share of the points (splitting points is bit-identical),
+  which measured 10-15% faster on the toy scan (2 cores). Must run before JAX initialises a
+  backend. Does nothing (returns 0) when ``n`` is 1, when ``XLA_FLAGS`` already sets a device
+  count, when ``JAX_PLATFORMS`` names another platform, when an accelerator plugin is installed
+  or when the backends are already up. Returns the device count it set.
+  """
+  import importlib.metadata
+  import importlib.util
+  import os
+
+  from jax._src import xla_bridge
+  n = n or len(os.sched_getaffinity(0))
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  accelerator = (importlib.util.find_spec("jax_plugins") is not None or importlib.util.find_spec("libtpu") is not None
+                 or any(True for _ in importlib.metadata.entry_points(group="jax_plugins")))
+  if (n <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+      or platforms not in ("", "cpu") or (accelerator and platforms != "cpu") or xla_bridge.backends_are_initialized()):
+    return 0
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+  return n
+
+
 def parse_mesh(text: str | None, n_devices: int | None = None) -> dict[str, int]:
   """'points:4,model:2' -> {'points': 4, 'model': 2}; None/'' -> all devices on points.
 

@@ -232,3 +232,10 @@ def test_greedy_token_is_argmax_with_ties_and_nonfinite():
   tok, finite = decode.greedy_token(jax.numpy.asarray(logits))
   np.testing.assert_array_equal(np.asarray(tok), np.argmax(logits, -1))
   np.testing.assert_array_equal(np.asarray(finite), np.isfinite(logits).all(-1))
+
+
+def test_decode_partition_minimises_slots():
+  groups = ((0, 5, 64), (5, 29, 40), (29, 58, 32), (58, 80, 24))  # the AdvBench toy scan's prefill groups
+  assert decode.decode_partition(groups, 1) == ((0, 4),)
+  assert decode.decode_partition(groups, 2) == ((0, 1), (1, 4))  # 5 x 64 + 75 x 40 slots, the least of 2 runs
+  assert decode.decode_partition(groups, 4) == ((0, 1), (1, 2), (2, 3), (3, 4))

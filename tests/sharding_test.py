@@ -117,3 +117,14 @@ def test_two_processes_match_one(tmp_path):
   assert multi["mesh"] == {"points": 8, "model": 1}
   assert (single["asr"], single["visage"]) == (multi["asr"], multi["visage"])
   assert (tmp_path / "single" / "generations.jsonl").read_bytes() == (tmp_path / "multi" / "generations.jsonl").read_bytes()
+
+
+def test_split_cpu_host_sets_device_count_only_when_unset():
+  code = ("import jax; from jaxscape import sharding; n = sharding.split_cpu_host(3); "
+          "print(n, jax.device_count(), sharding.split_cpu_host(3))")
+  base = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  run = lambda env: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,  # noqa: E731
+                                   timeout=120, check=True).stdout.split()
+  assert run({**base, "JAX_PLATFORMS": "cpu"}) == ["3", "3", "0"]  # the second call: backend already up
+  preset = {**base, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  assert run(preset) == ["0", "1", "0"]  # the user's XLA_FLAGS win

@@ -21,23 +21,39 @@ def tiny(tmp_path_factory):
   return convert.load_model(d)
 
 
-def test_chunked_decoding_with_compaction_matches_full_decode(tiny):
-  """Rows stopped early keep a prefix of the full decode; the others are exactly the full decode."""
+@pytest.mark.parametrize("grouped", [False, True])
+def test_chunked_decoding_with_compaction_matches_full_decode(tiny, grouped):
+  """Rows stopped early keep a prefix of the full decode; the others are exactly the full decode.
+
+  grouped: rows in length groups, each with its own cache, merged at the first compaction;
+  the full decode is also the same with and without groups.
+  """
   texts, add = prompts.render(PROMPTS, tiny.tokenizer, system_prompt="Be helpful and write a careful plan")
   tokens, mask = prompts.tokenize(texts, tiny.tokenizer, add_special_tokens=add, pad_id=tiny.pad_id)
   prefix, tokens, mask = prompts.split_shared_prefix(tokens, mask, pad_id=tiny.pad_id)
+  order, groups = prompts.length_groups(mask, max_groups=3, multiple=2)
+  tokens, mask = tokens[order], mask[order]
+  if not grouped:
+    groups = None
+  else:
+    assert len(groups) == 3
   stacked = perturb.stack_directions([directions.random_direction(tiny.params, seed=4)])
   coeffs = np.linspace(-0.8, 0.8, 6, dtype=np.float32)[:, None]
   N = 40
+  kw = dict(cfg=tiny.cfg, max_new_tokens=N, eos_ids=tiny.eos_ids, strategy="factored")
   full = scan.decode_slice(tiny.params, stacked, jnp.asarray(coeffs), tokens, mask, np.int32(N), np.int32(tiny.pad_id),
-                           prefix, cfg=tiny.cfg, max_new_tokens=N, eos_ids=tiny.eos_ids, strategy="factored")
+                           prefix, groups=groups, **kw)
   full_tokens = np.asarray(full.tokens)
+  if grouped:
+    ungrouped = scan.decode_slice(tiny.params, stacked, jnp.asarray(coeffs), tokens, mask, np.int32(N),
+                                  np.int32(tiny.pad_id), prefix, **kw)
+    np.testing.assert_array_equal(full_tokens, np.asarray(ungrouped.tokens))
   # "Decided" = a frequent token appeared: many rows stop early and the states get compacted.
   frequent = int(np.bincount(full_tokens[:, :, :8].ravel()).argmax())
   decided = lambda row: frequent in row
   toks, lens, nonfin, truncated = scan.decode_until_decided(
       tiny.params, stacked, coeffs, tokens, mask, tiny.pad_id, prefix, cfg=tiny.cfg, max_new_tokens=N,
-      eos_ids=tiny.eos_ids, strategy="factored", is_decided=decided, chunk=8)
+      eos_ids=tiny.eos_ids, strategy="factored", is_decided=decided, chunk=8, groups=groups)
   assert truncated.any() and not truncated.all()
   for p in range(len(coeffs)):
     for b in range(len(PROMPTS)):
