@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import os
 import re
 from typing import Any
 
@@ -39,17 +42,18 @@ def split_cpu_host(n: int = 0) -> int:
   count, when ``JAX_PLATFORMS`` names another platform, when an accelerator plugin is installed
   or when the backends are already up. Returns the device count it set.
   """
-  import importlib.metadata
-  import importlib.util
-  import os
-
-  from jax._src import xla_bridge
-  n = n or len(os.sched_getaffinity(0))
+  try:
+    from jax._src import xla_bridge  # private: whether a backend is up (too late to add devices)
+    started = xla_bridge.backends_are_initialized()
+  except (ImportError, AttributeError):  # another JAX version: do not guess
+    return 0
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+  n = n or cores
   platforms = os.environ.get("JAX_PLATFORMS", "")
   accelerator = (importlib.util.find_spec("jax_plugins") is not None or importlib.util.find_spec("libtpu") is not None
                  or any(True for _ in importlib.metadata.entry_points(group="jax_plugins")))
-  if (n <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-      or platforms not in ("", "cpu") or (accelerator and platforms != "cpu") or xla_bridge.backends_are_initialized()):
+  if (n <= 1 or started or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+      or platforms not in ("", "cpu") or (accelerator and platforms != "cpu")):
     return 0
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
   return n

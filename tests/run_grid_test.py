@@ -136,6 +136,7 @@ def _bad_inputs(setup, tmp):
       ("prompt longer than the context", [f"--prompts={long_prompt}"], "context window"),
       ("steps <= 0", ["--steps=0"], "steps"),
       ("zero multiplier", ["--multiplier=0"], "multiplier"),
+      ("negative cpu_devices", ["--cpu_devices=-1"], "cpu_devices"),
       ("mismatched directions", [f"--directions={tmp}/dirs_other"], "do not match"),
   ]
 
