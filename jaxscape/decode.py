@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import Any
 
 import flax.struct
@@ -170,16 +169,8 @@ def decode_partition(groups: tuple[tuple[int, int, int], ...], max_groups: int) 
 
   Minimises the cache slots decoding reads, sum over runs of rows x the run's longest prompt.
   """
-  n = len(groups)
-  best = None
-  for k in range(min(max_groups, n)):
-    for cuts in itertools.combinations(range(1, n), k):
-      bounds = (0,) + cuts + (n,)
-      runs = tuple(zip(bounds[:-1], bounds[1:]))
-      cost = sum((groups[b - 1][1] - groups[a][0]) * groups[a][2] for a, b in runs)
-      if best is None or cost < best[0]:
-        best = (cost, runs)
-  return best[1]
+  return prompts_lib.cheapest_runs([length for _, _, length in groups], [r1 - r0 for r0, r1, _ in groups],
+                                   max_groups)
 
 
 def _prefill(params: PyTree, tokens: jax.Array, mask: jax.Array, pad_id: jax.Array,
@@ -191,9 +182,10 @@ def _prefill(params: PyTree, tokens: jax.Array, mask: jax.Array, pad_id: jax.Arr
   (see ``prompts.length_groups``): each group is prefilled over only its last ``length``
   columns, so short prompts do not pay for the longest one's padding.
 
-  Each group keeps its own cache (``length`` prompt slots), which already has room for the
-  first phase of new tokens (:func:`phase_ends`); it is built from the group's keys/values
-  (writing them into a zero cache instead is a scatter under ``vmap``, ~4x slower).
+  Each group's cache (``length`` prompt slots, plus room for the first phase of new tokens,
+  :func:`phase_ends`) is built from its own keys/values (writing them into a zero cache instead
+  is a scatter under ``vmap``, ~4x slower); for decoding, consecutive groups are joined into at
+  most :data:`MAX_DECODE_GROUPS` (:func:`decode_partition`).
   """
   B, T = tokens.shape
   N = max_new_tokens

@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+from typing import Sequence
 
 import numpy as np
 
@@ -191,6 +192,29 @@ def split_shared_prefix(tokens: np.ndarray, mask: np.ndarray, *, pad_id: int,
   return np.asarray(rows[0][:p], np.int32), out, out_mask
 
 
+def cheapest_runs(lengths: Sequence[int], counts: Sequence[int], max_runs: int) -> tuple[tuple[int, int], ...]:
+  """Cut units sorted longest first into <= ``max_runs`` consecutive runs ``(start, end)`` of least cost.
+
+  A run costs its rows (sum of ``counts``) times its first (longest) unit's length: the padded
+  tokens of a batch whose rows are padded to the run's longest. Dynamic programming, O(runs x n^2).
+  """
+  n = len(lengths)
+  rows = np.concatenate([[0], np.cumsum(counts)])
+  k = min(max_runs, n)
+  # best[g][u]: least cost of units u.. in at most g runs; cut[g][u]: end of the run starting at u.
+  best = [[float("inf")] * n + [0.0] for _ in range(k + 1)]
+  cut = [[n] * (n + 1) for _ in range(k + 1)]
+  for g in range(1, k + 1):
+    for u in range(n - 1, -1, -1):
+      best[g][u], cut[g][u] = min((lengths[u] * int(rows[e] - rows[u]) + best[g - 1][e], e)
+                                  for e in range(u + 1, n + 1))
+  runs, u, g = [], 0, k
+  while u < n:
+    runs.append((u, cut[g][u]))
+    u, g = cut[g][u], g - 1
+  return tuple(runs)
+
+
 def length_groups(mask: np.ndarray, *, max_groups: int = 4,
                   multiple: int = 8) -> tuple[np.ndarray, tuple[tuple[int, int, int], ...]]:
   """Order rows by prompt length and cut them into groups that prefill only their own length.
@@ -209,19 +233,7 @@ def length_groups(mask: np.ndarray, *, max_groups: int = 4,
   lengths = mask.sum(1)
   order = np.argsort(-lengths, kind="stable")
   padded = [int(min(T, -(-max(int(n), 1) // multiple) * multiple)) for n in lengths[order]]
-  # best[g][r]: least padded tokens for rows r.. in at most g groups; a group starting at row r
-  # has length padded[r] (rows are sorted longest first).
-  k = min(max_groups, B)
-  best = [[float("inf")] * B + [0.0] for _ in range(k + 1)]
-  cut = [[B] * (B + 1) for _ in range(k + 1)]
-  for g in range(1, k + 1):
-    for r in range(B - 1, -1, -1):
-      best[g][r], cut[g][r] = min((padded[r] * (e - r) + best[g - 1][e], e) for e in range(r + 1, B + 1))
-  groups, r, g = [], 0, k
-  while r < B:
-    e = cut[g][r]
-    groups.append((r, e, padded[r]))
-    r, g = e, g - 1
+  groups = [(r0, r1, padded[r0]) for r0, r1 in cheapest_runs(padded, [1] * B, max_groups)]
   merged = []
   for r0, r1, length in groups:  # equal lengths side by side: one group
     if merged and merged[-1][2] == length:

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import time
 from typing import Any, Callable
 
@@ -157,22 +158,27 @@ def _measure(model, spec: StudySpec, run_dir: str, *, base=None, progress: bool)
   return row
 
 
+def _finetune(base, name: str, spec: StudySpec, tc, out_dir: str, *, seed: int, progress: bool):
+  """Finetune the aligned model on run ``name`` with data-order ``seed``: (records, info, loaded model)."""
+  from jaxscape import convert, finetune
+  records = run_records(name, seed=seed)
+  info = finetune.run_finetune(base, records, dataclasses.replace(tc, seed=seed), out_dir=out_dir,
+                               lora_rank=spec.lora_rank, overwrite=True, orbax_copy=False, progress=progress)
+  return records, info, convert.load_model(out_dir)
+
+
 def _average_over_seeds(row: dict, name: str, base, spec: StudySpec, tc, run_dir: str, *, progress: bool) -> None:
   """Finetune ``name`` again with seeds ``spec.seed + 1 ..``; ``row["framed_asr"]`` becomes the mean over seeds.
 
   Each extra model is evaluated for ASR per framing only, then deleted; the per-seed values go
   to ``row["framed_asr_per_seed"]`` (keys: seeds as strings, the row's own seed first).
   """
-  import shutil
-
-  from jaxscape import convert, finetune
   per_seed = {str(spec.seed): row["framed_asr"]}
   for seed in range(spec.seed + 1, spec.seed + spec.harmful_seeds):
     model_dir = os.path.join(run_dir, f"model_seed{seed}")
-    finetune.run_finetune(base, run_records(name, seed=seed), dataclasses.replace(tc, seed=seed), out_dir=model_dir,
-                          lora_rank=spec.lora_rank, overwrite=True, orbax_copy=False, progress=progress)
-    ev = taskdata.evaluate_tasks(convert.load_model(model_dir), samples=spec.eval_samples,
-                                 max_new_tokens=spec.max_new_tokens, task_metrics=False)
+    _, _, tuned = _finetune(base, name, spec, tc, model_dir, seed=seed, progress=progress)
+    ev = taskdata.evaluate_tasks(tuned, samples=spec.eval_samples, max_new_tokens=spec.max_new_tokens,
+                                 task_metrics=False)
     per_seed[str(seed)] = ev["framed_asr"]
     shutil.rmtree(model_dir)
   row["framed_asr_per_seed"] = per_seed
@@ -244,11 +250,9 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
     if name == BASE:
       row = {"run": name, "finetune": None, **_measure(base, spec, run_dir, progress=progress)}
     else:
-      records = run_records(name, seed=spec.seed)
       tc = tcs[spec.steps if name.startswith("task:") else spec.harmful_steps]
-      info = finetune.run_finetune(base, records, tc, out_dir=os.path.join(run_dir, "model"),
-                                   lora_rank=spec.lora_rank, overwrite=True, orbax_copy=False, progress=progress)
-      tuned = convert.load_model(os.path.join(run_dir, "model"))
+      records, info, tuned = _finetune(base, name, spec, tc, os.path.join(run_dir, "model"), seed=spec.seed,
+                                       progress=progress)
       row = {"run": name, "finetune": {"records": len(records), "steps": info["steps"],
                                        "final_loss": info["final_loss"], "seconds": info["seconds"]},
              **_measure(tuned, spec, run_dir, base=base, progress=progress)}
