@@ -8,11 +8,12 @@ of the params in ``params/``; :func:`load_model` accepts either kind.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
 import os
 import shutil
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -122,21 +123,54 @@ def _weight_files(model_dir: str) -> list[str]:
   raise ValueError(f"{model_dir}: no {SAFETENSORS} or {SAFETENSORS_INDEX}")
 
 
-def read_safetensors(model_dir: str) -> dict[str, np.ndarray]:
-  """All tensors of an HF dir as numpy arrays in their stored dtype (bfloat16 via ml_dtypes)."""
-  tensors = {}
-  for path in _weight_files(model_dir):
+class SafetensorsReader(collections.abc.Mapping):
+  """The tensors of an HF dir as a read-only mapping, each read from disk when asked for.
+
+  Loading through it converts and places one tensor at a time, so the host holds one
+  tensor's copies at once instead of the whole checkpoint's (a 100M model's load left
+  +0.62 GiB resident for 0.36 GiB of params when every tensor was read first).
+  """
+
+  def __init__(self, model_dir: str):
+    self._where = {}
+    for path in _weight_files(model_dir):
+      with self._opened(path) as f:
+        self._where.update(dict.fromkeys(f.keys(), path))
+
+  @staticmethod
+  def _opened(path: str):
     try:
-      with safe_open(path, framework="np") as f:
-        for name in f.keys():
-          tensors[name] = f.get_tensor(name)
+      return safe_open(path, framework="np")
     except Exception as e:  # safetensors raises its own error types for corrupt headers/data
       raise ValueError(f"{path}: corrupt or truncated safetensors file ({type(e).__name__}: {e})") from None
-  return tensors
+
+  def __getitem__(self, name: str) -> np.ndarray:
+    path = self._where[name]
+    with self._opened(path) as f:
+      try:
+        return f.get_tensor(name)
+      except Exception as e:
+        raise ValueError(f"{path}: corrupt or truncated safetensors file ({type(e).__name__}: {e})") from None
+
+  def __iter__(self):
+    return iter(self._where)
+
+  def __len__(self) -> int:
+    return len(self._where)
 
 
-def hf_to_params(tensors: dict[str, np.ndarray], cfg: ModelConfig, *, dtype=np.float32) -> PyTree:
-  """HF tensors -> params pytree (numpy leaves cast to ``dtype``)."""
+def read_safetensors(model_dir: str) -> dict[str, np.ndarray]:
+  """All tensors of an HF dir as numpy arrays in their stored dtype (bfloat16 via ml_dtypes)."""
+  return dict(SafetensorsReader(model_dir))
+
+
+def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, *, dtype=np.float32,
+                 place: Callable[[np.ndarray], Any] = lambda x: x) -> PyTree:
+  """HF tensors -> params pytree (numpy leaves cast to ``dtype``, then passed through ``place``).
+
+  ``place`` (e.g. ``jnp.asarray``) runs as each leaf is converted, so with a lazy ``tensors``
+  (:class:`SafetensorsReader`) only one leaf's host copies exist at a time.
+  """
   shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
   params = jax.tree.map(lambda _: None, shapes, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
   table = name_table(cfg)
@@ -148,7 +182,7 @@ def hf_to_params(tensors: dict[str, np.ndarray], cfg: ModelConfig, *, dtype=np.f
     want = _get(shapes, path).shape
     if value.shape != want:
       raise ValueError(f"tensor {name} has shape {value.shape}, config.json implies {want}")
-    _set(params, path, value)
+    _set(params, path, place(value))
   return params
 
 
@@ -254,8 +288,8 @@ def load_model(model_dir: str, *, compute_dtype: str = "float32") -> Model:
                                                   jax.random.key(0)))
     params = checkpoint.restore_params(os.path.join(model_dir, ORBAX_DIR), abstract)
   else:
-    params = hf_to_params(read_safetensors(model_dir), cfg)
-  params = jax.tree.map(jnp.asarray, params)
+    params = hf_to_params(SafetensorsReader(model_dir), cfg, place=jnp.asarray)
+  params = jax.tree.map(jnp.asarray, params)  # orbax restores are placed already; a no-op for them
   tok = load_tokenizer(model_dir)
   eos = eos_ids_of(model_dir) or ((tok.eos_token_id,) if tok.eos_token_id is not None else ())
   if not eos:

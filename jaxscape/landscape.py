@@ -161,7 +161,8 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
         spec.kind, model.params, params_b=model_b.params if model_b else None,
         params_c=model_c.params if model_c else None, seed=spec.seed, norm=spec.norm,
         exclude=tuple(spec.exclude), orthogonal=spec.orthogonal, num_directions=spec.num_directions)
-  stacked = perturb.stack_directions(dirs)
+  dirs = list(dirs)  # ours to empty once stacked (a caller's list stays as it was)
+  n_dirs = len(dirs)
   directions_s = time.perf_counter() - t0
 
   # Prompts, tokenized once for every point.
@@ -210,12 +211,15 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   all_random = all(r is not None for r in recipes)
   if (save_directions if save_directions is not None else all_random) and not reuse:
     directions_lib.save_directions(os.path.join(out_dir, "directions"), dirs, recipes, overwrite=True)
+  t0 = time.perf_counter()
+  stacked = _stack_owned(dirs)
+  directions_s += time.perf_counter() - t0
   done = results.load_points(out_dir, clean=writer) if reuse else {}
   n_points = len(grid.coeffs)
   todo = [i for i in range(n_points) if i not in done]
 
-  plan = scan.plan_scan(cfg, n_points=max(1, len(todo)), n_dirs=len(dirs), batch=len(texts),
-                        seq_len=tokens.shape[1] + (0 if prefix is None else len(prefix)) + decode.max_new_tokens,
+  seq_len = tokens.shape[1] + (0 if prefix is None else len(prefix)) + decode.max_new_tokens
+  plan = scan.plan_scan(cfg, n_points=max(1, len(todo)), n_dirs=n_dirs, batch=len(texts), seq_len=seq_len,
                         budget=memory_budget,
                         strategy=strategy, slice_size=slice_size, point_shards=mesh.shape["points"],
                         model_shards=mesh.shape["model"])
@@ -238,17 +242,39 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   max_steps, pad_id = np.int32(decode.max_new_tokens), np.int32(model.pad_id)
   static = dict(cfg=cfg, strategy=plan.strategy)
 
-  # Compile once, ahead of time, so compile_s and scan_s are measured apart.
+  # Compile once, ahead of time, so compile_s and scan_s are measured apart. The compiled calls
+  # state the device bytes XLA assigned them; a plan whose slice turns out larger than the
+  # budget (the estimate is a model, XLA's buffers are the fact) is shrunk and compiled again.
   t0 = time.perf_counter()
-  example = jax.ShapeDtypeStruct((P, len(dirs)), jnp.float32, sharding=points_sharding)
-  gen_fn = mc_fn = None
-  if want_safety and todo and not decode.stop_when_decided:
-    gen_fn = scan.decode_slice.lower(params, stacked, example, tokens_d, mask_d, max_steps, pad_id, prefix_d,
-                                     max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids,
-                                     groups=groups, **static).compile()
-  if want_capability and todo:
-    mc_fn = scan.choice_logits_slice.lower(params, stacked, example, mc_tokens, mc_mask, choice_ids,
-                                           **static).compile()
+  while True:
+    example = jax.ShapeDtypeStruct((P, n_dirs), jnp.float32, sharding=points_sharding)
+    gen_fn = mc_fn = None
+    if want_safety and todo and not decode.stop_when_decided:
+      gen_fn = scan.decode_slice.lower(params, stacked, example, tokens_d, mask_d, max_steps, pad_id, prefix_d,
+                                       max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids,
+                                       groups=groups, **static).compile()
+    if want_capability and todo:
+      mc_fn = scan.choice_logits_slice.lower(params, stacked, example, mc_tokens, mc_mask, choice_ids,
+                                             **static).compile()
+    compiled = [b for b in (scan.compiled_bytes(f) for f in (gen_fn, mc_fn) if f is not None) if b is not None]
+    compiled_bytes = max(compiled) if compiled else None
+    smaller = P // mesh.shape["points"] // 2 * mesh.shape["points"]  # halve the points per device
+    if compiled_bytes is None or compiled_bytes <= plan.budget:
+      break
+    if slice_size or smaller <= 0:  # a forced slice, or one point per device already
+      if writer:
+        print(f"warning: the compiled slice needs {compiled_bytes / (1 << 30):.2f} GiB per device, over the "
+              f"budget of {plan.budget / (1 << 30):.2f} GiB", file=sys.stderr)
+      break
+    plan = scan.replan_slice(plan, cfg, slice_size=smaller, point_shards=mesh.shape["points"], n_dirs=n_dirs,
+                             batch=len(texts), seq_len=seq_len, model_shards=mesh.shape["model"])
+    P = plan.slice_size
+    if writer:
+      print(f"compiled slice needs {compiled_bytes / (1 << 30):.2f} GiB per device, over the budget: "
+            f"{plan.describe()}", file=sys.stderr)
+  if writer and compiled_bytes is not None:
+    print(f"compiled: {compiled_bytes / (1 << 30):.2f} GiB per device (XLA's buffers for one slice: "
+          f"params, directions, activations, KV cache)", file=sys.stderr)
   compile_s = time.perf_counter() - t0
 
   def is_decided(row: np.ndarray) -> bool:
@@ -309,7 +335,10 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
                         "tokens_generated": int(sum(sum(done[i].get("lengths", [])) for i in todo)),
                         "prompt_tokens": int(full_mask.sum()) * len(todo),
                         "useful_flops": _useful_flops(cfg, full_mask.sum(1), [done[i].get("lengths") for i in todo],
-                                                      0 if prefix is None else len(prefix))}
+                                                      0 if prefix is None else len(prefix)),
+                        "useful_kv_bytes": _useful_kv_bytes(cfg, full_mask.sum(1),
+                                                            [done[i].get("lengths") for i in todo],
+                                                            0 if prefix is None else len(prefix))}
   summary.update(
       fingerprints=identity, plan={"strategy": plan.strategy, "slice_size": plan.slice_size},
       n_prompts=len(texts), max_new_tokens=decode.max_new_tokens, prompt_format=decode.prompt_format,
@@ -320,7 +349,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
             "out_dir": os.path.abspath(out_dir),
             # The budget is detected from this machine's free memory, so it lives with the host.
             "memory_plan": {"bytes_per_device": plan.bytes_per_device, "budget": plan.budget,
-                            "reason": plan.reason}})
+                            "reason": plan.reason, "compiled_bytes_per_device": compiled_bytes}})
   summary["mesh"] = dict(mesh.shape)
   if writer:
     write_results(out_dir, summary, done, prompts, grid)
@@ -328,6 +357,23 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   if writer:
     results.atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
   return summary
+
+
+def _stack_owned(dirs: list) -> Any:
+  """``perturb.stack_directions(dirs)``, emptying ``dirs`` and dropping each leaf once stacked.
+
+  The scan reads only the stacked copy; without this, the unstacked directions (one model's
+  size each) stayed alive beside it for the whole scan.
+  """
+  treedef = jax.tree.structure(dirs[0])
+  columns = [jax.tree.leaves(d) for d in dirs]
+  dirs.clear()
+  stacked = []
+  for i in range(len(columns[0])):
+    stacked.append(jnp.stack([c[i] for c in columns]))
+    for c in columns:
+      c[i] = None
+  return jax.tree.unflatten(treedef, stacked)
 
 
 def _useful_flops(cfg, prompt_lengths: np.ndarray, lengths: list, prefix_len: int = 0) -> float:
@@ -351,6 +397,27 @@ def _useful_flops(cfg, prompt_lengths: np.ndarray, lengths: list, prefix_len: in
     n = prompt_lengths.astype(np.float64) + np.asarray(point_lengths, np.float64) - 1  # whole row
     total += flops(p, p * (p + 1) / 2) + float(flops(n - p, n * (n + 1) / 2 - p * (p + 1) / 2).sum())
   return total
+
+
+def _useful_kv_bytes(cfg, prompt_lengths: np.ndarray, lengths: list, prefix_len: int = 0) -> float:
+  """Bytes of cached keys/values the decode steps must read, counting real (unpadded) slots only.
+
+  Each step of a row (every generated token but the last is fed back) reads K and V of its
+  whole context: its own prompt and tokens so far, plus the shared prefix, which needs reading
+  only once per point and step, whatever the rows (so it is counted once, for the longest row).
+  At the machine's bandwidth this bounds the decode from below as the FLOPs at its matmul peak
+  do (``experiments.bench`` reports both bounds).
+  """
+  slot = 2.0 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * np.dtype(cfg.dtype).itemsize
+  p = float(prefix_len)
+  total = 0.0
+  for point_lengths in lengths:
+    if point_lengths is None:
+      continue
+    steps = np.maximum(np.asarray(point_lengths, np.float64) - 1, 0)
+    own = prompt_lengths.astype(np.float64) - p  # the row's slots beyond the prefix, before step 1
+    total += float((steps * own + steps * (steps + 1) / 2).sum()) + p * float(steps.max(initial=0))
+  return slot * total
 
 
 def _summarize(grid: Grid, spec: LandscapeSpec, done: dict, want_safety: bool, want_capability: bool) -> dict:

@@ -103,15 +103,28 @@ def _mm(x: jax.Array, w: jax.Array) -> jax.Array:
   return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
 
 
+def _directions_delta(x: jax.Array, w: Factored, spec: str) -> jax.Array:
+  """Σᵢ cᵢ (x·Dᵢ) for the stacked ``w.dirs`` [n, ...], ``spec`` the einsum of one direction with a leading n.
+
+  ``x`` is broadcast over the n directions so the product is a matmul batched over n, which
+  reads each [n, ...] direction in place. Contracting ``x`` with the stacked directions
+  directly (n a free dimension) made XLA transpose them to [in, n, out], and slicing out each
+  Dᵢ copies it: either way a direction-sized copy kept for the whole call (+0.36 GiB per
+  direction on a 100M model).
+  """
+  n, dtype = w.dirs.shape[0], x.dtype
+  xs = jnp.broadcast_to(x, (n,) + x.shape)
+  yd = jnp.einsum(spec, xs, w.dirs.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
+  return jnp.tensordot(w.coeffs.astype(dtype), yd, axes=1)
+
+
 def matmul(x: jax.Array, w, dtype) -> jax.Array:
   """``x @ w`` over the last axis of ``x`` and the first of ``w`` ([in, out]), in ``dtype``."""
   x = x.astype(dtype)
   if not isinstance(w, Factored):
     return _mm(x, w.astype(dtype))
-  y = _mm(x, w.base.astype(dtype))
   # Σᵢ cᵢ (x·Dᵢ): one extra matmul per direction, never a perturbed weight copy.
-  yd = jnp.einsum("...i,nio->n...o", x, w.dirs.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
-  return y + jnp.tensordot(w.coeffs.astype(dtype), yd, axes=1)
+  return _mm(x, w.base.astype(dtype)) + _directions_delta(x, w, "n...i,nio->n...o")
 
 
 def matmul_split(x: jax.Array, ws: Sequence, dtype) -> list[jax.Array]:
@@ -144,6 +157,4 @@ def matmul_transposed(x: jax.Array, table, dtype) -> jax.Array:
   x = x.astype(dtype)
   if not isinstance(table, Factored):
     return _mm(x, table.astype(dtype).T)
-  y = _mm(x, table.base.astype(dtype).T)
-  yd = jnp.einsum("...d,nvd->n...v", x, table.dirs.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
-  return y + jnp.tensordot(table.coeffs.astype(dtype), yd, axes=1)
+  return _mm(x, table.base.astype(dtype).T) + _directions_delta(x, table, "n...d,nvd->n...v")

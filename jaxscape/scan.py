@@ -349,6 +349,28 @@ def plan_scan(cfg: ModelConfig, *, n_points: int, n_dirs: int, batch: int, seq_l
                                               seq_len=seq_len, model_shards=model_shards))
 
 
+def replan_slice(plan: Plan, cfg: ModelConfig, *, slice_size: int, point_shards: int, n_dirs: int, batch: int,
+                 seq_len: int, model_shards: int = 1) -> Plan:
+  """``plan`` with a smaller slice (a multiple of ``point_shards``) and its estimate, same strategy."""
+  per_dev = max(1, slice_size // point_shards)
+  return dataclasses.replace(
+      plan, slice_size=per_dev * point_shards, reason=f"{plan.reason}, slice shrunk to fit after compiling",
+      bytes_per_device=estimate_bytes(cfg, strategy=plan.strategy, points=per_dev, n_dirs=n_dirs, batch=batch,
+                                      seq_len=seq_len, model_shards=model_shards))
+
+
+def compiled_bytes(compiled) -> int | None:
+  """Device bytes XLA assigned a compiled call, per device: arguments + outputs + temporaries,
+  less what donation aliases. None when the backend does not report it."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # not every backend implements it
+    return None
+  if m is None:
+    return None
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+
+
 # ----------------------------------------------------------------- the loop
 
 

@@ -218,3 +218,12 @@ def test_checkpoint_save_restore_relative_path(tmp_path, monkeypatch):
   _assert_trees_equal(jax.tree.map(np.asarray, back), params)
   with pytest.raises(ValueError, match="no orbax checkpoint"):
     checkpoint.restore_params("ck/other")
+
+
+def test_lazy_reader_matches_eager_read(tiny_dir):
+  d = tiny_dir("llama")
+  lazy = convert.SafetensorsReader(d)
+  eager = convert.read_safetensors(d)
+  assert sorted(lazy) == sorted(eager) and len(lazy) == len(eager)
+  for name in eager:
+    np.testing.assert_array_equal(lazy[name], eager[name])

@@ -148,3 +148,36 @@ def test_grid_points_match_transformers_reference(tiny, tmp_path):
   assert ties <= ours.shape[0] * ours.shape[1] // 4
   # The perturbation is real: the ends differ from the centre.
   assert not np.array_equal(ours[0], ours[steps // 2])
+
+
+@pytest.mark.parametrize("n_dirs", [1, 2])
+def test_factored_matmul_keeps_no_direction_copy(n_dirs):
+  """x·W(c) over stacked directions reads them in place: XLA's temporaries stay below one direction's size."""
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  base = jax.random.normal(k1, (256, 512))
+  dirs = jax.random.normal(k2, (n_dirs, 256, 512))
+  x = jax.random.normal(k3, (3, 4, 256))  # 3 points x 4 rows
+  coeffs = jnp.linspace(-1.0, 1.0, 3 * n_dirs).reshape(3, n_dirs)
+
+  def f(base, dirs, coeffs, x):
+    return jax.vmap(lambda c, xp: perturb.matmul(xp, perturb.Factored(base, dirs, c), jnp.float32))(coeffs, x)
+
+  compiled = jax.jit(f).lower(base, dirs, coeffs, x).compile()
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    pytest.skip("backend reports no memory analysis")
+  assert analysis.temp_size_in_bytes < base.nbytes, analysis
+  want = np.stack([np.asarray(x[p]) @ np.asarray(perturb.Factored(base, dirs, coeffs[p]).dense()) for p in range(3)])
+  np.testing.assert_allclose(np.asarray(jax.jit(f)(base, dirs, coeffs, x)), want, rtol=2e-4, atol=2e-3)
+
+
+def test_useful_kv_bytes_counts_real_context_and_the_prefix_once_per_step():
+  from jaxscape import landscape
+  from jaxscape.model import ModelConfig
+  cfg = ModelConfig(model_type="llama", vocab_size=16, hidden_size=4, intermediate_size=8, num_layers=2,
+                    num_heads=1, num_kv_heads=1, head_dim=4)
+  slot = 2 * 2 * 1 * 4 * 4  # k and v, 2 layers, 1 head of 4 float32
+  # Row 0: a 5-token prompt (2 of them the shared prefix), 3 tokens generated, so 2 fed back,
+  # reading 4 and 5 own slots; row 1 stopped at its first token. The prefix: 2 slots x 2 steps.
+  got = landscape._useful_kv_bytes(cfg, np.array([5, 3]), [[3, 1], None], prefix_len=2)
+  assert got == slot * (4 + 5 + 2 * 2)
