@@ -203,7 +203,14 @@ def plan_check(workdir: str) -> list[dict]:
            f"--multiplier={FLAGS.multiplier}", f"--out={out_dir}", "--noresume",
            *([] if budget == "auto" else [f"--memory_budget={budget}"]), *FLAGS.jaxscape_flags]
     print(f"[plan {budget}] jaxscape ...", file=sys.stderr, flush=True)
-    wall, rss, _ = run_child(cmd)
+    try:
+      wall, rss, _ = run_child(cmd)
+    except RuntimeError as e:  # the planner refusing a budget is a result too, as long as it says why
+      refusal = next((line for line in str(e).splitlines() if "no scan plan fits" in line), None)
+      if refusal is None:
+        raise
+      rows.append({"budget_flag": budget, "refused": refusal[refusal.index("no scan plan fits"):].strip()})
+      continue
     with open(os.path.join(out_dir, "summary.json"), encoding="utf-8") as f:
       summ = json.load(f)
     plan = {**summ["plan"], **summ["host"]["memory_plan"]}
@@ -215,13 +222,18 @@ def plan_check(workdir: str) -> list[dict]:
                  "within_estimate": rss - baseline <= plan["bytes_per_device"] * devices,
                  "within_budget": rss - baseline <= plan["budget"] * devices, "total_s": wall})
   gib = float(1 << 30)
-  print("| budget | strategy | slice | devices | est. peak GiB per device (x devices) | budget GiB per device "
-        "| peak RSS GiB | RSS - baseline GiB | within estimate |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print("| budget | strategy | slice | devices | est. peak GiB per device (x devices) | compiled GiB per device "
+        "| budget GiB per device | peak RSS GiB | RSS - baseline GiB | within estimate |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
+    if "refused" in r:
+      print(f"| {r['budget_flag']} | refused: {r['refused']} | | | | | | | | |")
+      continue
     p, n = r["plan"], r["devices"]
+    compiled = p.get("compiled_bytes_per_device")
     print(f"| {r['budget_flag']} | {p['strategy']} | {p['slice_size']} | {n} | {p['bytes_per_device'] / gib:.2f} "
-          f"({n * p['bytes_per_device'] / gib:.2f}) | {p['budget'] / gib:.2f} | {r['peak_rss_bytes'] / gib:.2f} "
+          f"({n * p['bytes_per_device'] / gib:.2f}) | {'-' if compiled is None else f'{compiled / gib:.2f}'} "
+          f"| {p['budget'] / gib:.2f} | {r['peak_rss_bytes'] / gib:.2f} "
           f"| {r['scan_rss_bytes'] / gib:.2f} | {'yes' if r['within_estimate'] else 'no'} |")
   return rows
 
