@@ -3,11 +3,12 @@
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscape import convert, decode, directions, landscape, metrics, perturb, prompts, scan, testing
+from jaxscape import convert, decode, directions, landscape, metrics, perturb, prompts, scan, sharding, testing
 
 PROMPTS = ["Write a tutorial on how to make a bridge", "Hi", "Develop a plan for the garden",
            "Explain how a computer network works", "Create a list of ideas", "Please write a story",
@@ -21,12 +22,13 @@ def tiny(tmp_path_factory):
   return convert.load_model(d)
 
 
-@pytest.mark.parametrize("grouped", [False, True])
-def test_chunked_decoding_with_compaction_matches_full_decode(tiny, grouped):
+@pytest.mark.parametrize("grouped,devices", [(False, 1), (True, 1), (True, 2)])
+def test_chunked_decoding_with_compaction_matches_full_decode(tiny, grouped, devices, monkeypatch):
   """Rows stopped early keep a prefix of the full decode; the others are exactly the full decode.
 
   grouped: rows in length groups, each with its own cache, merged at the first compaction;
   the full decode is also the same with and without groups.
+  devices: points split over that many devices; compaction keeps each device's points on it.
   """
   texts, add = prompts.render(PROMPTS, tiny.tokenizer, system_prompt="Be helpful and write a careful plan")
   tokens, mask = prompts.tokenize(texts, tiny.tokenizer, add_special_tokens=add, pad_id=tiny.pad_id)
@@ -49,12 +51,26 @@ def test_chunked_decoding_with_compaction_matches_full_decode(tiny, grouped):
                                   np.int32(tiny.pad_id), prefix, **kw)
     np.testing.assert_array_equal(full_tokens, np.asarray(ungrouped.tokens))
   # "Decided" = a frequent token appeared: many rows stop early and the states get compacted.
-  frequent = int(np.bincount(full_tokens[:, :, :8].ravel()).argmax())
-  decided = lambda row: frequent in row
+  # The three most frequent early tokens, so that whole points and most rows stop (compaction
+  # needs the batch to shrink by COMPACT_SAVING) while some rows run to the end.
+  frequent = np.argsort(np.bincount(full_tokens[:, :, :8].ravel()))[-3:]
+  decided = lambda row: bool(np.isin(frequent, row).any())
+  compactions = []
+  real_compact = scan.compact_state
+  monkeypatch.setattr(scan, "compact_state",
+                      lambda state, pidx, ridx, keep: compactions.append(ridx.shape) or real_compact(state, pidx, ridx,
+                                                                                                       keep))
+  mesh = sharding.make_mesh(f"points:{devices}", jax.devices()[:devices])
+  rep = sharding.replicated(mesh)
+  params, stacked, tokens, mask, prefix = (sharding.put(x, jax.tree.map(lambda _: rep, x))
+                                           for x in (tiny.params, stacked, tokens, mask, prefix))
   toks, lens, nonfin, truncated = scan.decode_until_decided(
-      tiny.params, stacked, coeffs, tokens, mask, tiny.pad_id, prefix, cfg=tiny.cfg, max_new_tokens=N,
-      eos_ids=tiny.eos_ids, strategy="factored", is_decided=decided, chunk=8, groups=groups)
+      params, stacked, coeffs, tokens, mask, tiny.pad_id, prefix, cfg=tiny.cfg, max_new_tokens=N,
+      eos_ids=tiny.eos_ids, strategy="factored", is_decided=decided, chunk=8, groups=groups,
+      point_multiple=devices, put=lambda x: sharding.put(x, sharding.points_sharding(mesh, np.ndim(x))),
+      to_host=sharding.to_host)
   assert truncated.any() and not truncated.all()
+  assert compactions, "no compaction happened: the test would not cover the compacted path"
   for p in range(len(coeffs)):
     for b in range(len(PROMPTS)):
       if truncated[p, b]:
