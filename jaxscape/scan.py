@@ -177,7 +177,8 @@ def compact_state(state: decode_lib.DecodeState, point_idx: jax.Array, row_idx: 
 # large cuts beat many small ones. On the toy model at 512 new tokens, where every point keeps
 # >= 40% of its prompts undecided, "only when it halves, to powers of two" never fired (no work
 # saved); >= 15% with rows in multiples of 8 (80 / ROW_STEPS) fires 3 times and leaves ~0.53 of
-# the attention-weighted work (simulated from that run's decision steps).
+# the attention-weighted work (simulated from that run's decision steps); measured on 2 CPU
+# devices, the scan went from 104 to 66-68 s (the plain decode: 76-79 s).
 COMPACT_SAVING = 0.15
 ROW_STEPS = 10  # rows per point are rounded up to a multiple of B // ROW_STEPS: <= ~10 row counts
 
