@@ -219,8 +219,9 @@ def random_direction(params: PyTree, *, seed: int, index: int = 0, norm: str = "
   leaves = []
   for p, w in jax.tree_util.tree_flatten_with_path(params)[0]:
     path = _path_str(p)
-    # Directions live where the params live (sharded ones stay sharded).
-    sharding = w.sharding if isinstance(w, jax.Array) and not isinstance(w, jax.core.Tracer) else None
+    # Sharded params get directions sharded alike; others, the default placement (as before).
+    concrete = isinstance(w, jax.Array) and not isinstance(w, jax.core.Tracer)
+    sharding = w.sharding if concrete and len(w.sharding.device_set) > 1 else None
     if any(re.search(pat, path) for pat in exclude):
       d = jnp.zeros(w.shape, jnp.float32, device=sharding)
     else:
