@@ -206,7 +206,7 @@ def test_phase_ends():
   assert decode.phase_ends(32) == (32,)
   assert decode.phase_ends(64) == (32, 64)
   assert decode.phase_ends(150) == (32, 64, 128, 150)
-  assert decode.phase_ends(512) == (32, 64, 128, 256, 512)
+  assert decode.phase_ends(512) == (32, 64, 128, 192, 288, 448, 512)  # x1.5 past 128
   assert decode.phase_ends(150, first=64) == (64, 128, 150)
 
 
