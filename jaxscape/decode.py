@@ -105,7 +105,7 @@ def phase_ends(max_new_tokens: int, first: int = 32) -> tuple[int, ...]:
   ends, end = [], first
   while end < max_new_tokens:
     ends.append(end)
-    end = end * 2 if end < FINER_PHASES_FROM else -(-end * 3 // 2 // 32) * 32
+    end = end * 2 if end < FINER_PHASES_FROM else -(-(end * 3 // 2) // 32) * 32  # x1.5, up to a multiple of 32
   return tuple(ends) + (max_new_tokens,)
 
 

@@ -183,9 +183,9 @@ COMPACT_SAVING = 0.15
 ROW_STEPS = 10  # rows per point are rounded up to a multiple of B // ROW_STEPS: <= ~10 row counts
 
 
-def _round_up(n: int, multiple: int, cap: int | None = None) -> int:
-  n = -(-n // multiple) * multiple
-  return n if cap is None else min(n, max(cap, 1))
+def _round_up(n: int, multiple: int, cap: int) -> int:
+  """``n`` rounded up to a multiple of ``multiple``, at most ``cap``."""
+  return min(-(-n // multiple) * multiple, cap)
 
 
 def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarray, tokens, mask, pad_id: int,
@@ -199,8 +199,9 @@ def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarra
   and once the running rows fit in a batch at least :data:`COMPACT_SAVING` smaller, the states
   are compacted (fewer points and/or prompts; rows per point rounded up to a multiple of
   ``B // ROW_STEPS`` so few shapes get compiled; with the points split over ``point_multiple``
-  devices, each device keeps its own points, as many as the busiest device) and decoding goes on. Tokens of a row that ended by EOS or at ``max_new_tokens`` are exactly
-  those of :func:`decode_slice`; a decided row keeps the tokens it had.
+  devices, each device keeps its own points, as many as the busiest device) and decoding goes
+  on. Tokens of a row that ended by EOS or at ``max_new_tokens`` are exactly those of
+  :func:`decode_slice`; a decided row keeps the tokens it had.
 
   Returns:
     (tokens [P, B, N] int32, lengths [P, B], nonfinite [P, B] bool, truncated [P, B] bool).

@@ -63,7 +63,7 @@ def test_slice_over_budget_after_compiling_is_shrunk(tmp_path, monkeypatch, caps
   real = scan.compiled_bytes
   sizes = []
 
-  def fake(compiled):  # pretend every point beyond the first costs more than the whole budget
+  def fake(compiled):  # the first compiled slice (3 points) "needs" more than the budget; later ones are real
     size = real(compiled)
     sizes.append(size)
     return size if len(sizes) > 1 else budget + 1
