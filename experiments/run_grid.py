@@ -5,6 +5,7 @@
 Flags given after --flagfile override the file.
 """
 
+import math
 import re
 import time
 
@@ -42,6 +43,7 @@ flags.DEFINE_bool("resume", True, "reuse finished points of a compatible run in 
 flags.DEFINE_string("out", None, "results directory")
 flags.DEFINE_string("mesh", None, "device mesh, e.g. points:4,model:2 (default: all devices on points)")
 flags.DEFINE_integer("cpu_devices", 0, "CPU-only host: split it into this many devices (0: one per core, "
+                     "fewer if that would leave > 10% of padded point-slots idle, "
                      "1: one device); ignored with accelerators or when XLA_FLAGS sets a device count")
 flags.DEFINE_string("coordinator", None, "multi-host: address HOST:PORT of process 0")
 flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
@@ -81,7 +83,12 @@ def main(argv):
   budget = parse_bytes(FLAGS.memory_budget) if FLAGS.memory_budget else None
   if FLAGS.cpu_devices < 0:
     raise common.UserError(f"--cpu_devices must be >= 0, got {FLAGS.cpu_devices}")
-  sharding.split_cpu_host(FLAGS.cpu_devices)  # before anything starts a JAX backend
+  try:
+    points = math.prod(len(a) for a in directions_lib.grid_axes(
+        FLAGS.kind, steps=FLAGS.steps, multiplier=FLAGS.multiplier, extra_steps=FLAGS.extra_steps))
+  except ValueError as e:
+    raise common.UserError(str(e)) from None
+  sharding.split_cpu_host(FLAGS.cpu_devices, points=points)  # before anything starts a JAX backend
   if FLAGS.coordinator or FLAGS.distributed:
     if FLAGS.coordinator and (FLAGS.num_processes is None or FLAGS.process_id is None):
       raise common.UserError("--coordinator needs --num_processes and --process_id")

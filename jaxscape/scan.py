@@ -49,7 +49,7 @@ def decode_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens
   Returns:
     ``Generation`` with a leading points axis: tokens [P, B, N], lengths/nonfinite [P, B].
   """
-  run = _per_point(params, stacked_dirs, coeffs, strategy)
+  run = _per_point(params, stacked_dirs, coeffs, strategy, cfg.dtype)
   state = _prefill_points(run, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
                           groups=groups)
   state, _ = _extend_points(run, state, jnp.int32(1), max_steps, pad_id, cfg=cfg, eos_ids=eos_ids,
@@ -57,15 +57,21 @@ def decode_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens
   return decode_lib.Generation(tokens=state.out, lengths=state.lengths, nonfinite=state.nonfinite)
 
 
-def _per_point(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, strategy: str):
+def _per_point(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, strategy: str, compute_dtype=jnp.float32):
   """``run(fn, *batched)`` = ``vmap`` of ``fn(weights_at_point, *batched_at_point)`` over the points.
 
-  materialize: θ(c) for every point is formed once, outside any loop, and vmapped over.
+  materialize: θ(c) for every point is formed once, outside any loop, and vmapped over. With a
+  narrower compute dtype (bfloat16) its matrices are stored in it: the model casts every
+  matrix to the compute dtype at each use anyway (same numbers), but a float32 copy made each
+  decode step read twice the bytes and convert them again (100M model, 3 points x 16 rows:
+  ~130 ms a step in bfloat16, no faster than float32).
   factored: only the [P, n] coefficients are vmapped; θ and the directions stay shared, so the
   base matmuls of all points become one large matmul.
   """
   if strategy == "materialize":
     weights = jax.vmap(lambda c: perturb.materialize(params, stacked_dirs, c))(coeffs)
+    if jnp.dtype(compute_dtype).itemsize < 4:
+      weights = jax.tree.map(lambda w: w.astype(compute_dtype) if w.ndim > 2 else w, weights)  # [P, ...] matrices
     return lambda fn, *batched: jax.vmap(fn)(weights, *batched)
   if strategy == "factored":
     return lambda fn, *batched: jax.vmap(lambda c, *b: fn(perturb.factored(params, stacked_dirs, c), *b))(
@@ -104,7 +110,7 @@ def choice_logits_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array,
     logits, _, _ = apply(weights, tokens, positions_from_mask(mask), None, jnp.int32(0), mask,
                          cfg=cfg, logits_at="last")
     return logits[:, -1, :][:, choice_ids]
-  return _per_point(params, stacked_dirs, coeffs, strategy)(one_point)
+  return _per_point(params, stacked_dirs, coeffs, strategy, cfg.dtype)(one_point)
 
 
 # ----------------------------------------------------------------- chunked decoding
@@ -115,7 +121,7 @@ def prefill_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, token
                   pad_id: jax.Array, prefix: jax.Array | None = None, *, cfg: ModelConfig, max_new_tokens: int,
                   eos_ids: tuple[int, ...], strategy: str, groups=None) -> decode_lib.DecodeState:
   """Prefill every prompt at every point of a slice: a ``DecodeState`` with leading [P] axis (step 1)."""
-  return _prefill_points(_per_point(params, stacked_dirs, coeffs, strategy), tokens, mask, pad_id, prefix, cfg=cfg,
+  return _prefill_points(_per_point(params, stacked_dirs, coeffs, strategy, cfg.dtype), tokens, mask, pad_id, prefix, cfg=cfg,
                          max_new_tokens=max_new_tokens, eos_ids=eos_ids, groups=groups)
 
 
@@ -129,7 +135,7 @@ def extend_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, state:
   hold the slots of step ``limit - 1`` (:data:`grow_state`). Returns (state, step).
   """
   state = state.replace(done=state.done | stop)
-  return _extend_points(_per_point(params, stacked_dirs, coeffs, strategy), state, step, limit, pad_id, cfg=cfg,
+  return _extend_points(_per_point(params, stacked_dirs, coeffs, strategy, cfg.dtype), state, step, limit, pad_id, cfg=cfg,
                         eos_ids=eos_ids)
 
 

@@ -90,6 +90,27 @@ def test_origin_reproduces_base_model_and_shared_prefix_is_exact(tiny):
                                   _decode(tiny, stacked, coeffs, rest_t, rest_m, strategy, prefix))
 
 
+def test_bfloat16_materialize_stores_compute_dtype_and_matches_each_point(tiny):
+  """Casting θ(c) to bfloat16 once equals the model casting each weight at each use."""
+  import dataclasses
+  cfg16 = dataclasses.replace(tiny.cfg, compute_dtype="bfloat16")
+  tokens, mask = _inputs(tiny)
+  stacked = perturb.stack_directions([directions.random_direction(tiny.params, seed=2)])
+  coeffs = np.array([[-0.5], [0.0], [0.4]], np.float32)
+  run = scan._per_point(tiny.params, stacked, jnp.asarray(coeffs), "materialize", jnp.bfloat16)
+  dtypes = run(lambda w: jax.tree.map(lambda x: jnp.zeros((), x.dtype), w))
+  assert dtypes["layers"][0]["mlp"]["up"]["kernel"].dtype == jnp.bfloat16
+  assert dtypes["layers"][0]["attn_norm"]["scale"].dtype == jnp.float32  # vectors keep float32
+  got = scan.decode_slice(tiny.params, stacked, jnp.asarray(coeffs), tokens, mask, np.int32(NEW),
+                          np.int32(tiny.pad_id), cfg=cfg16, max_new_tokens=NEW, eos_ids=tiny.eos_ids,
+                          strategy="materialize")
+  for p, c in enumerate(coeffs):
+    weights = perturb.materialize(tiny.params, stacked, jnp.asarray(c))  # float32, cast at each use
+    want = decode.greedy_generate(weights, tokens, mask, np.int32(NEW), np.int32(tiny.pad_id), cfg=cfg16,
+                                  max_new_tokens=NEW, eos_ids=tiny.eos_ids)
+    np.testing.assert_array_equal(np.asarray(got.tokens[p]), np.asarray(want.tokens))
+
+
 def test_second_slice_does_not_retrace(tiny):
   tokens, mask = _inputs(tiny)
   stacked = perturb.stack_directions([directions.random_direction(tiny.params, seed=2)])

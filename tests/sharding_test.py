@@ -128,3 +128,16 @@ def test_split_cpu_host_sets_device_count_only_when_unset():
   assert run({**base, "JAX_PLATFORMS": "cpu"}) == ["3", "3", "0"]  # the second call: backend already up
   preset = {**base, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   assert run(preset) == ["0", "1", "0"]  # the user's XLA_FLAGS win
+
+
+@pytest.mark.parametrize("points,cores,expected", [
+    (21, 2, 2),  # 22 slots for 21 points: one idle slot of 22
+    (5, 2, 1),  # 6 slots for 5: 20% idle, slower than one device (measured on the 100M model)
+    (3, 2, 1), (1, 2, 1), (441, 2, 2),
+    (21, 8, 7),  # 7 x 3 = 21 exactly; 8 devices would pad to 24 (14% idle)
+    (5, 4, 1), (10, 4, 2), (40, 4, 4), (4, 1, 1),
+])
+def test_cpu_devices_for_avoids_idle_point_slots(points, cores, expected):
+  d = sharding.cpu_devices_for(points, cores)
+  assert d == expected
+  assert d * -(-points // d) - points <= sharding.MAX_IDLE_POINT_SLOTS * points
