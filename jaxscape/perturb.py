@@ -138,9 +138,22 @@ def matmul_split(x: jax.Array, ws: Sequence, dtype) -> list[jax.Array]:
     # them would defeat that, so they stay separate matmuls.
     return [matmul(x, w, dtype) for w in ws]
   widths = [w.shape[-1] for w in ws]
-  y = matmul(x, jnp.concatenate(ws, axis=-1), dtype)
+  y = matmul(x, _concat_last(ws), dtype)
   bounds = [sum(widths[:k]) for k in range(1, len(widths))]
   return jnp.split(y, bounds, axis=-1)
+
+
+def _concat_last(ws: Sequence[jax.Array]) -> jax.Array:
+  """``jnp.concatenate(ws, axis=-1)``; 16-bit floats are moved as uint16.
+
+  XLA:CPU has no bfloat16 concatenate: it converts the operands to float32 and the result
+  back, which made concatenating the materialized bfloat16 kernels of 5 points (100M model)
+  ~3x slower than the float32 concatenate. As bits the copy is exact and cheap everywhere.
+  """
+  if len({w.dtype for w in ws}) == 1 and jnp.dtype(ws[0].dtype).itemsize == 2:
+    bits = [jax.lax.bitcast_convert_type(w, jnp.uint16) for w in ws]
+    return jax.lax.bitcast_convert_type(jnp.concatenate(bits, axis=-1), ws[0].dtype)
+  return jnp.concatenate(ws, axis=-1)
 
 
 def take_rows(table, ids: jax.Array, dtype) -> jax.Array:

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxscape import decode as decode_lib
 from jaxscape import perturb
-from jaxscape.model import ModelConfig, apply, positions_from_mask
+from jaxscape.model import ModelConfig, apply, kv_dtype, positions_from_mask
 
 PyTree = Any
 STRATEGIES = ("materialize", "factored")
@@ -316,7 +316,7 @@ def detect_memory_budget() -> int:
 def estimate_bytes(cfg: ModelConfig, *, strategy: str, points: int, n_dirs: int, batch: int,
                    seq_len: int, model_shards: int = 1) -> int:
   """Rough peak bytes per device for a slice of ``points`` points (weights + KV cache + activations)."""
-  f32, act = 4, np.dtype(cfg.dtype).itemsize
+  f32, act = 4, np.dtype(kv_dtype(cfg)).itemsize
   weights = cfg.num_params() * f32 // model_shards
   resident = weights * (1 + n_dirs)  # θ and the directions
   kv = 2 * cfg.num_layers * batch * seq_len * cfg.num_kv_heads * cfg.head_dim * act // model_shards

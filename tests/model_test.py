@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscape import convert, model, prompts, testing
+from jaxscape import convert, model, perturb, prompts, testing
 
 PROMPTS = ["Write a tutorial on how to make a bridge", "Hi",
            "Please create a plan for the river garden and the network of computers, step by step"]
@@ -241,7 +241,8 @@ def test_bf16_compute_gives_finite_float32_logits(tiny_model):
   out32 = forward(m.params, jnp.asarray(tokens), cfg=m.cfg, mask=jnp.asarray(mask))
   assert out16.dtype == jnp.float32
   assert bool(jnp.isfinite(out16).all())
-  assert model.init_cache(cfg16, 1, 4)[0]["k"].dtype == jnp.bfloat16
+  assert model.kv_dtype(cfg16) == (jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
+  assert model.init_cache(cfg16, 1, 4)[0]["k"].dtype == model.kv_dtype(cfg16)
   err = float(jnp.abs(out16 - out32)[mask].mean())
   assert 0 < err < 0.1 * float(jnp.abs(out32)[mask].mean()), err
 
@@ -259,3 +260,24 @@ def test_num_params_counts_leaves():
     cfg = testing.tiny_config(family)
     shapes = jax.eval_shape(lambda c=cfg: model.init_params(c, jax.random.key(0)))
     assert cfg.num_params() == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+
+
+def test_float32_kv_cache_holds_bf16_values_exactly(tiny_model):
+  """On CPU a bfloat16 model keeps its cache in float32 (kv_dtype): the stored values are bfloat16 ones."""
+  m = tiny_model("llama")
+  tokens, mask = _inputs(m)
+  cfg16 = dataclasses.replace(m.cfg, compute_dtype="bfloat16")
+  _, _, cache = model.apply(m.params, jnp.asarray(tokens), model.positions_from_mask(jnp.asarray(mask)), None,
+                            jnp.int32(0), jnp.asarray(mask), cfg=cfg16, logits_at="none")
+  for layer in cache:
+    for x in layer.values():
+      assert x.dtype == model.kv_dtype(cfg16)
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(x.astype(jnp.bfloat16).astype(x.dtype)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_concat_last_is_concatenate(dtype):
+  ws = [jax.random.normal(jax.random.key(i), (2, 3, w)).astype(dtype) for i, w in enumerate((4, 5, 6))]
+  got = perturb._concat_last(ws)
+  assert got.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(jnp.concatenate(ws, axis=-1), np.float32))
