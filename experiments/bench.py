@@ -56,28 +56,30 @@ RANDOM_MODELS = {  # random-init Llamas built offline with jaxscape.testing
 }
 
 
+def _best_time(fn, arg, repeats: int = 10) -> float:
+  fn(arg).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn(arg).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
 def machine_limits() -> dict:
-  """Peak float32 matmul FLOP/s (jitted 2048x2048) and bandwidth of a large jitted reduction."""
+  """Peak matmul FLOP/s (jitted 2048x2048: float32, and bfloat16 operands with float32
+  accumulation, as jaxscape's bfloat16 compute runs them) and bandwidth of a large jitted reduction."""
   import jax
   import jax.numpy as jnp
   n = 2048
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  mm = jax.jit(lambda x: x @ x)
-  mm(a).block_until_ready()
-  best = float("inf")
-  for _ in range(10):
-    t0 = time.perf_counter()
-    mm(a).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
+  best = _best_time(jax.jit(lambda x: x @ x), a)
+  best_bf16 = _best_time(jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32)),
+                         a.astype(jnp.bfloat16))
   big = jnp.ones((64 << 20,), jnp.float32)  # 256 MiB
-  red = jax.jit(jnp.sum)
-  red(big).block_until_ready()
-  best_r = float("inf")
-  for _ in range(10):
-    t0 = time.perf_counter()
-    red(big).block_until_ready()
-    best_r = min(best_r, time.perf_counter() - t0)
-  return {"matmul_flops": 2 * n ** 3 / best, "bandwidth_bytes_s": big.nbytes / best_r,
+  best_r = _best_time(jax.jit(jnp.sum), big)
+  return {"matmul_flops": 2 * n ** 3 / best, "matmul_flops_bf16": 2 * n ** 3 / best_bf16,
+          "bandwidth_bytes_s": big.nbytes / best_r,
           "device": str(jax.devices()[0].device_kind), "cpus": os.cpu_count(),
           "platform": platform.platform(), "processor": platform.processor()}
 
@@ -105,6 +107,11 @@ def build_model(name: str, workdir: str) -> str:
     from jaxscape import testing
     testing.make_tiny_checkpoint(path, "llama", seed=0, std=0.02, **RANDOM_MODELS[name])
   return path
+
+
+def _peak(limits: dict, summary: dict) -> float:
+  """The matmul peak of the run's compute dtype."""
+  return limits["matmul_flops_bf16"] if summary.get("compute_dtype") == "bfloat16" else limits["matmul_flops"]
 
 
 def bench_one(name: str, workdir: str, limits: dict) -> dict:
@@ -155,12 +162,15 @@ def bench_one(name: str, workdir: str, limits: dict) -> dict:
       "ours_points_per_s": ours["points"] / ours["scan_s"], "ours_tokens_per_s": ours["tokens_generated"] / ours["scan_s"],
       "ours_useful_flops_s": ours["useful_flops"] / ours["scan_s"],
       "ours_peak_fraction": ours["useful_flops"] / ours["scan_s"] / limits["matmul_flops"],
+      # A bfloat16 run also against the bfloat16 matmul peak (~2x float32's on AVX512-BF16 CPUs).
+      "compute_dtype": summ.get("compute_dtype", "float32"),
+      "ours_peak_fraction_own_dtype": ours["useful_flops"] / ours["scan_s"] / _peak(limits, summ),
       "ours_peak_fraction_whole": ours["useful_flops"] / ours_wall / limits["matmul_flops"],
       # What the machine allows at most: the useful FLOPs at the measured matmul peak, and the
       # KV-cache bytes decoding must read at the measured bandwidth. No exact f32 scan of this
       # workload can beat the larger of the two (if both overlap perfectly), so the reference's
       # scan time over it bounds any speed-up this machine can show.
-      "flop_bound_s": ours["useful_flops"] / limits["matmul_flops"],
+      "flop_bound_s": ours["useful_flops"] / _peak(limits, summ),
       "kv_bound_s": ours["useful_kv_bytes"] / limits["bandwidth_bytes_s"],
       "ref_peak_rss_bytes": ref_rss, "ours_peak_rss_bytes": ours_rss,
       "plan": summ.get("plan"), "asr_ours": summ.get("asr"),
@@ -253,7 +263,8 @@ def main(argv):
   os.makedirs(workdir, exist_ok=True)
   limits = machine_limits()
   print(f"machine: {limits['cpus']} CPUs, {limits['device']}, matmul peak {limits['matmul_flops'] / 1e9:.1f} "
-        f"GFLOP/s, bandwidth {limits['bandwidth_bytes_s'] / 1e9:.1f} GB/s")
+        f"GFLOP/s (bfloat16 operands: {limits['matmul_flops_bf16'] / 1e9:.1f}), "
+        f"bandwidth {limits['bandwidth_bytes_s'] / 1e9:.1f} GB/s")
   if FLAGS.plan_check_budgets:
     rows = plan_check(workdir)
     if FLAGS.out:
@@ -262,18 +273,20 @@ def main(argv):
     return
   rows = [bench_one(w, workdir, limits) for w in FLAGS.workloads]
   print("| workload | points x prompts x tokens | ref total s | ref scan s | jaxscape total s | jaxscape compile s "
-        "| jaxscape scan s | scan speed-up | whole speed-up | tokens/s | useful FLOP/s (% of matmul peak) |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+        "| jaxscape scan s | scan speed-up | whole speed-up | tokens/s | useful FLOP/s (% of float32 matmul peak) "
+        "| compute dtype (% of its matmul peak) |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['workload']} | {r['points']} x {r['prompts']} x {r['max_new_tokens']} | {r['ref_total_s']:.1f} "
           f"| {r['ref_scan_s']:.1f} | {r['ours_total_s']:.1f} | {r['ours_compile_s']:.1f} | {r['ours_scan_s']:.2f} "
           f"| {r['scan_speedup']:.1f}x | {r['total_speedup']:.1f}x | {r['ours_tokens_per_s']:.0f} "
-          f"| {r['ours_useful_flops_s'] / 1e9:.1f} G ({100 * r['ours_peak_fraction']:.1f}%) |")
+          f"| {r['ours_useful_flops_s'] / 1e9:.1f} G ({100 * r['ours_peak_fraction']:.1f}%) "
+          f"| {r['compute_dtype']} ({100 * r['ours_peak_fraction_own_dtype']:.1f}%) |")
     if r["full_decode"]:
       fd = r["full_decode"]
       print(f"| {r['workload']} without --stop_when_decided | (same) | | | {fd['total_s']:.1f} | {fd['compile_s']:.1f} "
-            f"| {fd['scan_s']:.2f} | {fd['scan_speedup']:.1f}x | {fd['total_speedup']:.1f}x | | |")
-  print("\n| workload | FLOP bound s (useful FLOPs at the matmul peak) | KV bound s (cache reads at the bandwidth) "
+            f"| {fd['scan_s']:.2f} | {fd['scan_speedup']:.1f}x | {fd['total_speedup']:.1f}x | | | |")
+  print("\n| workload | FLOP bound s (useful FLOPs at the compute dtype's matmul peak) | KV bound s (cache reads at the bandwidth) "
         "| jaxscape scan s | scan / bound | largest scan speed-up the machine allows |")
   print("|---|---|---|---|---|---|")
   for r in rows:

@@ -33,10 +33,12 @@ def test_bench_smoke_runs_both_sides(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(out.read_text())
   assert result["machine"]["matmul_flops"] > 0 and result["machine"]["bandwidth_bytes_s"] > 0
+  assert result["machine"]["matmul_flops_bf16"] > 0
   (row,) = result["rows"]
   assert (row["points"], row["prompts"], row["max_new_tokens"]) == (3, 4, 8)
   assert row["ref_scan_s"] > 0 and row["ours_scan_s"] > 0 and row["ref_total_s"] > row["ref_scan_s"]
   assert row["scan_speedup"] == pytest.approx(row["ref_scan_s"] / row["ours_scan_s"])
+  assert row["compute_dtype"] == "float32" and row["ours_peak_fraction_own_dtype"] == row["ours_peak_fraction"]
   assert row["asr_equal_to_full_decode"] is True  # --stop_when_decided changes no point's ASR
   assert row["full_decode"]["scan_s"] > 0
   assert "| smoke | 3 x 4 x 8 |" in proc.stdout
