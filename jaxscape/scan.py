@@ -324,7 +324,7 @@ def estimate_bytes(cfg: ModelConfig, *, strategy: str, points: int, n_dirs: int,
   acts = batch * max(cfg.intermediate_size, cfg.hidden_size) * f32 * 8
   per_point = kv + logits + acts
   if strategy == "materialize":
-    per_point += weights  # θ(c) for this point
+    per_point += weights * min(f32, np.dtype(cfg.dtype).itemsize) // f32  # θ(c), stored in the compute dtype
   else:
     per_point += n_dirs * (logits + acts)  # one extra activation set per direction
   # Prefill holds [B, T, ...] activations and [B, H, T, T] scores once.

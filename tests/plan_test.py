@@ -77,3 +77,19 @@ def test_slice_over_budget_after_compiling_is_shrunk(tmp_path, monkeypatch, caps
   assert "shrunk" in summary["host"]["memory_plan"]["reason"]
   assert len(sizes) == 2
   assert "over the budget" in capsys.readouterr().err
+
+
+def test_bfloat16_materialized_points_count_bfloat16_weights():
+  """Materialized bfloat16 points are stored in bfloat16 (scan._per_point): half the float32 weight bytes each."""
+  import dataclasses
+
+  import jax
+  if jax.default_backend() != "cpu":
+    pytest.skip("the KV cache is float32 for both dtypes only on CPU (model.kv_dtype)")
+  bf16 = dataclasses.replace(LLAMA_100M, compute_dtype="bfloat16")
+  kw = dict(strategy="materialize", n_dirs=1, batch=16, seq_len=128)
+  per_point = {c.compute_dtype: scan.estimate_bytes(c, points=2, **kw) - scan.estimate_bytes(c, points=1, **kw)
+               for c in (LLAMA_100M, bf16)}
+  weights = LLAMA_100M.num_params() * 4
+  kv_and_acts = per_point["float32"] - weights  # the KV cache: float32 on CPU for both (model.kv_dtype)
+  assert per_point["bfloat16"] == pytest.approx(kv_and_acts + weights // 2, rel=1e-6)
