@@ -248,15 +248,26 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   t0 = time.perf_counter()
   while True:
     example = jax.ShapeDtypeStruct((P, n_dirs), jnp.float32, sharding=points_sharding)
-    gen_fn = mc_fn = None
+    gen_fn = mc_fn = chunk_fn = None
     if want_safety and todo and not decode.stop_when_decided:
       gen_fn = scan.decode_slice.lower(params, stacked, example, tokens_d, mask_d, max_steps, pad_id, prefix_d,
                                        max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids,
                                        groups=groups, **static).compile()
+    near_budget = plan.bytes_per_device > plan.budget // 2 or "shrunk" in plan.reason
+    if want_safety and todo and decode.stop_when_decided and near_budget:
+      # The chunked programs compile during the scan; near the budget (or once XLA has shrunk
+      # the plan), check the largest one now: a compile the scan does not reuse, so far below
+      # the budget it is skipped.
+      chunk_fn = scan.largest_chunk_compiled(
+          params, stacked, example, tokens_d, mask_d, pad_id, prefix_d, max_new_tokens=decode.max_new_tokens,
+          eos_ids=model.eos_ids, groups=groups, state_sharding=lambda nd: sharding_lib.points_sharding(mesh, nd),
+          **static)
     if want_capability and todo:
       mc_fn = scan.choice_logits_slice.lower(params, stacked, example, mc_tokens, mc_mask, choice_ids,
                                              **static).compile()
-    compiled = [b for b in (scan.compiled_bytes(f) for f in (gen_fn, mc_fn) if f is not None) if b is not None]
+    compiled = [b for b in (scan.compiled_bytes(f) for f in (gen_fn, chunk_fn, mc_fn) if f is not None)
+                if b is not None]
+    del chunk_fn  # only its size was needed
     compiled_bytes = max(compiled) if compiled else None
     smaller = P // mesh.shape["points"] // 2 * mesh.shape["points"]  # halve the points per device
     if compiled_bytes is None or compiled_bytes <= plan.budget:

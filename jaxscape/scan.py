@@ -189,6 +189,28 @@ COMPACT_SAVING = 0.15
 ROW_STEPS = 10  # rows per point are rounded up to a multiple of B // ROW_STEPS: <= ~10 row counts
 
 
+def largest_chunk_compiled(params: PyTree, stacked_dirs: PyTree, coeffs: jax.ShapeDtypeStruct, tokens, mask,
+                           pad_id: jax.Array, prefix, *, cfg: ModelConfig, max_new_tokens: int,
+                           eos_ids: tuple[int, ...], strategy: str, groups=None, state_sharding=None):
+  """The largest program :func:`decode_until_decided` can run, compiled ahead of time (for its memory analysis).
+
+  That is a decoding chunk of the whole, uncompacted slice with the cache grown for
+  ``max_new_tokens``: compaction only shrinks the state, and earlier phases hold fewer slots.
+  ``coeffs`` is the slice's abstract [P, n] coordinates; ``state_sharding(ndim)`` places the
+  [P, ...] state leaves (default: as XLA likes).
+  """
+  state = jax.eval_shape(lambda c: decode_lib.grow(
+      prefill_slice(params, stacked_dirs, c, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens,
+                    eos_ids=eos_ids, strategy=strategy, groups=groups), max_new_tokens), coeffs)
+  place = (lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=state_sharding(x.ndim))) if state_sharding else (
+      lambda x: x)
+  state = jax.tree.map(place, state)
+  stop = place(jax.ShapeDtypeStruct(state.done.shape, jnp.bool_))
+  step = np.int32(1)
+  return extend_slice.lower(params, stacked_dirs, coeffs, state, step, stop, np.int32(max_new_tokens), pad_id,
+                            cfg=cfg, eos_ids=eos_ids, strategy=strategy).compile()
+
+
 def _round_up(n: int, multiple: int, cap: int) -> int:
   """``n`` rounded up to a multiple of ``multiple``, at most ``cap``."""
   return min(-(-n // multiple) * multiple, cap)

@@ -93,3 +93,30 @@ def test_bfloat16_materialized_points_count_bfloat16_weights():
   weights = LLAMA_100M.num_params() * 4
   kv_and_acts = per_point["float32"] - weights  # the KV cache: float32 on CPU for both (model.kv_dtype)
   assert per_point["bfloat16"] == pytest.approx(kv_and_acts + weights // 2, rel=1e-6)
+
+
+def test_stop_when_decided_checks_its_largest_chunk_near_the_budget(tmp_path, monkeypatch):
+  """With --stop_when_decided the largest chunk program is compiled for its size when the plan is near the budget."""
+  import jax
+  from jaxscape import convert, landscape, sharding, testing
+  model = convert.load_model(testing.make_tiny_checkpoint(str(tmp_path / "tiny"), "llama", seed=1))
+  real = scan.compiled_bytes
+  sizes = []
+  budget = 4_000_000  # the estimate of 3 points (~3.2 MB) is over half of it: the check runs
+
+  def fake(compiled):  # the first check "needs" more than the budget; later ones are real
+    sizes.append(real(compiled))
+    return sizes[-1] if len(sizes) > 1 else budget + 1
+
+  monkeypatch.setattr(scan, "compiled_bytes", fake)
+  run = lambda out, budget: landscape.run_landscape(  # noqa: E731
+      model, ["Hi", "Write a poem"], landscape.LandscapeSpec(kind="1d_random", steps=2), out_dir=str(tmp_path / out),
+      decode=landscape.DecodeSpec(max_new_tokens=40, stop_when_decided=True), memory_budget=budget,
+      mesh=sharding.make_mesh(None, jax.devices()[:1]), progress=False)
+  summary = run("near", budget)
+  assert summary["plan"]["slice_size"] == 1 and "shrunk" in summary["host"]["memory_plan"]["reason"]
+  assert len(sizes) == 2 and 0 < sizes[1] <= budget
+  sizes.clear()
+  far = run("far", 1 << 30)  # far below the budget: no extra compile
+  assert sizes == [] and far["host"]["memory_plan"]["compiled_bytes_per_device"] is None
+  assert far["asr"] == summary["asr"]
