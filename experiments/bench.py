@@ -286,8 +286,9 @@ def main(argv):
       fd = r["full_decode"]
       print(f"| {r['workload']} without --stop_when_decided | (same) | | | {fd['total_s']:.1f} | {fd['compile_s']:.1f} "
             f"| {fd['scan_s']:.2f} | {fd['scan_speedup']:.1f}x | {fd['total_speedup']:.1f}x | | | |")
-  print("\n| workload | FLOP bound s (useful FLOPs at the compute dtype's matmul peak) | KV bound s (cache reads at the bandwidth) "
-        "| jaxscape scan s | scan / bound | largest scan speed-up the machine allows |")
+  print("\n| workload | FLOP bound s (useful FLOPs at the compute dtype's matmul peak) "
+        "| KV bound s (cache reads at the bandwidth) | jaxscape scan s | scan / bound "
+        "| largest scan speed-up the machine allows |")
   print("|---|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['workload']} | {r['flop_bound_s']:.2f} | {r['kv_bound_s']:.2f} | {r['ours_scan_s']:.2f} "

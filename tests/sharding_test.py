@@ -128,7 +128,8 @@ def test_split_cpu_host_sets_device_count_only_when_unset():
   assert run({**base, "JAX_PLATFORMS": "cpu"}) == ["3", "3", "0"]  # the second call: backend already up
   preset = {**base, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   assert run(preset) == ["0", "1", "0"]  # the user's XLA_FLAGS win
-  one_point = "import jax; from jaxscape import sharding; print(sharding.split_cpu_host(0, points=1), jax.device_count())"
+  one_point = ("import jax; from jaxscape import sharding; "
+               "print(sharding.split_cpu_host(0, points=1), jax.device_count())")
   out = subprocess.run([sys.executable, "-c", one_point], env={**base, "JAX_PLATFORMS": "cpu"}, capture_output=True,
                        text=True, timeout=120, check=True).stdout.split()
   assert out == ["0", "1"]  # one point: splitting would only idle devices
