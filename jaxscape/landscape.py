@@ -246,6 +246,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   # state the device bytes XLA assigned them; a plan whose slice turns out larger than the
   # budget (the estimate is a model, XLA's buffers are the fact) is shrunk and compiled again.
   t0 = time.perf_counter()
+  shrunk = False
   while True:
     example = jax.ShapeDtypeStruct((P, n_dirs), jnp.float32, sharding=points_sharding)
     gen_fn = mc_fn = chunk_fn = None
@@ -253,8 +254,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
       gen_fn = scan.decode_slice.lower(params, stacked, example, tokens_d, mask_d, max_steps, pad_id, prefix_d,
                                        max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids,
                                        groups=groups, **static).compile()
-    near_budget = plan.bytes_per_device > plan.budget // 2 or "shrunk" in plan.reason
-    if want_safety and todo and decode.stop_when_decided and near_budget:
+    if want_safety and todo and decode.stop_when_decided and (shrunk or plan.bytes_per_device > plan.budget // 2):
       # The chunked programs compile during the scan; near the budget (or once XLA has shrunk
       # the plan), check the largest one now: a compile the scan does not reuse, so far below
       # the budget it is skipped.
@@ -279,7 +279,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
       break
     plan = scan.replan_slice(plan, cfg, slice_size=smaller, point_shards=mesh.shape["points"], n_dirs=n_dirs,
                              batch=len(texts), seq_len=seq_len, model_shards=mesh.shape["model"])
-    P = plan.slice_size
+    P, shrunk = plan.slice_size, True
     if writer:
       print(f"compiled slice needs {compiled_bytes / (1 << 30):.2f} GiB per device, over the budget: "
             f"{plan.describe()}", file=sys.stderr)
@@ -341,15 +341,13 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   scan_s = time.perf_counter() - t0
 
   summary = _summarize(grid, spec, done, want_safety, want_capability)
+  lengths, prefix_len = [done[i].get("lengths") for i in todo], 0 if prefix is None else len(prefix)
   summary["timings"] = {"total_s": None, "load_s": load_s, "directions_s": directions_s, "compile_s": compile_s,
                         "scan_s": scan_s, "points_computed": len(todo), "points": n_points,
                         "tokens_generated": int(sum(sum(done[i].get("lengths", [])) for i in todo)),
                         "prompt_tokens": int(full_mask.sum()) * len(todo),
-                        "useful_flops": _useful_flops(cfg, full_mask.sum(1), [done[i].get("lengths") for i in todo],
-                                                      0 if prefix is None else len(prefix)),
-                        "useful_kv_bytes": _useful_kv_bytes(cfg, full_mask.sum(1),
-                                                            [done[i].get("lengths") for i in todo],
-                                                            0 if prefix is None else len(prefix))}
+                        "useful_flops": _useful_flops(cfg, full_mask.sum(1), lengths, prefix_len),
+                        "useful_kv_bytes": _useful_kv_bytes(cfg, full_mask.sum(1), lengths, prefix_len)}
   summary.update(
       fingerprints=identity, plan={"strategy": plan.strategy, "slice_size": plan.slice_size},
       n_prompts=len(texts), max_new_tokens=decode.max_new_tokens, prompt_format=decode.prompt_format,

@@ -391,7 +391,7 @@ def kv_dtype(cfg: ModelConfig):
   The cached keys and values are compute-dtype values either way (they leave a compute-dtype
   matmul and RoPE), so float32 storage holds them exactly. XLA:CPU has no bfloat16 arithmetic:
   it converted a bfloat16 cache to float32 at every decoding step and wrote new slots through
-  a convert (100M model, 5 points x 16 rows, bfloat16: decoding 6.8 -> 4.9 s without them).
+  a convert (100M model, 5 points x 16 rows, bfloat16: decoding 6.8 -> 4.9 s without them, profiled).
   Decoding's P·V is then a float32 product of the rounded probabilities, which changed some
   bfloat16 generations against the former bfloat16 einsum (toy grid: 876 of 1680 rows the same,
   and as many rows equal to float32's as before: 580 against 572). Accelerators keep the
