@@ -206,6 +206,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
                                             "metric": metric}),
   }
   mesh = mesh or sharding_lib.make_mesh()
+  cfg = sharding_lib.config_for_mesh(cfg, mesh)
   writer = jax.process_index() == 0
   reuse = results.prepare_run(out_dir, identity, resume=resume, write=writer)
   all_random = all(r is not None for r in recipes)

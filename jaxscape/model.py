@@ -60,6 +60,9 @@ class ModelConfig:
   sliding_window: int | None = None
   param_dtype: str = "float32"  # storage dtype of the checkpoint
   compute_dtype: str = "float32"  # matmul dtype; norms, softmax and logits stay float32
+  # Devices the weights are split over (a mesh's "model" axis, ``sharding.config_for_mesh``):
+  # projections fused into one matmul are laid out shard by shard (``perturb.matmul_split``).
+  model_shards: int = 1
 
   def __post_init__(self):
     if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -68,6 +71,8 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_attention_heads={self.num_heads} is not a multiple of "
                        f"num_key_value_heads={self.num_kv_heads}")
+    if self.model_shards < 1:
+      raise ValueError(f"model_shards must be >= 1, got {self.model_shards}")
     if self.compute_dtype not in _DTYPES or self.param_dtype not in _DTYPES:
       raise ValueError(f"dtypes must be one of {sorted(_DTYPES)}, got param_dtype="
                        f"{self.param_dtype!r}, compute_dtype={self.compute_dtype!r}")
@@ -276,9 +281,9 @@ def _linear(x: jax.Array, p: dict, dtype) -> jax.Array:
   return _add_bias(perturb.matmul(x, p["kernel"], dtype), p, dtype)
 
 
-def _linears(x: jax.Array, ps: list[dict], dtype) -> list[jax.Array]:
+def _linears(x: jax.Array, ps: list[dict], dtype, shards: int) -> list[jax.Array]:
   """Several linear layers of the same input, run as one matmul (see ``perturb.matmul_split``)."""
-  ys = perturb.matmul_split(x, [p["kernel"] for p in ps], dtype)
+  ys = perturb.matmul_split(x, [p["kernel"] for p in ps], dtype, shards=shards)
   return [_add_bias(y, p, dtype) for y, p in zip(ys, ps)]
 
 
@@ -300,7 +305,7 @@ def _attention(lp: dict, x: jax.Array, positions: jax.Array, cache, index, key_m
   """
   B, T, _ = x.shape
   H, K, E, dtype = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.dtype
-  q, k, v = _linears(x, [lp["q"], lp["k"], lp["v"]], dtype)
+  q, k, v = _linears(x, [lp["q"], lp["k"], lp["v"]], dtype, cfg.model_shards)
   q, k, v = q.reshape(B, T, H, E), k.reshape(B, T, K, E), v.reshape(B, T, K, E)
   q, k = _rope(q, positions, inv_freq), _rope(k, positions, inv_freq)
   if isinstance(key_mask, tuple):
@@ -380,8 +385,8 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, cache: dict | None, index:
   return out, {"k": k_all, "v": v_all}
 
 
-def _mlp(mp: dict, x: jax.Array, dtype) -> jax.Array:
-  gate, up = _linears(x, [mp["gate"], mp["up"]], dtype)
+def _mlp(mp: dict, x: jax.Array, dtype, shards: int) -> jax.Array:
+  gate, up = _linears(x, [mp["gate"], mp["up"]], dtype, shards)
   return _linear(jax.nn.silu(gate) * up, mp["down"], dtype)
 
 
@@ -441,7 +446,7 @@ def apply(params: PyTree, tokens: jax.Array, positions: jax.Array, cache: list[d
                               None if prefix_cache is None else prefix_cache[i])
     x = x.astype(jnp.float32) + attn_out.astype(jnp.float32)
     h = _rms_norm(x, lp["mlp_norm"]["scale"], cfg.rms_norm_eps)
-    x = x + _mlp(lp["mlp"], h, dtype).astype(jnp.float32)
+    x = x + _mlp(lp["mlp"], h, dtype, cfg.model_shards).astype(jnp.float32)
     new_cache.append(lc)
   if logits_at == "last":  # prefill needs only the next-token logits: skip [B, T, V] of output head
     x = x[:, -1:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import os
@@ -135,6 +136,15 @@ def param_specs(params: PyTree, mesh: Mesh) -> PyTree:
     return P()
 
   return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def config_for_mesh(cfg, mesh: Mesh):
+  """``cfg`` (a ``ModelConfig``) with ``model_shards`` set to the mesh's model axis.
+
+  Pass this config to the model and scan functions whose params are placed with
+  :func:`param_shardings` on ``mesh``: their fused projections then stay on their shards.
+  """
+  return dataclasses.replace(cfg, model_shards=mesh.shape[MODEL])
 
 
 def param_shardings(params: PyTree, mesh: Mesh) -> PyTree:

@@ -281,3 +281,17 @@ def test_concat_last_is_concatenate(dtype):
   got = perturb._concat_last(ws)
   assert got.dtype == dtype
   np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(jnp.concatenate(ws, axis=-1), np.float32))
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3])
+def test_matmul_split_by_shards_is_separate_matmuls(shards):
+  """Shard-by-shard fusion returns each kernel's own product; an uneven width falls back to separate matmuls."""
+  x = jax.random.normal(jax.random.key(0), (2, 3, 8))
+  ws = [jax.random.normal(jax.random.key(i), (8, w)) for i, w in enumerate((12, 6, 6))]
+  got = perturb.matmul_split(x, ws, jnp.float32, shards=shards)
+  for g, w in zip(got, ws):
+    assert g.shape == (2, 3, w.shape[1])
+    np.testing.assert_allclose(np.asarray(g), np.asarray(x @ w), rtol=1e-5, atol=1e-5)
+  uneven = perturb.matmul_split(x, ws + [jax.random.normal(jax.random.key(9), (8, 5))], jnp.float32, shards=shards)
+  np.testing.assert_allclose(np.asarray(uneven[-1]), np.asarray(x @ jax.random.normal(jax.random.key(9), (8, 5))),
+                             rtol=1e-5, atol=1e-5)
