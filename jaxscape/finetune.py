@@ -583,7 +583,9 @@ def train_fingerprint(trainable: PyTree, frozen: PyTree, cfg: model_lib.ModelCon
     h.update(np.int64(len(ex.ids)).tobytes())
     h.update(np.asarray(ex.ids, np.int32).tobytes())
     h.update(np.asarray(ex.loss_mask, bool).tobytes())
-  prints = {"train_config": dataclasses.asdict(tc), "model_config": dataclasses.asdict(cfg),
+  # model_shards is a device layout, not the model: it must not block a resume.
+  arch = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "model_shards"}
+  prints = {"train_config": dataclasses.asdict(tc), "model_config": arch,
             "data": f"{len(examples)} examples, sha256 {h.hexdigest()[:16]}", "pad_id": pad_id,
             "initial_trainable": _tree_digest(trainable), "frozen": _tree_digest(frozen), **(extra or {})}
   return json.loads(json.dumps(prints))  # tuples -> lists, as they come back from the saved JSON
