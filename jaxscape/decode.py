@@ -203,14 +203,14 @@ def _prefill(params: PyTree, tokens: jax.Array, mask: jax.Array, pad_id: jax.Arr
   prefix_cache = _prefill_prefix(params, prefix, cfg=cfg) if P0 else None
   positions = P0 + model_lib.positions_from_mask(mask)
   groups = groups or ((0, B, T),)
-  last_logits, parts, key_mask = [], [], []
+  last_hidden, parts, key_mask = [], [], []
   for r0, r1, length in groups:
-    logits, _, group_cache = model_lib.apply(
+    _, hidden, group_cache = model_lib.apply(
         params, tokens[r0:r1, T - length:], positions[r0:r1, T - length:], None, jnp.int32(0),
-        mask[r0:r1, T - length:], cfg=cfg, logits_at="last", prefix_cache=prefix_cache)
+        mask[r0:r1, T - length:], cfg=cfg, logits_at="last_hidden", prefix_cache=prefix_cache)
     parts.append([{n: _pad_slots(layer[n], 2, 0, room) for n in ("k", "v")} for layer in group_cache])
     key_mask.append(_pad_slots(mask[r0:r1, T - length:], 1, 0, room))
-    last_logits.append(logits[:, -1])
+    last_hidden.append(hidden[:, -1])
   # Decoding attends per group of prefill groups (fewer groups: less to compile, see
   # decode_partition); a group's shorter members are left-padded to its longest.
   cache, merged_mask, slots = [[] for _ in range(cfg.num_layers)], [], []
@@ -223,14 +223,16 @@ def _prefill(params: PyTree, tokens: jax.Array, mask: jax.Array, pad_id: jax.Arr
     merged_mask.append(jnp.concatenate([_pad_slots(key_mask[j], 1, lp, 0) for j, lp in zip(range(a, b), lpad)]))
     slots.append(longest)
   cache = [tuple(layer) for layer in cache]
-  logits = jnp.concatenate(last_logits, axis=0)[:, None]
+  # The output head once for all rows: per group it was one more matmul each, and a one-row
+  # group's bfloat16 head fell off XLA:CPU's fast matmul onto a float32 copy of the whole head.
+  logits = model_lib.output_logits(params, jnp.concatenate(last_hidden, axis=0), cfg=cfg)
   state = DecodeState(cache=cache, prefix_cache=prefix_cache, key_mask=tuple(merged_mask),
                       tok=jnp.full((B,), pad_id, jnp.int32),
                       next_pos=positions[:, -1] + 1,  # left padding: the last column is a real token
                       done=jnp.zeros((B,), bool), nonfinite=jnp.zeros((B,), bool),
                       lengths=jnp.zeros((B,), jnp.int32), out=jnp.full((B, N), pad_id, jnp.int32),
                       prompt_slots=tuple(slots))
-  return _emit(state, logits[:, -1], jnp.int32(0), pad_id, jnp.asarray(eos_ids, jnp.int32))
+  return _emit(state, logits, jnp.int32(0), pad_id, jnp.asarray(eos_ids, jnp.int32))
 
 
 def _advance(params: PyTree, state: DecodeState, step: jax.Array, *, cfg: model_lib.ModelConfig):

@@ -429,7 +429,8 @@ def apply(params: PyTree, tokens: jax.Array, positions: jax.Array, cache: list[d
       tuple of group caches, with ``index`` and ``key_mask`` tuples to match (see ``_attention``).
     index: int32 scalar, the cache slot of ``tokens[:, 0]``.
     key_mask: [B, S] bool, True where a slot holds a real (non-pad) token.
-    logits_at: "all" positions, only the "last" one ([B, 1, V]), or "none" (cache only).
+    logits_at: "all" positions, only the "last" one ([B, 1, V]), "last_hidden" (no logits: the
+      last position's hidden state, for :func:`output_logits` later), or "none" (cache only).
     prefix_cache: optional per-layer ``{"k", "v": [K, P, E]}`` of a prefix every row shares,
       before cache slot 0 (``positions`` must then start after it). Read, never written.
   Returns:
@@ -448,16 +449,23 @@ def apply(params: PyTree, tokens: jax.Array, positions: jax.Array, cache: list[d
     h = _rms_norm(x, lp["mlp_norm"]["scale"], cfg.rms_norm_eps)
     x = x + _mlp(lp["mlp"], h, dtype, cfg.model_shards).astype(jnp.float32)
     new_cache.append(lc)
-  if logits_at == "last":  # prefill needs only the next-token logits: skip [B, T, V] of output head
+  if logits_at in ("last", "last_hidden"):  # prefill needs only the next-token logits: skip [B, T, V] of output head
     x = x[:, -1:]
   elif logits_at == "none":
     return None, None, new_cache
   h = _rms_norm(x, params["final_norm"]["scale"], cfg.rms_norm_eps)
+  if logits_at == "last_hidden":
+    return None, h, new_cache
+  return output_logits(params, h, cfg=cfg), h, new_cache
+
+
+def output_logits(params: PyTree, h: jax.Array, *, cfg: ModelConfig) -> jax.Array:
+  """Logits [..., V] float32 of hidden states ``h`` [..., D] after the final norm (output head)."""
   if cfg.tie_word_embeddings:
-    logits = perturb.matmul_transposed(h, params["embed"]["embedding"], dtype)
+    logits = perturb.matmul_transposed(h, params["embed"]["embedding"], cfg.dtype)
   else:
-    logits = perturb.matmul(h, params["lm_head"]["kernel"], dtype)
-  return logits.astype(jnp.float32), h, new_cache
+    logits = perturb.matmul(h, params["lm_head"]["kernel"], cfg.dtype)
+  return logits.astype(jnp.float32)
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:

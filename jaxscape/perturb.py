@@ -168,6 +168,8 @@ def _concat_last(ws: Sequence[jax.Array]) -> jax.Array:
 def take_rows(table, ids: jax.Array, dtype) -> jax.Array:
   """Embedding lookup ``table[ids]`` ([V, D] table) in ``dtype``."""
   if not isinstance(table, Factored):
+    if jnp.dtype(table.dtype).itemsize == 2:  # as bits: XLA:CPU gathered bfloat16 from a float32 copy of the table
+      return jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(table, jnp.uint16)[ids], table.dtype).astype(dtype)
     return table[ids].astype(dtype)
   rows = table.base[ids].astype(jnp.float32)
   drows = table.dirs[:, ids].astype(jnp.float32)  # [n, *ids.shape, D]

@@ -295,3 +295,29 @@ def test_matmul_split_by_shards_is_separate_matmuls(shards):
   uneven = perturb.matmul_split(x, ws + [jax.random.normal(jax.random.key(9), (8, 5))], jnp.float32, shards=shards)
   np.testing.assert_allclose(np.asarray(uneven[-1]), np.asarray(x @ jax.random.normal(jax.random.key(9), (8, 5))),
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_take_rows_is_indexing(dtype):
+  table = jax.random.normal(jax.random.key(0), (11, 4)).astype(dtype)
+  ids = jnp.asarray([[3, 0, 10], [7, 7, 1]])
+  got = perturb.take_rows(table, ids, jnp.float32)
+  assert got.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(table[ids].astype(jnp.float32)))
+
+
+def test_last_hidden_then_output_logits_is_logits_at_last():
+  """Prefill applies the output head once to every group's last hidden state (decode._prefill)."""
+  cfg = model.ModelConfig(model_type="llama", vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1,
+                          num_heads=2, num_kv_heads=2, head_dim=8)
+  params = model.init_params(cfg, jax.random.key(1), std=0.5)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(3, 64, (2, 5)), jnp.int32)
+  mask = jnp.ones((2, 5), bool)
+  logits, hidden, _ = model.apply(params, tokens, model.positions_from_mask(mask), None, jnp.int32(0), mask, cfg=cfg,
+                                  logits_at="last")
+  none, last_hidden, _ = model.apply(params, tokens, model.positions_from_mask(mask), None, jnp.int32(0), mask,
+                                     cfg=cfg, logits_at="last_hidden")
+  assert none is None
+  np.testing.assert_array_equal(np.asarray(last_hidden), np.asarray(hidden))
+  np.testing.assert_allclose(np.asarray(model.output_logits(params, last_hidden, cfg=cfg)), np.asarray(logits),
+                             rtol=1e-6, atol=1e-6)
