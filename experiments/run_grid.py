@@ -31,7 +31,8 @@ flags.DEFINE_list("exclude", ["norm"], "regexes of param paths whose direction i
 flags.DEFINE_bool("orthogonal", False, "2d_random: orthogonalise the second direction")
 flags.DEFINE_enum("metric", "safety", ["safety", "capability", "both"], "what to scan")
 flags.DEFINE_string("capability_set", "builtin:mc_test", "multiple-choice JSONL (question, options, answer)")
-flags.DEFINE_enum("strategy", "auto", ["auto", "materialize", "factored"], "perturbation strategy")
+flags.DEFINE_enum("strategy", "auto", ["auto", "materialize", "factored", "hybrid"],
+                  "perturbation strategy (hybrid: materialized prefill, factored decoding)")
 flags.DEFINE_string("memory_budget", None, "bytes per device, e.g. 8G or 512M (default: detected)")
 flags.DEFINE_integer("slice_size", 0, "grid points per jitted call (0: from the memory plan)")
 flags.DEFINE_string("directions", None, "scan along directions saved by an earlier run (DIR/directions)")

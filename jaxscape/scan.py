@@ -24,7 +24,25 @@ from jaxscape import perturb
 from jaxscape.model import ModelConfig, apply, kv_dtype, positions_from_mask
 
 PyTree = Any
-STRATEGIES = ("materialize", "factored")
+STRATEGIES = ("materialize", "factored", "hybrid")
+AUTO_STRATEGIES = ("materialize", "factored")  # what the planner picks from with strategy="auto"
+
+
+def phase_strategies(strategy: str) -> tuple[str, str]:
+  """(prefill, decoding) strategy of ``strategy``: "hybrid" is materialize's prefill and factored's decoding.
+
+  Prefill multiplies many rows per point, where materialized weights cost 1x the FLOPs against
+  factored's (1 + n)x; a decoding step multiplies few rows per point, where reading one weight
+  copy per point costs more than factored's 1 + n shared copies. On the 100M benchmark model
+  (5 points x 16 prompts, one device, Intel CPU, BENCHMARKS.md session 7), float32: prefill 4.4 s
+  materialized vs 6.9 s factored, a decoding step 318 vs 211 ms. Tokens equal either strategy's
+  up to float summation order.
+  """
+  if strategy == "hybrid":
+    return "materialize", "factored"
+  if strategy not in STRATEGIES:
+    raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+  return strategy, strategy
 
 
 # ----------------------------------------------------------------- jitted slices
@@ -44,16 +62,17 @@ def decode_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens
     tokens, mask: [B, T] left-padded prompts (shared by every point).
     max_steps, pad_id: int32 scalars (see ``decode.greedy_generate``).
     prefix: optional [p] int32 prompt prefix shared by every prompt, prefilled once per point.
-    strategy: "materialize" or "factored" (static).
+    strategy: "materialize", "factored" or "hybrid" (static; see :func:`phase_strategies`).
     groups: static length groups of rows sorted by length (``prompts.length_groups``).
   Returns:
     ``Generation`` with a leading points axis: tokens [P, B, N], lengths/nonfinite [P, B].
   """
-  run = _per_point(params, stacked_dirs, coeffs, strategy, cfg.dtype)
-  state = _prefill_points(run, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
-                          groups=groups)
-  state, _ = _extend_points(run, state, jnp.int32(1), max_steps, pad_id, cfg=cfg, eos_ids=eos_ids,
-                            ends=decode_lib.phase_ends(max_new_tokens))
+  pre, dec = phase_strategies(strategy)
+  state = _prefill_points(_per_point(params, stacked_dirs, coeffs, pre, cfg.dtype), tokens, mask, pad_id, prefix,
+                          cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids, groups=groups)
+  # With "hybrid" the materialized weights are dead once prefill is done: XLA frees them.
+  state, _ = _extend_points(_per_point(params, stacked_dirs, coeffs, dec, cfg.dtype), state, jnp.int32(1), max_steps,
+                            pad_id, cfg=cfg, eos_ids=eos_ids, ends=decode_lib.phase_ends(max_new_tokens))
   return decode_lib.Generation(tokens=state.out, lengths=state.lengths, nonfinite=state.nonfinite)
 
 
@@ -109,7 +128,7 @@ def choice_logits_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array,
     logits, _, _ = apply(weights, tokens, positions_from_mask(mask), None, jnp.int32(0), mask,
                          cfg=cfg, logits_at="last")
     return logits[:, -1, :][:, choice_ids]
-  return _per_point(params, stacked_dirs, coeffs, strategy, cfg.dtype)(one_point)
+  return _per_point(params, stacked_dirs, coeffs, phase_strategies(strategy)[0], cfg.dtype)(one_point)
 
 
 # ----------------------------------------------------------------- chunked decoding
@@ -120,7 +139,7 @@ def prefill_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, token
                   pad_id: jax.Array, prefix: jax.Array | None = None, *, cfg: ModelConfig, max_new_tokens: int,
                   eos_ids: tuple[int, ...], strategy: str, groups=None) -> decode_lib.DecodeState:
   """Prefill every prompt at every point of a slice: a ``DecodeState`` with leading [P] axis (step 1)."""
-  run = _per_point(params, stacked_dirs, coeffs, strategy, cfg.dtype)
+  run = _per_point(params, stacked_dirs, coeffs, phase_strategies(strategy)[0], cfg.dtype)
   return _prefill_points(run, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
                          groups=groups)
 
@@ -135,7 +154,7 @@ def extend_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, state:
   hold the slots of step ``limit - 1`` (:data:`grow_state`). Returns (state, step).
   """
   state = state.replace(done=state.done | stop)
-  run = _per_point(params, stacked_dirs, coeffs, strategy, cfg.dtype)
+  run = _per_point(params, stacked_dirs, coeffs, phase_strategies(strategy)[1], cfg.dtype)
   return _extend_points(run, state, step, limit, pad_id, cfg=cfg, eos_ids=eos_ids)
 
 
@@ -345,9 +364,10 @@ def estimate_bytes(cfg: ModelConfig, *, strategy: str, points: int, n_dirs: int,
   logits = batch * cfg.vocab_size * f32 * 2
   acts = batch * max(cfg.intermediate_size, cfg.hidden_size) * f32 * 8
   per_point = kv + logits + acts
-  if strategy == "materialize":
+  pre, dec = phase_strategies(strategy)
+  if pre == "materialize":
     per_point += weights * min(f32, np.dtype(cfg.dtype).itemsize) // f32  # θ(c), stored in the compute dtype
-  else:
+  if dec == "factored":
     per_point += n_dirs * (logits + acts)  # one extra activation set per direction
   # Prefill holds [B, T, ...] activations and [B, H, T, T] scores once.
   prefill = batch * seq_len * (cfg.intermediate_size * 3 + cfg.num_heads * seq_len) * f32
@@ -360,13 +380,15 @@ def plan_scan(cfg: ModelConfig, *, n_points: int, n_dirs: int, batch: int, seq_l
   """Choose strategy and slice size that fit ``budget`` bytes per device.
 
   Slices are multiples of ``point_shards`` (devices along the points axis). ``auto``
-  prefers materialize (fewer FLOPs) when its slice can cover at least as many points
-  as factored's, else factored. Raises ValueError when no plan fits.
+  chooses between materialize and factored (:data:`AUTO_STRATEGIES`): materialize (fewer FLOPs)
+  when its slice can cover at least as many points as factored's, else factored. "hybrid" is
+  only taken when asked for (faster on few prompts per point, slower on many: see
+  :func:`phase_strategies`). Raises ValueError when no plan fits.
   """
   budget = budget or detect_memory_budget()
-  candidates = STRATEGIES if strategy == "auto" else (strategy,)
+  candidates = AUTO_STRATEGIES if strategy == "auto" else (strategy,)
   if strategy not in STRATEGIES + ("auto",):
-    raise ValueError(f"unknown strategy {strategy!r}; expected auto, materialize or factored")
+    raise ValueError(f"unknown strategy {strategy!r}; expected auto or one of {', '.join(STRATEGIES)}")
   best = None
   per_shard_points = -(-n_points // point_shards)
   for s in candidates:

@@ -45,6 +45,16 @@ def test_forced_strategy_and_slice_size():
     scan.plan_scan(LLAMA_100M, n_points=21, n_dirs=1, batch=80, seq_len=128, budget=GIB, strategy="fast")
 
 
+def test_hybrid_is_forced_only_and_counts_materialize_and_factored_memory():
+  kw = dict(n_dirs=1, batch=16, seq_len=128)
+  est = {s: scan.estimate_bytes(LLAMA_100M, strategy=s, points=5, **kw) for s in scan.STRATEGIES}
+  assert est["hybrid"] > est["materialize"] > est["factored"]
+  for budget in (64 * GIB, 2 * GIB, GIB):  # auto picks between materialize and factored only
+    assert scan.plan_scan(LLAMA_100M, n_points=21, budget=budget, **kw).strategy in scan.AUTO_STRATEGIES
+  plan = scan.plan_scan(LLAMA_100M, n_points=5, budget=64 * GIB, strategy="hybrid", **kw)
+  assert (plan.strategy, plan.slice_size, plan.bytes_per_device) == ("hybrid", 5, est["hybrid"])
+
+
 def test_compiled_bytes_counts_arguments_and_temporaries():
   import jax
   import jax.numpy as jnp

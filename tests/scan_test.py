@@ -54,21 +54,39 @@ def _top2_gap(model, weights, tokens_row, mask_row, generated, step):
   return float(top[1] - top[0])
 
 
-def test_materialize_and_factored_give_same_tokens(tiny):
+@pytest.mark.parametrize("other", ["factored", "hybrid"])
+def test_materialize_and_factored_give_same_tokens(tiny, other):
   tokens, mask = _inputs(tiny)
   d = directions.random_direction(tiny.params, seed=0, index=0)
   stacked = perturb.stack_directions([d])
   coeffs = np.array([[-0.6], [-0.2], [0.0], [0.3], [0.7]], np.float32)
   a = _decode(tiny, stacked, coeffs, tokens, mask, "materialize")
-  b = _decode(tiny, stacked, coeffs, tokens, mask, "factored")
+  b = _decode(tiny, stacked, coeffs, tokens, mask, other)
   ties = 0
   for p, r, step in _first_divergences(a, b):
     weights = perturb.materialize(tiny.params, stacked, jnp.asarray(coeffs[p]))
     gap = _top2_gap(tiny, weights, tokens[r], mask[r], a[p, r], step)
     assert gap <= 1e-4, f"point {p} row {r} step {step}: tokens differ with top-2 gap {gap}"
     ties += 1
-  print(f"materialize vs factored: {ties} float-tie divergences of {a.shape[0] * a.shape[1]} rows")
+  print(f"materialize vs {other}: {ties} float-tie divergences of {a.shape[0] * a.shape[1]} rows")
   assert ties <= a.shape[0] * a.shape[1] // 4
+
+
+def test_hybrid_prefills_materialized_and_decodes_factored(tiny):
+  """hybrid's first token comes from materialize's prefill; its chunked decode equals its one-shot decode."""
+  tokens, mask = _inputs(tiny)
+  stacked = perturb.stack_directions([directions.random_direction(tiny.params, seed=5)])
+  coeffs = np.array([[-0.7], [0.0], [0.6]], np.float32)
+  hybrid = _decode(tiny, stacked, coeffs, tokens, mask, "hybrid")
+  np.testing.assert_array_equal(hybrid[..., 0], _decode(tiny, stacked, coeffs, tokens, mask, "materialize")[..., 0])
+  toks, _, _, truncated = scan.decode_until_decided(
+      tiny.params, stacked, coeffs, tokens, mask, tiny.pad_id, None, cfg=tiny.cfg, max_new_tokens=NEW,
+      eos_ids=tiny.eos_ids, strategy="hybrid", is_decided=lambda row: False, chunk=4)
+  assert not truncated.any()
+  np.testing.assert_array_equal(toks, hybrid)
+  assert scan.phase_strategies("hybrid") == ("materialize", "factored")
+  with pytest.raises(ValueError, match="unknown strategy"):
+    scan.phase_strategies("fast")
 
 
 def test_origin_reproduces_base_model_and_shared_prefix_is_exact(tiny):
@@ -85,7 +103,7 @@ def test_origin_reproduces_base_model_and_shared_prefix_is_exact(tiny):
   prefix, rest_t, rest_m = prompts.split_shared_prefix(full_t, full_m, pad_id=tiny.pad_id)
   assert prefix is not None and len(prefix) >= 8
   coeffs = np.array([[-0.4], [0.0], [0.5]])
-  for strategy in ("materialize", "factored"):
+  for strategy in scan.STRATEGIES:
     np.testing.assert_array_equal(_decode(tiny, stacked, coeffs, full_t, full_m, strategy),
                                   _decode(tiny, stacked, coeffs, rest_t, rest_m, strategy, prefix))
 
