@@ -119,7 +119,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
     spec: grid and directions; ``model_b``/``model_c`` for interpolation kinds.
     capability_set: multiple-choice items ``{"question", "options": [4], "answer": "A".."D"}``
       for ``metric`` "capability" or "both".
-    strategy: "auto" (from the memory plan: materialize or factored), "materialize", "factored" or
+    strategy: "auto" (from the memory plan: materialize, factored or hybrid), "materialize", "factored" or
       "hybrid" (materialized prefill, factored decoding; ``scan.phase_strategies``).
     slice_size: points per jitted call (0: from the memory plan).
     memory_budget: bytes per device (None: detected).

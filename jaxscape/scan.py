@@ -25,7 +25,6 @@ from jaxscape.model import ModelConfig, apply, kv_dtype, positions_from_mask
 
 PyTree = Any
 STRATEGIES = ("materialize", "factored", "hybrid")
-AUTO_STRATEGIES = ("materialize", "factored")  # what the planner picks from with strategy="auto"
 
 
 def phase_strategies(strategy: str) -> tuple[str, str]:
@@ -357,16 +356,16 @@ def detect_memory_budget() -> int:
 def estimate_bytes(cfg: ModelConfig, *, strategy: str, points: int, n_dirs: int, batch: int,
                    seq_len: int, model_shards: int = 1) -> int:
   """Rough peak bytes per device for a slice of ``points`` points (weights + KV cache + activations)."""
-  f32, kv_item = 4, np.dtype(kv_dtype(cfg)).itemsize
+  f32 = 4
   weights = cfg.num_params() * f32 // model_shards
   resident = weights * (1 + n_dirs)  # θ and the directions
-  kv = 2 * cfg.num_layers * batch * seq_len * cfg.num_kv_heads * cfg.head_dim * kv_item // model_shards
+  kv = _kv_cache_bytes(cfg, batch=batch, seq_len=seq_len) // model_shards
   logits = batch * cfg.vocab_size * f32 * 2
   acts = batch * max(cfg.intermediate_size, cfg.hidden_size) * f32 * 8
   per_point = kv + logits + acts
   pre, dec = phase_strategies(strategy)
   if pre == "materialize":
-    per_point += weights * min(f32, np.dtype(cfg.dtype).itemsize) // f32  # θ(c), stored in the compute dtype
+    per_point += _point_weight_bytes(cfg) // model_shards
   if dec == "factored":
     per_point += n_dirs * (logits + acts)  # one extra activation set per direction
   # Prefill holds [B, T, ...] activations and [B, H, T, T] scores once.
@@ -374,22 +373,48 @@ def estimate_bytes(cfg: ModelConfig, *, strategy: str, points: int, n_dirs: int,
   return int(resident + points * (per_point + prefill // 4))
 
 
+def _kv_cache_bytes(cfg: ModelConfig, *, batch: int, seq_len: int) -> int:
+  """Bytes of one point's KV cache: ``batch`` rows of ``seq_len`` slots."""
+  return 2 * cfg.num_layers * batch * seq_len * cfg.num_kv_heads * cfg.head_dim * np.dtype(kv_dtype(cfg)).itemsize
+
+
+def _point_weight_bytes(cfg: ModelConfig) -> int:
+  """Bytes of one materialized point θ(c), stored in the compute dtype."""
+  return cfg.num_params() * min(4, np.dtype(cfg.dtype).itemsize)
+
+
+def decoding_reads_weights_most(cfg: ModelConfig, *, points_per_device: int, n_dirs: int, batch: int,
+                                seq_len: int) -> bool:
+  """Whether factored decoding beats materialized decoding: the weights a materialized point reads
+  each step outweigh its KV cache, and a device holds more than ``1 + n_dirs`` points (factored
+  reads 1 + n shared copies a step, materialize one per point, at (1 + n)x fewer FLOPs).
+
+  Measured on CPU (BENCHMARKS.md, session 8), 100M model (0.39 GB of float32 weights a point),
+  5 points on one device, 136 cache slots, scan of hybrid against materialize: float32, 16 prompts
+  (KV cache 0.41 of the weight bytes) 13.2 vs 16.7 s, 32 prompts (0.82) 22.1 vs 26.7 s, 64 prompts
+  (1.65) 43.9 vs 43.6 s; bfloat16 (weights half the bytes), 16 prompts (0.82) 8.3 vs 10.8 s, 64
+  prompts (3.3) 33.5 vs 26.3 s; toy model, 80 prompts (KV cache 8.9x the weights) 6.6 vs 6.3 s.
+  """
+  return (points_per_device > 1 + n_dirs
+          and _point_weight_bytes(cfg) > _kv_cache_bytes(cfg, batch=batch, seq_len=seq_len))
+
+
 def plan_scan(cfg: ModelConfig, *, n_points: int, n_dirs: int, batch: int, seq_len: int,
               budget: int | None = None, strategy: str = "auto", slice_size: int = 0,
               point_shards: int = 1, model_shards: int = 1) -> Plan:
   """Choose strategy and slice size that fit ``budget`` bytes per device.
 
-  Slices are multiples of ``point_shards`` (devices along the points axis). ``auto``
-  chooses between materialize and factored (:data:`AUTO_STRATEGIES`): materialize (fewer FLOPs)
-  when its slice can cover at least as many points as factored's, else factored. "hybrid" is
-  only taken when asked for (faster on few prompts per point, slower on many: see
+  Slices are multiples of ``point_shards`` (devices along the points axis). ``auto`` takes the
+  strategy whose slice covers the most points, materialize (fewer FLOPs) before factored on a tie;
+  then, when hybrid's slice is as large as materialize's and decoding is bound by reading each
+  point's weights (:func:`decoding_reads_weights_most`), materialize becomes hybrid (see
   :func:`phase_strategies`). Raises ValueError when no plan fits.
   """
   budget = budget or detect_memory_budget()
-  candidates = AUTO_STRATEGIES if strategy == "auto" else (strategy,)
+  candidates = STRATEGIES if strategy == "auto" else (strategy,)
   if strategy not in STRATEGIES + ("auto",):
     raise ValueError(f"unknown strategy {strategy!r}; expected auto or one of {', '.join(STRATEGIES)}")
-  best = None
+  fits = {}
   per_shard_points = -(-n_points // point_shards)
   for s in candidates:
     est = functools.partial(estimate_bytes, cfg, strategy=s, n_dirs=n_dirs, batch=batch, seq_len=seq_len,
@@ -414,8 +439,17 @@ def plan_scan(cfg: ModelConfig, *, n_points: int, n_dirs: int, batch: int, seq_l
       # Even slices: as few as possible, equally sized, so the last one is not mostly padding.
       n_slices = -(-per_shard_points // fit)
       cand = (-(-per_shard_points // n_slices), s)
-    if best is None or cand[0] > best[0]:
-      best = cand
+    fits[s] = cand[0]
+  best = None
+  for s in ("materialize", "factored") if strategy == "auto" else (strategy,):
+    if s in fits and (best is None or fits[s] > best[0]):
+      best = (fits[s], s)
+  if (strategy == "auto" and best is not None and best[1] == "materialize" and fits.get("hybrid") == best[0]
+      and decoding_reads_weights_most(cfg, points_per_device=best[0], n_dirs=n_dirs, batch=batch, seq_len=seq_len)):
+    best = (best[0], "hybrid")
+    reason = f"auto; decoding reads weights more than KV cache: {1 + n_dirs} shared copies, not {best[0]}"
+  else:
+    reason = "forced" if strategy != "auto" else "auto"
   if best is None:
     need = min(estimate_bytes(cfg, strategy=s, points=1, n_dirs=n_dirs, batch=batch, seq_len=seq_len,
                               model_shards=model_shards) for s in candidates)
@@ -424,7 +458,6 @@ def plan_scan(cfg: ModelConfig, *, n_points: int, n_dirs: int, batch: int, seq_l
                      f"prompts or --mesh with a model axis)")
   per_dev, s = best
   size = per_dev * point_shards
-  reason = "forced" if strategy != "auto" else "auto"
   return Plan(strategy=s, slice_size=size, budget=budget, reason=reason,
               bytes_per_device=estimate_bytes(cfg, strategy=s, points=per_dev, n_dirs=n_dirs, batch=batch,
                                               seq_len=seq_len, model_shards=model_shards))
