@@ -11,6 +11,7 @@ callable from Python::
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
@@ -112,7 +113,6 @@ def _return_freed_memory() -> None:
   GiB (BENCHMARKS.md, session 8).
   """
   try:
-    import ctypes
     ctypes.CDLL("libc.so.6").malloc_trim(0)
   except (OSError, AttributeError):  # not glibc
     pass
