@@ -25,4 +25,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, compiles=False)  # numpy + matplotlib only

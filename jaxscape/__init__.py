@@ -8,22 +8,56 @@ Weights are plain pytrees; whole slices of grid points are decoded greedily unde
     summary = jaxscape.run_landscape(model, jaxscape.toydata.load_prompts("builtin:harmful_test"),
                                      jaxscape.LandscapeSpec(kind="1d_random", multiplier=...),
                                      out_dir="results/toy_1d")
+
+``import jaxscape`` itself imports nothing heavy: the names below and the submodules
+(``jaxscape.convert``, ``jaxscape.plot``, ...) load on first use, so a caller pays only for what
+it touches (loading a model needs JAX and transformers, not optax; plotting needs matplotlib,
+not JAX).
 """
 
-from jaxscape.convert import Model, load_hf, load_model, save_hf
-from jaxscape.decode import Generation, generate_texts, greedy_generate
-from jaxscape.finetune import TrainConfig, load_chat_records, run_finetune
-from jaxscape.landscape import DecodeSpec, LandscapeSpec, make_grid, run_landscape
-from jaxscape.model import ModelConfig, forward, init_params
-from jaxscape.scan import decode_slice, plan_scan
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+# public name -> submodule that defines it, imported on first access (see __getattr__)
+_LAZY = {
+    "Model": "convert", "load_hf": "convert", "load_model": "convert", "save_hf": "convert",
+    "Generation": "decode", "generate_texts": "decode", "greedy_generate": "decode",
+    "TrainConfig": "finetune", "load_chat_records": "finetune", "run_finetune": "finetune",
+    "DecodeSpec": "landscape", "LandscapeSpec": "landscape", "make_grid": "landscape",
+    "run_landscape": "landscape",
+    "ModelConfig": "model", "forward": "model", "init_params": "model",
+    "decode_slice": "scan", "plan_scan": "scan",
+    "StudySpec": "study", "run_study": "study",
+}
+_SUBMODULES = ("checkpoint", "compilation_cache", "convert", "decode", "directions", "finetune", "landscape",
+               "metrics", "model", "perturb", "plot", "prompts", "results", "scan", "sharding", "study",
+               "taskdata", "testing", "tokenizer", "toydata")
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+  from jaxscape.convert import Model, load_hf, load_model, save_hf  # noqa: F401
+  from jaxscape.decode import Generation, generate_texts, greedy_generate  # noqa: F401
+  from jaxscape.finetune import TrainConfig, load_chat_records, run_finetune  # noqa: F401
+  from jaxscape.landscape import DecodeSpec, LandscapeSpec, make_grid, run_landscape  # noqa: F401
+  from jaxscape.model import ModelConfig, forward, init_params  # noqa: F401
+  from jaxscape.scan import decode_slice, plan_scan  # noqa: F401
+  from jaxscape.study import StudySpec, run_study  # noqa: F401
+
 
 def __getattr__(name):
-  # The study pulls in the built-in data modules; load it on first use, so that
-  # ``python -m jaxscape.toydata`` / ``jaxscape.taskdata`` do not import themselves twice.
-  if name in ("StudySpec", "run_study"):
-    from jaxscape import study
-    return getattr(study, name)
+  if name in _LAZY:
+    value = getattr(importlib.import_module(f"jaxscape.{_LAZY[name]}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+  if name in _SUBMODULES:
+    return importlib.import_module(f"jaxscape.{name}")  # also binds it on the package
   raise AttributeError(f"module 'jaxscape' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

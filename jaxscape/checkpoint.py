@@ -41,6 +41,24 @@ def restore_params(path: str | os.PathLike, abstract: PyTree | None = None) -> P
     return ckptr.restore(path, abstract)
 
 
+def saved_tree(path: str | os.PathLike) -> PyTree:
+  """The tree saved at ``path`` by :func:`save_params`, leaves orbax metadata (shape, dtype); reads no values."""
+  path = os.path.abspath(os.fspath(path))
+  if not os.path.isdir(path):
+    raise ValueError(f"no orbax checkpoint at {path}")
+  with ocp.StandardCheckpointer() as ckptr:
+    meta = ckptr.metadata(path)
+  tree = getattr(meta, "item_metadata", meta)
+  return getattr(tree, "tree", tree)
+
+
+def saved_layers_are_list(path: str | os.PathLike) -> bool:
+  """Whether the params saved at ``path`` hold ``layers`` as a list of per-layer dicts (the layout
+  before layers were stacked on a leading axis)."""
+  tree = saved_tree(path)
+  return isinstance(tree, dict) and isinstance(tree.get("layers"), (list, tuple))
+
+
 def abstract_like(tree: PyTree) -> PyTree:
   """``jax.ShapeDtypeStruct`` tree (keeping shardings) for :func:`restore_params`."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),

@@ -4,6 +4,13 @@ Reads single-file and sharded safetensors with safetensors' numpy API (float32,
 bfloat16 via ``ml_dtypes``, float16): no torch at run time. A converted dir
 (``experiments.convert``) holds the HF metadata and tokenizer next to an orbax copy
 of the params in ``params/``; :func:`load_model` accepts either kind.
+
+Layers are stacked: HF's per-layer tensors ``model.layers.{i}.self_attn.q_proj.weight`` are
+slice ``i`` of one ``params["layers"]["attn"]["q"]["kernel"]`` [L, D, H*E] (see
+``jaxscape.model``); loading fills each stacked leaf layer by layer and export writes the
+slices back under their per-layer names. :func:`stack_layers` / :func:`unstack_layers` map
+between this layout and the former one (``params["layers"]`` a list of per-layer dicts), which
+converted dirs written before the change still hold: they are stacked on load.
 """
 
 from __future__ import annotations
@@ -68,7 +75,11 @@ def _layer_table(i: int, cfg: ModelConfig) -> dict[str, tuple[tuple, Callable, C
 
 
 def name_table(cfg: ModelConfig) -> dict[str, tuple[tuple, Callable, Callable]]:
-  """HF tensor name -> (params path tuple, hf_to_ours, ours_to_hf) for ``cfg``."""
+  """HF tensor name -> (params path tuple, hf_to_ours, ours_to_hf) for ``cfg``.
+
+  A layer tensor's path is ``("layers", i, "attn", "q", "kernel")``: slice ``i`` of the stacked
+  leaf ``params["layers"]["attn"]["q"]["kernel"]`` (see :func:`get_tensor`).
+  """
   table = {
       "model.embed_tokens.weight": (("embed", "embedding"), _id, _id),
       "model.norm.weight": (("final_norm", "scale"), _id, _id),
@@ -90,6 +101,71 @@ def _set(tree, path, value):
   for k in path[:-1]:
     tree = tree[k]
   tree[path[-1]] = value
+
+
+def get_tensor(params: PyTree, path: tuple):
+  """The tensor at a :func:`name_table` path: ``("layers", i, *rest)`` is slice i of a stacked leaf.
+
+  Also reads the former layout (``params["layers"]`` a list of per-layer dicts).
+  """
+  if path[0] != "layers":
+    return _get(params, path)
+  layers = params["layers"]
+  if isinstance(layers, (list, tuple)):
+    return _get(layers[path[1]], path[2:])
+  return _get(layers, path[2:])[path[1]]
+
+
+# ------------------------------------------------------------------ layer stacking
+
+
+def _stack(xs):
+  if all(isinstance(x, np.ndarray) for x in xs):
+    out = np.empty((len(xs),) + xs[0].shape, xs[0].dtype)
+    for i, x in enumerate(xs):
+      out[i] = x
+    return out
+  if all(isinstance(x, jax.ShapeDtypeStruct) for x in xs):
+    return jax.ShapeDtypeStruct((len(xs),) + tuple(xs[0].shape), xs[0].dtype)
+  return jnp.stack(xs)
+
+
+def stack_layers(tree: PyTree) -> PyTree:
+  """The former layout -> stacked: ``tree["layers"]``, a list of L per-layer dicts, becomes one
+  dict whose leaves have a leading [L] axis (``jnp.stack``; numpy leaves stay numpy).
+
+  Works on params, directions and LoRA adapters alike; a tree already stacked (or without
+  ``"layers"``) is returned as it is. ``jax.ShapeDtypeStruct`` leaves give stacked abstract shapes.
+  """
+  layers = tree.get("layers") if isinstance(tree, dict) else None
+  if not isinstance(layers, (list, tuple)):
+    return tree
+  if not layers:
+    raise ValueError("cannot stack an empty list of layers")
+  return {**tree, "layers": jax.tree.map(lambda *xs: _stack(xs), *layers)}
+
+
+def unstack_layers(tree: PyTree) -> PyTree:
+  """Stacked -> the former layout: ``tree["layers"]`` becomes a list of L per-layer dicts (``x[i]``).
+
+  Inverse of :func:`stack_layers`; a tree already in the list layout is returned as it is.
+  """
+  layers = tree.get("layers") if isinstance(tree, dict) else None
+  if layers is None or isinstance(layers, (list, tuple)):
+    return tree
+  leaves = jax.tree.leaves(layers)
+  if not leaves:
+    return {**tree, "layers": []}
+  L = np.shape(leaves[0])[0]
+  if isinstance(leaves[0], jax.ShapeDtypeStruct):
+    one = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s.shape[1:]), s.dtype), layers)
+    return {**tree, "layers": [one] * L}
+  return {**tree, "layers": [jax.tree.map(lambda x, i=i: x[i], layers) for i in range(L)]}
+
+
+def abstract_params(cfg: ModelConfig) -> PyTree:
+  """``jax.ShapeDtypeStruct`` tree of ``cfg``'s params in ``cfg.param_dtype``, layers stacked."""
+  return stack_layers(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
 
 
 # ------------------------------------------------------------------ safetensors
@@ -166,32 +242,59 @@ def read_safetensors(model_dir: str) -> dict[str, np.ndarray]:
 
 def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, *, dtype=np.float32,
                  place: Callable[[np.ndarray], Any] = lambda x: x) -> PyTree:
-  """HF tensors -> params pytree (numpy leaves cast to ``dtype``, then passed through ``place``).
+  """HF tensors -> params pytree, layers stacked (numpy leaves cast to ``dtype``, then passed through ``place``).
 
-  ``place`` (e.g. ``jnp.asarray``) runs as each leaf is converted, so with a lazy ``tensors``
-  (:class:`SafetensorsReader`) only one leaf's host copies exist at a time.
+  Each stacked leaf [L, ...] is filled layer by layer into one preallocated array and then
+  placed (``place``, e.g. ``jax.device_put``), so with a lazy ``tensors``
+  (:class:`SafetensorsReader`) the host holds one stacked leaf's copies at a time, never the
+  checkpoint twice.
   """
-  shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+  shapes = abstract_params(cfg)
   params = jax.tree.map(lambda _: None, shapes, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
   table = name_table(cfg)
   missing = [n for n in table if n not in tensors]
   if missing:
     raise ValueError(f"checkpoint lacks {len(missing)} tensor(s) for {cfg.model_type}, e.g. {missing[0]}")
+  stacks: dict[tuple, list] = {}  # stacked leaf path -> [(layer, HF name, transform)]
   for name, (path, to_ours, _) in table.items():
+    if path[0] == "layers":
+      stacks.setdefault(path[2:], []).append((path[1], name, to_ours))
+      continue
     value = np.asarray(to_ours(tensors[name])).astype(dtype)
     want = _get(shapes, path).shape
     if value.shape != want:
       raise ValueError(f"tensor {name} has shape {value.shape}, config.json implies {want}")
     _set(params, path, place(value))
+  for rest, entries in stacks.items():
+    want = _get(shapes["layers"], rest).shape
+    stacked = np.empty(want, dtype)
+    for i, name, to_ours in entries:
+      value = np.asarray(to_ours(tensors[name]))
+      if value.shape != want[1:]:
+        raise ValueError(f"tensor {name} has shape {value.shape}, config.json implies {want[1:]}")
+      stacked[i] = value.astype(dtype)
+    _set(params, ("layers",) + rest, place(stacked))
+    del stacked
   return params
 
 
 def params_to_hf(params: PyTree, cfg: ModelConfig, *, dtype: str | None = None) -> dict[str, np.ndarray]:
-  """Params pytree -> HF tensor dict, cast to ``dtype`` (default ``cfg.param_dtype``)."""
+  """Params pytree (layers stacked, or the former list) -> HF tensor dict with per-layer names,
+  cast to ``dtype`` (default ``cfg.param_dtype``)."""
   np_dtype = _NP_DTYPES[dtype or cfg.param_dtype]
+  host: dict[int, np.ndarray] = {}  # one host copy per stacked leaf, sliced per layer
+
+  def tensor(path):
+    if path[0] != "layers" or isinstance(params["layers"], (list, tuple)):
+      return np.asarray(get_tensor(params, path))
+    leaf = _get(params["layers"], path[2:])
+    if id(leaf) not in host:
+      host[id(leaf)] = np.asarray(leaf)
+    return host[id(leaf)][path[1]]
+
   out = {}
   for name, (path, _, to_hf) in name_table(cfg).items():
-    out[name] = np.ascontiguousarray(to_hf(np.asarray(_get(params, path))).astype(np_dtype))
+    out[name] = np.ascontiguousarray(to_hf(tensor(path)).astype(np_dtype))
   return out
 
 
@@ -202,7 +305,8 @@ def load_hf(model_dir: str, *, compute_dtype: str = "float32") -> tuple[ModelCon
   float32 as in the reference; ``cfg.param_dtype`` remembers the file dtype for export.
   """
   cfg = read_config(model_dir, compute_dtype=compute_dtype)
-  return cfg, hf_to_params(read_safetensors(model_dir), cfg)
+  # Lazily, tensor by tensor: the host holds the stacked params and one file tensor, not both in full.
+  return cfg, hf_to_params(SafetensorsReader(model_dir), cfg)
 
 
 def save_hf(params: PyTree, cfg: ModelConfig, out_dir: str, *, dtype: str | None = None,
@@ -284,12 +388,10 @@ def load_model(model_dir: str, *, compute_dtype: str = "float32") -> Model:
     raise ValueError(f"model dir {model_dir} does not exist")
   cfg = read_config(model_dir, compute_dtype=compute_dtype)
   if is_converted_dir(model_dir):
-    abstract = jax.eval_shape(lambda: init_params(dataclasses.replace(cfg, param_dtype="float32"),
-                                                  jax.random.key(0)))
-    params = checkpoint.restore_params(os.path.join(model_dir, ORBAX_DIR), abstract)
+    params = restore_converted(os.path.join(model_dir, ORBAX_DIR), cfg)
   else:
-    params = hf_to_params(SafetensorsReader(model_dir), cfg, place=jnp.asarray)
-  params = jax.tree.map(jnp.asarray, params)  # orbax restores are placed already; a no-op for them
+    # device_put, not jnp.asarray: a transfer, where asarray compiles a copy program per shape.
+    params = hf_to_params(SafetensorsReader(model_dir), cfg, place=jax.device_put)
   tok = load_tokenizer(model_dir)
   eos = eos_ids_of(model_dir) or ((tok.eos_token_id,) if tok.eos_token_id is not None else ())
   if not eos:
@@ -298,8 +400,43 @@ def load_model(model_dir: str, *, compute_dtype: str = "float32") -> Model:
   return Model(cfg=cfg, params=params, tokenizer=tok, eos_ids=eos, pad_id=int(pad), path=model_dir)
 
 
+def restore_converted(path: str, cfg: ModelConfig) -> PyTree:
+  """The float32 params of a converted dir's orbax ``params/``, layers stacked.
+
+  A dir written before layers were stacked (``layers`` saved as a list of per-layer dicts) is
+  stacked on load, one leaf at a time; re-run ``experiments.convert`` to store it stacked.
+  """
+  abstract = abstract_params(dataclasses.replace(cfg, param_dtype="float32"))
+  if not checkpoint.saved_layers_are_list(path):
+    return checkpoint.restore_params(path, abstract)
+  old = checkpoint.restore_params(path)  # as saved: numpy, the former per-layer layout
+  layers = old.pop("layers")
+  got = [(jax.tree_util.keystr(p), tuple(np.shape(x)))
+         for p, x in jax.tree_util.tree_flatten_with_path(unstack_layers({**old, "layers": layers}))[0]]
+  want = [(jax.tree_util.keystr(p), tuple(x.shape))
+          for p, x in jax.tree_util.tree_flatten_with_path(unstack_layers(abstract))[0]]
+  if got != want:
+    w, g = next(((w, g) for w, g in zip(want, got) if w != g), (len(want), len(got)))
+    raise ValueError(f"{path}: the saved params do not match config.json (config: {w}, saved: {g})")
+  stacked = jax.tree.map(lambda _: None, abstract["layers"], is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+  paths = [tuple(_key(k) for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract["layers"])[0]]
+  for rest in paths:  # one stacked leaf at a time, dropping its per-layer arrays as it is filled
+    _set(stacked, rest, jax.device_put(_stack([_pop(layer, rest) for layer in layers]).astype(np.float32, copy=False)))
+  return jax.tree.map(jax.device_put, {**old, "layers": stacked})
+
+
+def _key(k):
+  return getattr(k, "key", getattr(k, "idx", k))
+
+
+def _pop(tree, path):
+  for k in path[:-1]:
+    tree = tree[k]
+  return tree.pop(path[-1])
+
+
 def convert(hf_dir: str, out_dir: str, *, overwrite: bool = False) -> str:
-  """HF dir -> converted dir: metadata and tokenizer copied, params saved with orbax.
+  """HF dir -> converted dir: metadata and tokenizer copied, params saved with orbax (layers stacked).
 
   Refuses an existing ``out_dir`` unless ``overwrite``. Returns the absolute out dir.
   """

@@ -30,13 +30,13 @@ class Generation:
   nonfinite: jax.Array
 
 
-def _prefill_prefix(params: PyTree, prefix: jax.Array, *, cfg) -> list[dict]:
-  """KV of the shared prefix [p], computed once (batch 1): per layer ``{"k", "v": [K, p, E]}``."""
+def _prefill_prefix(params: PyTree, prefix: jax.Array, *, cfg) -> dict:
+  """KV of the shared prefix [p], computed once (batch 1): ``{"k", "v": [L, K, p, E]}``."""
   p = prefix.shape[0]
   _, _, pre = model_lib.apply(params, prefix[None], jnp.arange(p, dtype=jnp.int32)[None],
                               None, jnp.int32(0), jnp.ones((1, p), bool), cfg=cfg,
                               logits_at="none")
-  return [{name: layer[name][0] for name in ("k", "v")} for layer in pre]
+  return {name: pre[name][:, 0] for name in ("k", "v")}
 
 
 @flax.struct.dataclass
@@ -55,10 +55,10 @@ class DecodeState:
   own prompts: a step's attention then reads ~the mean prompt length, not the longest.
 
   Attributes:
-    cache: per layer a tuple over row groups of ``{"k", "v": [..., B_g, K, S_g, E]}``,
+    cache: a tuple over row groups of ``{"k", "v": [..., L, B_g, K, S_g, E]}`` (layers stacked),
       S_g = ``prompt_slots[g]`` + room for new tokens (the same room for every group).
-    prefix_cache: per layer ``{"k", "v": [..., K, P0, E]}``: the shared prompt prefix, stored
-      and read once for all rows instead of once per row; None without a prefix.
+    prefix_cache: ``{"k", "v": [..., L, K, P0, E]}``: the shared prompt prefix, stored and read
+      once for all rows instead of once per row; None without a prefix.
     key_mask: tuple over row groups of [..., B_g, S_g] bool, slots holding real tokens.
     tok: [..., B] int32 token emitted at the previous step (not yet fed to the model).
     next_pos: [..., B] int32 RoPE position of the first new token.
@@ -69,8 +69,8 @@ class DecodeState:
     prompt_slots: static tuple, per row group the cache slots of its prompts (their left-padded
       part after the prefix); the token fed at step ``i`` goes to slot ``prompt_slots[g] + i - 1``.
   """
-  cache: list
-  prefix_cache: list | None
+  cache: tuple
+  prefix_cache: dict | None
   key_mask: tuple
   tok: jax.Array
   next_pos: jax.Array
@@ -120,7 +120,7 @@ def grow(state: DecodeState, steps: int) -> DecodeState:
   more = steps - state.room
   if more <= 0:
     return state
-  cache = [tuple({n: _pad_slots(g[n], 2, 0, more) for n in ("k", "v")} for g in layer) for layer in state.cache]
+  cache = tuple({n: _pad_slots(g[n], 2, 0, more) for n in ("k", "v")} for g in state.cache)
   return state.replace(cache=cache, key_mask=tuple(_pad_slots(m, 1, 0, more) for m in state.key_mask))
 
 
@@ -133,8 +133,8 @@ def merge_groups(state: DecodeState) -> DecodeState:
   if len(state.prompt_slots) == 1:
     return state
   T = max(state.prompt_slots)
-  cache = [({n: jnp.concatenate([_pad_slots(g[n], 2, T - t, 0) for g, t in zip(layer, state.prompt_slots)],
-                                axis=-4) for n in ("k", "v")},) for layer in state.cache]
+  cache = ({n: jnp.concatenate([_pad_slots(g[n], 2, T - t, 0) for g, t in zip(state.cache, state.prompt_slots)],
+                               axis=-4) for n in ("k", "v")},)
   key_mask = jnp.concatenate([_pad_slots(m, 1, T - t, 0) for m, t in zip(state.key_mask, state.prompt_slots)],
                              axis=-2)
   return state.replace(cache=cache, key_mask=(key_mask,), prompt_slots=(T,))
@@ -208,21 +208,20 @@ def _prefill(params: PyTree, tokens: jax.Array, mask: jax.Array, pad_id: jax.Arr
     _, hidden, group_cache = model_lib.apply(
         params, tokens[r0:r1, T - length:], positions[r0:r1, T - length:], None, jnp.int32(0),
         mask[r0:r1, T - length:], cfg=cfg, logits_at="last_hidden", prefix_cache=prefix_cache)
-    parts.append([{n: _pad_slots(layer[n], 2, 0, room) for n in ("k", "v")} for layer in group_cache])
+    parts.append({n: _pad_slots(group_cache[n], 2, 0, room) for n in ("k", "v")})
     key_mask.append(_pad_slots(mask[r0:r1, T - length:], 1, 0, room))
     last_hidden.append(hidden[:, -1])
   # Decoding attends per group of prefill groups (fewer groups: less to compile, see
   # decode_partition); a group's shorter members are left-padded to its longest.
-  cache, merged_mask, slots = [[] for _ in range(cfg.num_layers)], [], []
+  cache, merged_mask, slots = [], [], []
   for a, b in decode_partition(groups, MAX_DECODE_GROUPS):
     longest = groups[a][2]
     lpad = [longest - groups[j][2] for j in range(a, b)]
-    for i in range(cfg.num_layers):
-      cache[i].append({n: jnp.concatenate([_pad_slots(parts[j][i][n], 2, lp, 0) for j, lp in zip(range(a, b), lpad)],
-                                          axis=0) for n in ("k", "v")})
+    cache.append({n: jnp.concatenate([_pad_slots(parts[j][n], 2, lp, 0) for j, lp in zip(range(a, b), lpad)],
+                                     axis=1) for n in ("k", "v")})  # [L, B_g, K, S_g, E]: rows on axis 1
     merged_mask.append(jnp.concatenate([_pad_slots(key_mask[j], 1, lp, 0) for j, lp in zip(range(a, b), lpad)]))
     slots.append(longest)
-  cache = [tuple(layer) for layer in cache]
+  cache = tuple(cache)
   # The output head once for all rows: per group it was one more matmul each, and a one-row
   # group's bfloat16 head fell off XLA:CPU's fast matmul onto a float32 copy of the whole head.
   logits = model_lib.output_logits(params, jnp.concatenate(last_hidden, axis=0), cfg=cfg)

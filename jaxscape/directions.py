@@ -2,38 +2,55 @@
 
 A *direction* is a pytree with the same tree and shapes as the params, float32
 leaves. This module maps pytrees to pytrees; it only sees leaves and their paths
-(``"layers/0/attn/q/kernel"``), never ``jaxscape.model``.
+(``"layers/attn/q/kernel"``), never ``jaxscape.model``.
+
+Stacked layers
+  The params hold their layers stacked: ``layers/attn/q/kernel`` is one [L, D, H*E] leaf
+  whose slice ``i`` is layer ``i``'s tensor, named by its per-layer path
+  ``layers/{i}/attn/q/kernel`` (:func:`slice_paths`). Everything below that is "per tensor"
+  acts per layer slice, exactly as it did when the layers were a list of per-layer dicts
+  (which this module still accepts, path for path the same).
 
 Random directions
-  Per tensor a standard Gaussian, then normalised (``norm``):
+  Per tensor (layer slice) a standard Gaussian, then normalised (``norm``):
 
   * ``"layer"``: ``d / ||d|| * ||w||`` over the whole tensor (Frobenius norms), as the
     reference implementation does;
   * ``"filter"``: the same per output unit. Kernels ``[in, out]`` are normalised per
     column (axis 0 reduced; for rank > 2 every axis but the last is reduced); a leaf
     whose path ends in ``embedding`` (``[V, D]``) per row, i.e. per vocabulary entry
-    (every axis but the first reduced); 0-/1-D leaves (biases) as a whole tensor;
+    (every axis but the first reduced); 0-/1-D tensors (biases) as a whole tensor;
   * ``"none"``: the raw Gaussian.
 
-  Leaves whose path matches any regex of ``exclude`` (``re.search``, case-sensitive;
-  our paths are lower case) get zeros; the default ``("norm",)`` zeroes every norm
-  scale, as the reference's blacklist does.
+  Tensors whose per-layer path matches any regex of ``exclude`` (``re.search``,
+  case-sensitive; our paths are lower case) get zeros, so ``"layers/0/"`` zeroes layer 0's
+  slice of every stacked leaf; the default ``("norm",)`` zeroes every norm scale, as the
+  reference's blacklist does.
 
-  Every leaf draws from its own key,
-  ``fold_in(fold_in(PRNGKey(seed), index), crc32(path))``, never from a split in
-  traversal order, so a leaf's draw depends only on (seed, index, path) and not on
-  what else is in the tree. The Gaussian draws do not depend on sharding provided
-  ``jax_threefry_partitionable`` is on (JAX's default since 0.5; the package init
-  sets it explicitly; this module sets nothing global — users importing only this
-  module should set it themselves); the norms, being reductions, may differ in the
-  last ulp between shardings. Sharded params give directions with the same shardings.
+  Every tensor draws from its own key,
+  ``fold_in(fold_in(PRNGKey(seed), index), crc32(per-layer path))``, never from a split in
+  traversal order, so a draw depends only on (seed, index, path) and not on what else is in
+  the tree; stacking changed no direction (tests compare with the former per-layer draw bit
+  for bit). The Gaussian draws do not depend on sharding provided
+  ``jax_threefry_partitionable`` is on (JAX's default since 0.5; this module sets nothing
+  global); the norms, being reductions, may differ in the last ulp between shardings.
+  Sharded params give directions with the same shardings.
+
+  On XLA:CPU a small tree (up to :data:`FUSED_MAX_VALUES` values, unsharded: the toy model)
+  is drawn by one hashing kernel for all tensors and one program of per-slice sums (see "the
+  draw of a small tree" below): 0.24 s on a first call for the toy model, against 1.2 s for
+  one program per tensor shape. Other trees go tensor by tensor, a stacked leaf slice by slice
+  through the one-tensor program. Both give the same bits.
+
   A random direction is stored as its :class:`RandomRecipe` only and regenerated from
   the params: bit-identical for the same params, placement, backend and JAX version
-  (the draw is one fixed jitted program), equal to float tolerance otherwise. The torch reference draws from torch's global
-  generator, so its numbers differ from ours; only the recipe's *distribution* matches.
+  (the draw is a fixed set of programs), equal to float tolerance otherwise. The torch
+  reference draws from torch's global generator, so its numbers differ from ours; only the
+  recipe's *distribution* matches.
 
 Interpolation directions
-  ``θ_b − θ_a`` in float32; stored with orbax.
+  ``θ_b − θ_a`` in float32; stored with orbax. One saved before layers were stacked (its
+  layers a list) is stacked on load.
 
 Tied embeddings
   A model with ``tie_word_embeddings`` has no ``lm_head`` leaf, so the shared
@@ -87,23 +104,53 @@ def _path_str(path) -> str:
 
 
 def leaf_paths(tree: PyTree) -> list[str]:
-  """Path strings of the leaves in flatten order, e.g. ``"layers/0/attn/q/kernel"``."""
+  """Path strings of the leaves in flatten order, e.g. ``"layers/attn/q/kernel"`` (a stacked leaf)."""
   return [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def path_index(path: str) -> int:
-  """Stable per-leaf integer in ``[0, 2**32)``: ``zlib.crc32`` of the UTF-8 path string."""
+  """Stable per-slice integer in ``[0, 2**32)``: ``zlib.crc32`` of the UTF-8 path string."""
   return zlib.crc32(path.encode("utf-8"))
+
+
+def is_stacked(path: str) -> bool:
+  """Whether a leaf path names a stacked layer leaf (``layers/attn/q/kernel``: leading axis = layer).
+
+  A ``layers/<int>/...`` path (the former per-layer list) is an ordinary leaf.
+  """
+  parts = path.split("/", 2)
+  return len(parts) > 1 and parts[0] == "layers" and not parts[1].isdigit()
+
+
+def slice_paths(path: str, num_layers: int) -> list[str]:
+  """The per-layer paths of a stacked leaf (``layers/{i}/attn/q/kernel``), or ``[path]`` for others.
+
+  Keys, exclusion patterns and norms act on these, one per layer slice.
+  """
+  if not is_stacked(path):
+    return [path]
+  rest = path.split("/", 1)[1]
+  return [f"layers/{i}/{rest}" for i in range(num_layers)]
 
 
 def _shapes(tree: PyTree) -> list[tuple[str, tuple[int, ...]]]:
   return [(_path_str(p), tuple(np.shape(x))) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
+def _layout(shapes: list[tuple[str, tuple]]) -> str:
+  """"list" when the layers are a per-layer list (``layers/0/...``), "stacked" otherwise."""
+  return "list" if any(p.startswith("layers/") and p.split("/")[1].isdigit() for p, _ in shapes) else "stacked"
+
+
 def _first_mismatch(expected: list[tuple[str, tuple]], got: list[tuple[str, tuple]],
                     names: tuple[str, str]) -> str | None:
   """Description of the first path/shape difference between two (path, shape) lists, or None."""
   e_name, g_name = names
+  layouts = _layout(expected), _layout(got)
+  if layouts[0] != layouts[1]:  # one tree in the former per-layer layout: say so instead of a path diff
+    old = g_name if layouts[1] == "list" else e_name
+    return (f"{old} holds its layers as a per-layer list (layers/0/...), the former layout; stack it "
+            "(jaxscape.convert.stack_layers) into one [L, ...] leaf per tensor (layers/attn/q/kernel)")
   for (pe, se), (pg, sg) in zip(expected, got):
     if pe != pg:
       return f"leaf path {pe!r} in {e_name} vs {pg!r} in {g_name}"
@@ -176,7 +223,7 @@ def _normalize(d: jax.Array, w: jax.Array, path: str, norm: str) -> jax.Array:
 
 
 def _random_leaf(w: jax.Array, key: jax.Array, *, norm: str, path: str) -> jax.Array:
-  """One leaf's normalised Gaussian draw; ``key`` is that leaf's key."""
+  """One (per-layer) tensor's normalised Gaussian draw; ``key`` is its key. The reference program."""
   return _normalize(jax.random.normal(key, w.shape, jnp.float32), w, path, norm)
 
 
@@ -186,10 +233,229 @@ def _random_leaf_jit(sharding):
   return jax.jit(_random_leaf, static_argnames=("norm", "path"), out_shardings=sharding)
 
 
+@functools.lru_cache(maxsize=64)
+def _put_slice_jit(sharding):
+  """Jitted ``out.at[i].set(x)`` writing in place (``out`` donated), placed like the param."""
+  return jax.jit(lambda out, x, i: jax.lax.dynamic_update_index_in_dim(out, x, i, 0), donate_argnums=(0,),
+                 out_shardings=sharding)
+
+
 def _norm_path(path: str, norm: str) -> str:
   # The only thing _normalize reads from a path is whether it names an embedding table (filter
-  # norm); collapsing the rest lets the 12 layers of a model reuse one compiled draw per shape.
+  # norm); collapsing the rest lets tensors of one shape reuse one compiled draw.
   return "embedding" if norm == "filter" and path.split("/")[-1] == "embedding" else ""
+
+
+# ------------------------------------------------------- the draw of a small tree, fused
+# The per-tensor programs compile one program per tensor shape on a first call, each with its
+# own LLVM-compiled kernels (1.2 s for the toy model's five shapes on a 2-core CPU; a kernel costs
+# 5-20 ms to compile whatever its size). On XLA:CPU a small tree (the default toy scan) is drawn
+# instead by two programs and the host:
+#
+#   1. one kernel hashes (key, flat index) of every drawn value: the Threefry-2x32 hash, the
+#      float conversion and erf^-1 of jax.random.normal, all slices at once, one row of
+#      _ROW values per step of a slice;
+#   2. the host splits the values into one buffer per layer slice, and one program takes each
+#      slice's two sums of squares (of sqrt(2) * values, of the weight) over a buffer of the
+#      slice's own shape: YNNPACK reductions (>= FUSED_MIN_SLICE values), as in the per-tensor
+#      program, so in the same order;
+#   3. the host scales each slice with the float32 operations the per-tensor program's
+#      normalisation compiles to: XLA rewrites d / |d| * |w| into e * ((1 / |d|) * sqrt(2)) * |w|,
+#      e = d / sqrt(2) the erf^-1 values.
+#
+# Hash, conversion, square roots, division and products are exactly rounded, so each value is
+# the per-tensor program's bit for bit (tests/directions_test.py checks every norm, dtype and
+# slice sizes around FUSED_MIN_SLICE against the former per-layer draw). Leaves with smaller
+# slices, sharded or traced params, large trees and other backends take the per-tensor path.
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+# (add, shift left, logical shift right, or, xor) on uint32 arrays of one shape (or 0-d constants).
+_NP_OPS = (np.add, np.left_shift, np.right_shift, np.bitwise_or, np.bitwise_xor)
+_LAX_OPS = (jax.lax.add, jax.lax.shift_left, jax.lax.shift_right_logical, jax.lax.bitwise_or, jax.lax.bitwise_xor)
+
+
+def _threefry2x32(k1, k2, x1, x2, ops=_NP_OPS):
+  """The Threefry-2x32 hash (20 rounds) as ``jax.random`` computes it, on uint32 arrays of one shape.
+
+  ``ops``: numpy's (the host) or lax's (traced: lax, not operators, for a quicker trace).
+  """
+  add, shl, shr, bor, xor = ops
+  with np.errstate(over="ignore"):  # uint32 arithmetic wraps, as the hash is defined
+    ks = (k1, k2, xor(xor(k1, k2), np.uint32(0x1BD11BDA)))
+    x = [add(x1, ks[0]), add(x2, ks[1])]
+    for i in range(5):
+      for r in _ROTATIONS[i % 2]:
+        x[0] = add(x[0], x[1])
+        x[1] = xor(x[0], bor(shl(x[1], np.uint32(r)), shr(x[1], np.uint32(32 - r))))
+      x = [add(x[0], ks[(i + 1) % 3]), add(add(x[1], ks[(i + 2) % 3]), np.uint32(i + 1))]
+  return x[0], x[1]
+
+
+def _fold_in(key: np.ndarray, data) -> np.ndarray:
+  """``jax.random.fold_in(key, d)`` of a uint32 [2] key for each ``d`` of ``data``: uint32 [n, 2].
+
+  On the host: PRNGKey and fold_in are a small compiled program each (0.1 s on a first call).
+  """
+  data = np.atleast_1d(np.asarray(data, np.uint32))
+  a, b = _threefry2x32(np.full_like(data, key[0]), np.full_like(data, key[1]), np.zeros_like(data), data)
+  return np.stack([a, b], axis=-1)
+
+
+def _seed_key(seed: int) -> np.ndarray:
+  """``jax.random.PRNGKey(seed)`` as a uint32 [2] numpy array."""
+  cfg = jax.config
+  if cfg.jax_enable_x64 or cfg.jax_random_seed_offset or cfg.jax_default_prng_impl != "threefry2x32":
+    return np.asarray(jax.random.PRNGKey(seed))  # the general case: JAX's own
+  np.int64(seed)  # the OverflowError PRNGKey raises beyond int64
+  # 32-bit JAX: the seed becomes an int32 (mod 2**32), the key [seed >> 32, seed & 0xFFFFFFFF].
+  return np.array([0, seed % 2**32], np.uint32)
+
+
+# Trees of at most this many fused values take the fused path (host copies of a few times that).
+FUSED_MAX_VALUES = 1 << 22
+_ROW = 128  # values per row of the fused draw; every layer slice starts a row
+_SQRT2 = np.array(np.sqrt(2), np.float32)
+
+
+# Smallest layer slice the fused path draws under "layer" / "filter": XLA:CPU hands reductions of
+# >= 4096 values to YNNPACK, which sums a buffer the same way whatever computed it. Smaller ones
+# it fuses with their producer, and sums in an order that depends on it: those slices (biases,
+# norm scales, tiny test models) take the per-tensor path.
+FUSED_MIN_SLICE = 4096
+
+
+def _fused_ok(leaf, norm: str) -> bool:
+  """Whether the fused path gives this leaf the per-tensor program's bits (see above)."""
+  _, w, stacked, _, keep, sharding = leaf
+  if sharding is not None or isinstance(w, jax.core.Tracer) or not keep.any():
+    return False
+  # "none" has no reductions: its values are exact whatever the shape.
+  return norm == "none" or math.prod(np.shape(w)[1:] if stacked else np.shape(w)) >= FUSED_MIN_SLICE
+
+
+def _fused_backend() -> bool:
+  # The fused draw re-derives jax.random.normal's bits from the Threefry hash of (key, flat
+  # index): JAX's default PRNG with partitionable Threefry (JAX's default since 0.5). Its sums
+  # are checked against the per-tensor programs on XLA:CPU only.
+  return (jax.config.jax_default_prng_impl == "threefry2x32" and bool(jax.config.jax_threefry_partitionable)
+          and jax.default_backend() == "cpu")
+
+
+@jax.jit
+def _fused_values(k1: jax.Array, k2: jax.Array, base: jax.Array) -> jax.Array:
+  """``jax.random.normal`` values / sqrt(2), [R, _ROW] float32: row r hashes key (k1[r], k2[r]) at flat
+  indices ``base[r] + 0 .. _ROW-1``, as ``normal(key, shape)`` hashes index j of its flat output.
+
+  One fused kernel: the hash unrolled, then ``_uniform``'s float conversion and ``_normal_real``'s
+  erf^-1 (float32: 23 mantissa bits), without the final multiplication by sqrt(2), which the
+  per-tensor program's compiled normalisation folds into its scale factor.
+  """
+  lax = jax.lax
+  shape = (base.shape[0], _ROW)
+  row = lambda a: lax.broadcast_in_dim(a, shape, (0,))  # noqa: E731
+  counts = lax.add(row(base), lax.broadcasted_iota(jnp.uint32, shape, 1))
+  b1, b2 = _threefry2x32(row(k1), row(k2), lax.full(shape, 0, jnp.uint32), counts, _LAX_OPS)
+  lo, hi = np.nextafter(np.float32(-1.0), np.float32(0.0)), np.float32(1.0)
+  float_bits = lax.bitwise_or(lax.shift_right_logical(lax.bitwise_xor(b1, b2), np.uint32(32 - 23)),
+                              np.uint32(0x3F800000))  # the exponent of 1.0
+  floats = lax.sub(lax.bitcast_convert_type(float_bits, jnp.float32), np.float32(1.0))
+  return lax.erf_inv(lax.max(lax.add(lax.mul(floats, hi - lo), lo), lo))
+
+
+@functools.partial(jax.jit, static_argnames=("axes",))
+def _sums_of_squares(xs, ws, *, axes):
+  """Per slice, the sums of squares the per-tensor normalisation takes: of ``sqrt(2) * x`` and of ``w``.
+
+  ``axes``: per slice the reduced axes (None: all); the sums come without the reduced axes.
+  """
+  lax = jax.lax
+  whole = lambda x, a: tuple(range(x.ndim)) if a is None else a  # noqa: E731
+  return ([lax.reduce_sum(lax.square(lax.mul(x, _SQRT2)), whole(x, a)) for x, a in zip(xs, axes)],
+          [lax.reduce_sum(lax.square(lax.convert_element_type(w, jnp.float32)), whole(w, a)) for w, a in zip(ws, axes)])
+
+
+def _norm_axes(path: str, ndim: int, norm: str):
+  """The axes :func:`_normalize` reduces for a tensor of rank ``ndim`` at ``path`` (None: all)."""
+  if norm == "filter" and ndim >= 2:
+    return tuple(range(1, ndim)) if path.split("/")[-1] == "embedding" else tuple(range(ndim - 1))
+  return None
+
+
+def _fused(leaves, norm: str) -> list[jax.Array]:
+  """The given leaves' directions by the fused path (see above); same bits as :func:`_per_tensor`."""
+  slices = []  # (leaf, layer, slice shape, first row, rows)
+  k1, k2, base = [], [], []
+  row = 0
+  for n, (_, w, stacked, keys, keep, _) in enumerate(leaves):
+    shape = tuple(np.shape(w)[1:] if stacked else np.shape(w))
+    rows = -(-math.prod(shape) // _ROW)
+    for layer in np.flatnonzero(keep):
+      slices.append((n, int(layer), shape, row, rows))
+      k1.append(np.full(rows, keys[layer, 0], np.uint32))
+      k2.append(np.full(rows, keys[layer, 1], np.uint32))
+      base.append(np.arange(rows, dtype=np.uint32) * np.uint32(_ROW))
+      row += rows
+  out = [np.zeros(np.shape(w), np.float32) for _, w, *_ in leaves]
+  if slices:
+    e = np.asarray(_fused_values(np.concatenate(k1), np.concatenate(k2), np.concatenate(base)))
+    xs = [e[r0:r0 + rows].reshape(-1)[:math.prod(shape)].reshape(shape) for _, _, shape, r0, rows in slices]
+    if norm == "none":
+      ys = [x * _SQRT2 for x in xs]
+    else:
+      host = {n: np.asarray(leaves[n][1]) for n in {s[0] for s in slices}}
+      ws = [host[n][layer] if leaves[n][2] else host[n] for n, layer, *_ in slices]
+      axes = tuple(_norm_axes(leaves[n][0], len(shape), norm) for n, _, shape, _, _ in slices)
+      # device_put, not jnp.asarray: a transfer, where asarray compiles a copy per shape.
+      sd, sw = _sums_of_squares(jax.device_put(xs), jax.device_put(ws), axes=axes)
+      sd, sw = jax.device_get((sd, sw))
+      ys = []
+      for x, ax, a, b in zip(xs, axes, sd, sw):
+        if ax is not None:  # keep the reduced axes, for broadcasting
+          a, b = np.expand_dims(a, ax), np.expand_dims(b, ax)
+        d_norm, w_norm = np.sqrt(a), np.sqrt(b)
+        ys.append(x * ((np.float32(1.0) / np.where(d_norm > 0, d_norm, np.float32(1.0))) * _SQRT2) * w_norm)
+    for (n, layer, *_), y in zip(slices, ys):
+      if leaves[n][2]:
+        out[n][layer] = y
+      else:
+        out[n] = y
+  return jax.device_put(out)
+
+
+def _per_tensor(leaf, norm: str) -> jax.Array:
+  """One leaf's direction by the one-tensor program (compiled once per shape), a stacked leaf's slice by slice.
+
+  Each layer slice is cut into a buffer of its own and drawn by the very program that drew the
+  per-layer tensors before layers were stacked, so the bits are that program's by construction
+  (a loop or ``vmap`` over the slices inside one program lets XLA fuse the slicing or hoist
+  conversions, and sum in another order). The slices are written into the output in place:
+  the transient is one slice.
+  """
+  path, w, stacked, keys, keep, sharding = leaf
+  shape = np.shape(w)
+  traced = isinstance(w, jax.core.Tracer)
+  # Zeros from the host: a transfer, where jnp.zeros compiles a program per shape.
+  zeros = (lambda: jnp.zeros(shape, jnp.float32)) if traced else (
+      lambda: jax.device_put(np.zeros(shape, np.float32), sharding))
+  if not keep.any():
+    return zeros()
+  npath = _norm_path(path, norm)
+  if not stacked:
+    return _random_leaf_jit(sharding)(w, keys[0], norm=norm, path=npath)
+  out = None if traced else zeros()
+  slices = []
+  for i in range(shape[0]):
+    if keep[i]:
+      w_i = w[i]
+      sharding_i = w_i.sharding if sharding is not None else None
+      d = _random_leaf_jit(sharding_i)(w_i, keys[i], norm=norm, path=npath)
+    else:
+      d = None
+    if traced:
+      slices.append(d if d is not None else jnp.zeros(shape[1:], jnp.float32))
+    elif d is not None:
+      out = _put_slice_jit(sharding)(out, d, np.int32(i))
+  return jnp.stack(slices) if traced else out
 
 
 def random_direction(params: PyTree, *, seed: int, index: int = 0, norm: str = "layer",
@@ -197,11 +463,13 @@ def random_direction(params: PyTree, *, seed: int, index: int = 0, norm: str = "
   """A normalised Gaussian direction with the tree and shapes of ``params``.
 
   Args:
-    params: params pytree, any float dtype (only shapes, paths and per-tensor norms are used).
+    params: params pytree, any float dtype (only shapes, paths and per-tensor norms are used);
+      layers stacked (``layers/attn/q/kernel`` [L, ...]) or, the former layout, a list.
     seed: base seed; ``PRNGKey(seed)``.
     index: direction index, folded into the key (different index -> independent direction).
-    norm: "layer", "filter" or "none" (see the module docstring).
-    exclude: regexes; leaves whose path matches any (``re.search``) get zeros.
+    norm: "layer", "filter" or "none" (see the module docstring), per layer slice.
+    exclude: regexes; layer slices (``layers/{i}/...``) and other leaves whose path matches
+      any (``re.search``) get zeros.
 
   Returns:
     Same tree as ``params``, float32 leaves of the same shapes (placed like the params
@@ -211,24 +479,27 @@ def random_direction(params: PyTree, *, seed: int, index: int = 0, norm: str = "
   index = _validate_int("index", index, minimum=0)
   norm = _validate_norm(norm)
   exclude = _validate_exclude(exclude)
-  # The key is built on the host so a python-int seed of any size maps exactly as PRNGKey does.
-  key = jax.random.fold_in(jax.random.PRNGKey(seed), np.uint32(index))
-  # One jitted draw per leaf, not one for the whole tree: a whole-tree jit held every leaf's
-  # draw and output at once (+1.10 GiB RSS for the 0.36 GiB of a 100M model); per leaf, the
-  # transient is one leaf. Same keys, so the same bits.
-  leaves = []
-  for p, w in jax.tree_util.tree_flatten_with_path(params)[0]:
+  # Keys on the host, so a python-int seed of any size maps exactly as PRNGKey does.
+  key = _fold_in(_seed_key(seed), index)[0]
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  leaves = []  # (path, w, stacked, keys [S, 2], keep [S] bool, sharding)
+  for p, w in flat:
     path = _path_str(p)
+    stacked = is_stacked(path)
+    per = slice_paths(path, np.shape(w)[0] if stacked else 1)
+    keep = np.asarray([not any(re.search(pat, s) for pat in exclude) for s in per])
+    keys = _fold_in(key, [path_index(s) for s in per])
     # Sharded params get directions sharded alike; others, the default placement (as before).
     concrete = isinstance(w, jax.Array) and not isinstance(w, jax.core.Tracer)
     sharding = w.sharding if concrete and len(w.sharding.device_set) > 1 else None
-    if any(re.search(pat, path) for pat in exclude):
-      d = jnp.zeros(w.shape, jnp.float32, device=sharding)
-    else:
-      d = _random_leaf_jit(sharding)(w, jax.random.fold_in(key, np.uint32(path_index(path))), norm=norm,
-                                     path=_norm_path(path, norm))
-    leaves.append(d)
-  return jax.tree_util.tree_unflatten(jax.tree.structure(params), leaves)
+    leaves.append((path, w, stacked, keys, keep, sharding))
+  fused = [n for n, leaf in enumerate(leaves) if _fused_backend() and _fused_ok(leaf, norm)]
+  if sum(np.size(leaves[n][1]) for n in fused) > FUSED_MAX_VALUES:
+    fused = []
+  out = [None if n in fused else _per_tensor(leaf, norm) for n, leaf in enumerate(leaves)]
+  for n, d in zip(fused, _fused([leaves[n] for n in fused], norm) if fused else []):
+    out[n] = d
+  return jax.tree_util.tree_unflatten(treedef, out)
 
 
 # ------------------------------------------------------------ interpolation / algebra
@@ -503,6 +774,14 @@ def save_directions(path: str | os.PathLike, directions: Sequence[PyTree],
     os.replace(tmp, os.path.join(path, MANIFEST))
 
 
+def _stack_list_layers(tree: PyTree) -> PyTree:
+  """``tree["layers"]`` as a list of per-layer dicts (the former layout) -> one dict of [L, ...] leaves."""
+  layers = tree.get("layers") if isinstance(tree, dict) else None
+  if not isinstance(layers, (list, tuple)) or not layers:
+    return tree
+  return {**tree, "layers": jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *layers)}
+
+
 def _saved_shapes(ckpt: str, ckptr) -> list[tuple[str, tuple]]:
   meta = ckptr.metadata(ckpt)
   tree = getattr(meta, "item_metadata", meta)
@@ -547,10 +826,18 @@ def load_directions(path: str | os.PathLike, params: PyTree) -> tuple[list[PyTre
       if not os.path.isdir(ckpt):
         raise ValueError(f"direction {i}: no orbax checkpoint at {ckpt}")
       with ocp.StandardCheckpointer() as ckptr:
-        msg = _first_mismatch(expected, _saved_shapes(ckpt, ckptr), ("the model", f"stored direction {i}"))
-        if msg is not None:
-          raise ValueError(f"{_MODEL_MISMATCH}: {msg}")
-        d = ckptr.restore(ckpt, _abstract_f32(params))
+        saved = _saved_shapes(ckpt, ckptr)
+        if _layout(saved) == "list" and _layout(expected) == "stacked":
+          # Saved before layers were stacked: read it as saved, stack it, place it like the params.
+          d = _stack_list_layers(ckptr.restore(ckpt))
+          check_matches(params, d)
+          d = jax.tree.map(lambda x, a: jax.device_put(np.asarray(x, np.float32), a.sharding), d,
+                           _abstract_f32(params))
+        else:
+          msg = _first_mismatch(expected, saved, ("the model", f"stored direction {i}"))
+          if msg is not None:
+            raise ValueError(f"{_MODEL_MISMATCH}: {msg}")
+          d = ckptr.restore(ckpt, _abstract_f32(params))
       check_matches(params, d)
       directions.append(d)
       recipes.append(None)

@@ -317,9 +317,20 @@ def learning_rate_schedule(tc: TrainConfig) -> optax.Schedule:
       decay_steps=max(tc.num_steps, tc.warmup_steps + 1), end_value=tc.learning_rate * tc.end_lr_ratio)
 
 
+def _is_matrix(path, x) -> bool:
+  """Whether a params (or adapter) leaf is a matrix per layer: rank >= 2 without a stacked layer axis."""
+  keys = [getattr(k, "key", getattr(k, "idx", None)) for k in path]
+  stacked = len(keys) > 1 and keys[0] == "layers" and not isinstance(keys[1], int)
+  return jnp.ndim(x) - int(stacked) >= 2
+
+
 def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
-  """Global-norm clipping, then AdamW on the :func:`learning_rate_schedule`; decay on matrices only."""
-  decay_mask = lambda tree: jax.tree.map(lambda x: jnp.ndim(x) >= 2, tree)  # noqa: E731
+  """Global-norm clipping, then AdamW on the :func:`learning_rate_schedule`; decay on matrices only.
+
+  A matrix is a leaf of rank >= 2 besides the layer axis of stacked leaves (``layers/...``), so
+  stacked norm scales [L, D] and biases [L, F] are not decayed, stacked kernels [L, in, out] are.
+  """
+  decay_mask = lambda tree: jax.tree_util.tree_map_with_path(_is_matrix, tree)  # noqa: E731
   adamw = optax.adamw(learning_rate_schedule(tc), b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay,
                       mask=decay_mask)
   return optax.chain(optax.clip_by_global_norm(tc.grad_clip), adamw) if tc.grad_clip > 0 else adamw
@@ -356,7 +367,7 @@ def make_train_step(cfg: model_lib.ModelConfig, optimizer: optax.GradientTransfo
 
 # ----------------------------------------------------------------- LoRA
 
-# HF projection name -> (block, our name) inside each layer of jaxscape.model's params layout.
+# HF projection name -> (block, our name) under params["layers"] (jaxscape.model's stacked layout).
 LORA_TARGETS = {"q_proj": ("attn", "q"), "k_proj": ("attn", "k"), "v_proj": ("attn", "v"), "o_proj": ("attn", "o"),
                 "gate_proj": ("mlp", "gate"), "up_proj": ("mlp", "up"), "down_proj": ("mlp", "down")}
 DEFAULT_LORA_TARGETS = tuple(LORA_TARGETS)
@@ -367,61 +378,63 @@ def init_lora(params: PyTree, cfg: model_lib.ModelConfig, rank: int, key: jax.Ar
   """Zero-effect LoRA adapters for the ``targets`` kernels of every layer: ``ΔW = scale · A @ B``.
 
   Args:
-    params: the base params (only their kernel shapes are read).
+    params: the base params, layers stacked (only their kernel shapes are read).
     rank: adapter rank r >= 1.
     key: PRNG key; the A of (layer i, target t) draws from ``fold_in(key, i * 7 + index of t in
-      LORA_TARGETS)``, so a draw does not depend on which other targets are chosen.
+      LORA_TARGETS)``, so a draw does not depend on which other targets are chosen (the same
+      draws as when the adapters were one dict per layer).
     targets: HF projection names, keys of :data:`LORA_TARGETS`.
   Returns:
-    ``{"layers": [{"attn": {"q": {"a": float32[in, r], "b": float32[r, out]}, ...},
-    "mlp": {...}}, ...]}`` (one dict per layer) with ``a ~ N(0, 1/in)``, so ``x @ a`` keeps
-    the scale of ``x``, and ``b = 0``, so :func:`merge_lora` starts at the base exactly.
+    ``{"layers": {"attn": {"q": {"a": float32[L, in, r], "b": float32[L, r, out]}, ...},
+    "mlp": {...}}}`` (stacked like the params) with ``a ~ N(0, 1/in)``, so ``x @ a`` keeps the
+    scale of ``x``, and ``b = 0``, so :func:`merge_lora` starts at the base exactly.
   """
   if rank < 1:
     raise ValueError(f"LoRA rank must be >= 1, got {rank}")
   unknown = [t for t in targets if t not in LORA_TARGETS]
   if unknown or not targets:
     raise ValueError(f"LoRA targets must be a non-empty subset of {', '.join(LORA_TARGETS)}, got {targets}")
-  assert len(params["layers"]) == cfg.num_layers, (len(params["layers"]), cfg.num_layers)
+  layers = params["layers"]
+  if isinstance(layers, (list, tuple)):
+    raise ValueError("init_lora needs params with stacked layers (jaxscape.convert.stack_layers)")
   names = list(LORA_TARGETS)
-  layers = []
-  for i, lp in enumerate(params["layers"]):
-    la: dict = {}
-    for t in targets:
-      block, name = LORA_TARGETS[t]
-      n_in, n_out = lp[block][name]["kernel"].shape
-      k = jax.random.fold_in(key, i * len(names) + names.index(t))
-      a = jax.random.normal(k, (n_in, rank), jnp.float32) / np.float32(math.sqrt(n_in))
-      la.setdefault(block, {})[name] = {"a": a, "b": jnp.zeros((rank, n_out), jnp.float32)}
-    layers.append(la)
-  return {"layers": layers}
+  L = cfg.num_layers
+  adapters: dict = {}
+  for t in targets:
+    block, name = LORA_TARGETS[t]
+    shape = layers[block][name]["kernel"].shape
+    assert shape[0] == L, (shape, L)
+    n_in, n_out = shape[1:]
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.arange(L) * len(names) + names.index(t))
+    # Per layer its own key, as a per-layer draw would; the Gaussian bits do not depend on the batching.
+    a = jax.vmap(lambda k: jax.random.normal(k, (n_in, rank), jnp.float32))(keys) / np.float32(math.sqrt(n_in))
+    adapters.setdefault(block, {})[name] = {"a": a, "b": jnp.zeros((L, rank, n_out), jnp.float32)}
+  return {"layers": adapters}
 
 
 def merge_lora(adapters: PyTree, frozen: PyTree, *, scale: float = 1.0) -> PyTree:
   """Base params with each adapted kernel replaced by ``W + scale · A @ B`` (pure; the ``merge_fn`` seam).
 
-  The sum is formed in float32 (``A @ B`` at highest matmul precision) and cast once to
-  ``W``'s dtype, so zero ``B`` gives ``W`` back exactly. Leaves not adapted are shared, not copied.
+  Stacked: ``A @ B`` is one batched matmul over the layers, [L, in, r] x [L, r, out]. The sum is
+  formed in float32 (``A @ B`` at highest matmul precision) and cast once to ``W``'s dtype, so
+  zero ``B`` gives ``W`` back exactly. Leaves not adapted are shared, not copied.
 
   Args:
     adapters: from :func:`init_lora` (or trained).
-    frozen: the base params.
+    frozen: the base params (layers stacked).
     scale: ``alpha / rank``.
   Returns:
     A params pytree of the base's layout and dtypes.
   """
-  layers = list(frozen["layers"])
-  for i, la in enumerate(adapters["layers"]):
-    lp = dict(layers[i])
-    for block, entries in la.items():
-      bp = dict(lp[block])
-      for name, ab in entries.items():
-        w = bp[name]["kernel"]
-        delta = jnp.matmul(ab["a"].astype(jnp.float32), ab["b"].astype(jnp.float32),
-                           precision=jax.lax.Precision.HIGHEST)
-        bp[name] = {**bp[name], "kernel": (w.astype(jnp.float32) + np.float32(scale) * delta).astype(w.dtype)}
-      lp[block] = bp
-    layers[i] = lp
+  layers = dict(frozen["layers"])
+  for block, entries in adapters["layers"].items():
+    bp = dict(layers[block])
+    for name, ab in entries.items():
+      w = bp[name]["kernel"]
+      delta = jnp.matmul(ab["a"].astype(jnp.float32), ab["b"].astype(jnp.float32),
+                         precision=jax.lax.Precision.HIGHEST)  # [L, in, out]
+      bp[name] = {**bp[name], "kernel": (w.astype(jnp.float32) + np.float32(scale) * delta).astype(w.dtype)}
+    layers[block] = bp
   return {**frozen, "layers": layers}
 
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscape import decode as decode_lib
+from jaxscape import engine as engine_lib
 from jaxscape import directions as directions_lib
 from jaxscape import metrics
 from jaxscape import perturb
@@ -125,7 +126,8 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
                   resume: bool = True, progress: bool = True, flags: dict | None = None,
                   mesh: jax.sharding.Mesh | None = None,
                   directions: tuple[list, list] | None = None, save_directions: bool | None = None,
-                  t_start: float | None = None, load_s: float | None = None) -> dict:
+                  t_start: float | None = None, load_s: float | None = None, engine: str = "continuous",
+                  decode_slots: int = 0, refill_interval: int = 4) -> dict:
   """Scan a landscape and write its results dir; returns the summary dict.
 
   Args:
@@ -148,7 +150,14 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
     save_directions: write the directions to ``out_dir/directions`` (default: random ones
       only, as their recipes; interpolation ones are model-sized, so only when True).
     t_start, load_s: process start (``time.perf_counter``) and model load time, for timings.
+    engine: "continuous" (``jaxscape.engine``: the (point, prompt) rows of a slice stream
+      through fixed decode slots, each refilled within ``refill_interval`` steps of its row's
+      end; decoding is factored per slot, prefill per ``strategy``) or "slices" (every row of a
+      slice decodes until the slice's last row ends: ``scan.decode_slice``).
+    decode_slots: the continuous engine's slots (0: ``engine.plan_engine``).
   """
+  if engine not in ("continuous", "slices"):
+    raise ValueError(f"unknown engine {engine!r}; expected continuous or slices")
   t_start = t_start or time.perf_counter()
   if spec.kind not in KINDS:
     raise ValueError(f"unknown kind {spec.kind!r}; expected one of {', '.join(KINDS)}")
@@ -208,11 +217,11 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
     answers = np.asarray(["ABCD".index(item["answer"]) for item in capability_set])
 
   identity = {
-      "model": results.fingerprint_tree(model.params),
-      "model_b": results.fingerprint_tree(model_b.params) if model_b else None,
-      "model_c": results.fingerprint_tree(model_c.params) if model_c else None,
+      "model": _fingerprint(model.params),
+      "model_b": _fingerprint(model_b.params) if model_b else None,
+      "model_c": _fingerprint(model_c.params) if model_c else None,
       "directions": results.fingerprint_json([r.to_json() for r in recipes if r is not None])
-      if recipes and all(r is not None for r in recipes) else results.fingerprint_tree(dirs),
+      if recipes and all(r is not None for r in recipes) else _fingerprint(dirs),
       "grid": results.fingerprint_json({"coeffs": grid.coeffs.tolist(), "kind": spec.kind}),
       "prompts": results.fingerprint_json(texts),
       "capability_set": results.fingerprint_json(capability_set) if want_capability else None,
@@ -241,10 +250,16 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
                         budget=memory_budget,
                         strategy=strategy, slice_size=slice_size, point_shards=mesh.shape["points"],
                         model_shards=mesh.shape["model"])
+  continuous = engine == "continuous" and want_safety
+  plan_engine = lambda plan: engine_lib.plan_engine(plan.slice_size // mesh.shape["points"] * len(texts), len(texts),
+                                                    strategy=plan.strategy, slots=decode_slots, interval=refill_interval)
+  espec = plan_engine(plan) if continuous else None
   if writer:
     print(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} device(s), {jax.process_count()} process(es)",
           file=sys.stderr)
     print(plan.describe(), file=sys.stderr)
+    if continuous:
+      print(espec.describe(), file=sys.stderr)
   if done:
     print(f"resuming: {len(done)} of {n_points} points already in {out_dir}", file=sys.stderr)
 
@@ -257,6 +272,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   if want_capability:
     mc_tokens, mc_mask, choice_ids = sharding_lib.put((mc_tokens, mc_mask, choice_ids), (rep, rep, rep))
   points_sharding = sharding_lib.points_sharding(mesh)
+  points_sharding_nd = lambda ndim: sharding_lib.points_sharding(mesh, ndim)
   max_steps, pad_id = np.int32(decode.max_new_tokens), np.int32(model.pad_id)
   static = dict(cfg=cfg, strategy=plan.strategy)
 
@@ -267,12 +283,26 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   shrunk = False
   while True:
     example = jax.ShapeDtypeStruct((P, n_dirs), jnp.float32, sharding=points_sharding)
-    gen_fn = mc_fn = chunk_fn = None
-    if want_safety and todo and not decode.stop_when_decided:
+    gen_fn = mc_fn = chunk_fn = interval_fn = None
+    espec = plan_engine(plan) if continuous else None
+    engine_args = (params, stacked, example, tokens_d, mask_d, pad_id, prefix_d)
+    if continuous and todo:
+      run_p, start_p, interval_p = engine_lib.programs(mesh, cfg=cfg, spec=espec, max_new_tokens=decode.max_new_tokens,
+                                                       eos_ids=model.eos_ids)
+      if not decode.stop_when_decided:
+        gen_fn = run_p.lower(*engine_args).compile()
+      else:  # the host-checked scan's two programs: its start and one refill interval
+        gen_fn = start_p.lower(*engine_args).compile()
+        per_device = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=points_sharding_nd(x.ndim))
+        state_shape, pre_shape = jax.tree.map(per_device, jax.eval_shape(start_p, *engine_args))
+        stop_shape = per_device(jax.ShapeDtypeStruct((mesh.shape["points"], espec.slots), jnp.bool_))
+        interval_fn = interval_p.lower(state_shape, stop_shape, *engine_args[:-1], pre_shape).compile()
+    elif want_safety and todo and not decode.stop_when_decided:
       gen_fn = scan.decode_slice.lower(params, stacked, example, tokens_d, mask_d, max_steps, pad_id, prefix_d,
                                        max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids,
                                        groups=groups, **static).compile()
-    if want_safety and todo and decode.stop_when_decided and (shrunk or plan.bytes_per_device > plan.budget // 2):
+    if (want_safety and todo and decode.stop_when_decided and not continuous
+        and (shrunk or plan.bytes_per_device > plan.budget // 2)):
       # The chunked programs compile during the scan; near the budget (or once XLA has shrunk
       # the plan), check the largest one now: a compile the scan does not reuse, so far below
       # the budget it is skipped.
@@ -283,7 +313,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
     if want_capability and todo:
       mc_fn = scan.choice_logits_slice.lower(params, stacked, example, mc_tokens, mc_mask, choice_ids,
                                              **static).compile()
-    compiled = [b for b in (scan.compiled_bytes(f) for f in (gen_fn, chunk_fn, mc_fn) if f is not None)
+    compiled = [b for b in (scan.compiled_bytes(f) for f in (gen_fn, chunk_fn, mc_fn, interval_fn) if f is not None)
                 if b is not None]
     del chunk_fn  # only its size was needed
     compiled_bytes = max(compiled) if compiled else None
@@ -314,7 +344,13 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   def step(coeffs):
     c = sharding_lib.put(coeffs, points_sharding)
     mc = mc_fn(params, stacked, c, mc_tokens, mc_mask, choice_ids) if mc_fn else None
-    if want_safety and decode.stop_when_decided:
+    if continuous:
+      gen = engine_lib.decode_rows(
+          params, stacked, c, tokens_d, mask_d, model.pad_id, prefix_d, cfg=cfg, spec=espec,
+          max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids,
+          is_decided=is_decided if decode.stop_when_decided else None, to_host=sharding_lib.to_host, mesh=mesh,
+          compiled=(None, gen_fn, interval_fn) if decode.stop_when_decided else (gen_fn, None, None))
+    elif want_safety and decode.stop_when_decided:
       toks, lens, nonfin, truncated = scan.decode_until_decided(
           params, stacked, coeffs, tokens_d, mask_d, model.pad_id, prefix_d, cfg=cfg,
           max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids, strategy=plan.strategy,
@@ -340,6 +376,8 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
     for j, pid in enumerate(ids):
       rec = {"point": pid}
       if toks is not None:
+        if "decode_row_steps" in gen and j == 0:
+          row_steps[0] += int(gen["decode_row_steps"])
         gens = [decode_lib.decode_text(tok, row, model.eos_ids) for row in toks[j]]
         rec.update(generations=gens, lengths=lens[j].tolist(), asr=metrics.asr(gens),
                    nonfinite=bool(nonfin[j].any()))
@@ -354,6 +392,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
       results.save_slice(out_dir, records)
     done.update(records)
 
+  row_steps = [0]  # decoding row-steps (continuous engine): slots x steps run
   slices = [todo[i:i + P] for i in range(0, len(todo), P)]
   t0 = time.perf_counter()
   scan.run_slices(step, slices, grid.coeffs, slice_size=P, on_result=on_result, progress=progress and writer)
@@ -364,11 +403,13 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   summary["timings"] = {"total_s": None, "load_s": load_s, "directions_s": directions_s, "compile_s": compile_s,
                         "scan_s": scan_s, "points_computed": len(todo), "points": n_points,
                         "tokens_generated": int(sum(sum(done[i].get("lengths", [])) for i in todo)),
+                        "decode_row_steps": row_steps[0] if continuous else None,
                         "prompt_tokens": int(full_mask.sum()) * len(todo),
                         "useful_flops": _useful_flops(cfg, full_mask.sum(1), lengths, prefix_len),
                         "useful_kv_bytes": _useful_kv_bytes(cfg, full_mask.sum(1), lengths, prefix_len)}
   summary.update(
-      fingerprints=identity, plan={"strategy": plan.strategy, "slice_size": plan.slice_size},
+      fingerprints=identity, plan={"strategy": plan.strategy, "slice_size": plan.slice_size, "engine": engine,
+                                   **(dataclasses.asdict(espec) if continuous else {})},
       n_prompts=len(texts), max_new_tokens=decode.max_new_tokens, prompt_format=decode.prompt_format,
       system_prompt=decode.system_prompt, model_type=cfg.model_type, compute_dtype=cfg.compute_dtype,
       directions=[r.to_json() if r is not None else {"kind": "interpolation"} for r in recipes],
@@ -385,6 +426,13 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   if writer:
     results.atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
   return summary
+
+
+def _fingerprint(tree) -> str:
+  """``results.fingerprint_tree`` of the per-layer view (``convert.unstack_layers``): a results dir
+  written before the layers were stacked keeps its fingerprint, so it still resumes."""
+  from jaxscape import convert
+  return results.fingerprint_tree(convert.unstack_layers(jax.tree.map(np.asarray, tree)))
 
 
 def _stack_owned(dirs: list) -> Any:

@@ -84,6 +84,21 @@ def at_point(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, *, strateg
   raise ValueError(f"unknown strategy {strategy!r}; expected 'materialize' or 'factored'")
 
 
+def layer_slice(layers: PyTree, i: jax.Array) -> PyTree:
+  """Layer ``i`` (int32 scalar, traced) of a tree of stacked ``[L, ...]`` layer weights.
+
+  A :class:`Factored` leaf keeps its coefficients and gives its base's slice ``[i]`` and its
+  directions' ``[:, i]`` (stacked directions are ``[n, L, ...]``), so a factored point is never
+  materialized to index it.
+  """
+  def one(w):
+    if isinstance(w, Factored):
+      return Factored(jax.lax.dynamic_index_in_dim(w.base, i, 0, keepdims=False),
+                      jax.lax.dynamic_index_in_dim(w.dirs, i, 1, keepdims=False), w.coeffs)
+    return jax.lax.dynamic_index_in_dim(w, i, 0, keepdims=False)
+  return jax.tree.map(one, layers, is_leaf=lambda w: isinstance(w, Factored))
+
+
 # ---------------------------------------------------------------- weight helpers
 # The model calls these for every weight use, so a plain array and a Factored leaf
 # go through the same code.
@@ -115,7 +130,17 @@ def _directions_delta(x: jax.Array, w: Factored, spec: str) -> jax.Array:
   n, dtype = w.dirs.shape[0], x.dtype
   xs = jnp.broadcast_to(x, (n,) + x.shape)
   yd = jnp.einsum(spec, xs, w.dirs.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
-  return jnp.tensordot(w.coeffs.astype(dtype), yd, axes=1)
+  return _weighted_sum(w.coeffs.astype(dtype), yd)
+
+
+def _weighted_sum(coeffs: jax.Array, ys: jax.Array) -> jax.Array:
+  """Σᵢ coeffs[i]·ys[i] over the leading axis, a zero coefficient adding exactly 0.
+
+  A direction's product may overflow (``x·Dᵢ`` = inf) where the weight itself does not
+  (``0·Dᵢ`` = 0): the factored point must then be the materialized one, θ, not 0·inf = NaN.
+  """
+  c = coeffs.reshape(coeffs.shape + (1,) * (ys.ndim - 1))
+  return jnp.where(c == 0, jnp.zeros((), ys.dtype), c * ys).sum(0)
 
 
 def matmul(x: jax.Array, w, dtype) -> jax.Array:
@@ -173,7 +198,7 @@ def take_rows(table, ids: jax.Array, dtype) -> jax.Array:
     return table[ids].astype(dtype)
   rows = table.base[ids].astype(jnp.float32)
   drows = table.dirs[:, ids].astype(jnp.float32)  # [n, *ids.shape, D]
-  return (rows + jnp.tensordot(table.coeffs.astype(jnp.float32), drows, axes=1)).astype(dtype)
+  return (rows + _weighted_sum(table.coeffs.astype(jnp.float32), drows)).astype(dtype)
 
 
 def matmul_transposed(x: jax.Array, table, dtype) -> jax.Array:

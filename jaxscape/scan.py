@@ -88,7 +88,10 @@ def _per_point(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, strategy
   if strategy == "materialize":
     weights = jax.vmap(lambda c: perturb.materialize(params, stacked_dirs, c))(coeffs)
     if jnp.dtype(compute_dtype).itemsize < 4:
-      weights = jax.tree.map(lambda w: w.astype(compute_dtype) if w.ndim > 2 else w, weights)  # [P, ...] matrices
+      # [P, ...] matrices only; vectors (norm scales, biases) keep float32. Layer leaves have [P, L, ...].
+      cast = lambda tree, vector_ndim: jax.tree.map(
+          lambda w: w.astype(compute_dtype) if w.ndim > vector_ndim else w, tree)
+      weights = {k: cast(v, 3 if k == "layers" else 2) for k, v in weights.items()}
     return lambda fn, *batched: jax.vmap(fn)(weights, *batched)
   if strategy == "factored":
     return lambda fn, *batched: jax.vmap(lambda c, *b: fn(perturb.factored(params, stacked_dirs, c), *b))(
@@ -189,11 +192,12 @@ def compact_state(state: decode_lib.DecodeState, point_idx: jax.Array, row_idx: 
   state = decode_lib.merge_groups(state)
   prefix_cache = jax.tree.map(  # per point, not per row
       lambda x: per_device(x, lambda xb: jax.vmap(lambda xd, pd: xd[pd])(xb, point_idx)), state.prefix_cache)
-  state = jax.tree.map(
-      lambda x: per_device(x, lambda xb: jax.vmap(lambda xd, pd, rd: xd[pd[:, None], rd])(xb, point_idx,
-                                                                                        rows_by_device)),
-      state.replace(prefix_cache=None))
-  return state.replace(done=state.done | ~keep, prefix_cache=prefix_cache)
+  gather_rows = lambda x: per_device(x, lambda xb: jax.vmap(lambda xd, pd, rd: xd[pd[:, None], rd])(
+      xb, point_idx, rows_by_device))
+  # Cache leaves are [P, L, B, ...] (layers stacked): rows are gathered along axis 2.
+  cache = jax.tree.map(lambda x: jnp.moveaxis(gather_rows(jnp.moveaxis(x, 2, 1)), 1, 2), state.cache)
+  state = jax.tree.map(gather_rows, state.replace(prefix_cache=None, cache=()))
+  return state.replace(done=state.done | ~keep, prefix_cache=prefix_cache, cache=cache)
 
 
 # Compact the running rows when that cuts the batch (points x rows) by at least this fraction.

@@ -17,10 +17,11 @@ PyTree = Any
 POINTS = "points"
 MODEL = "model"
 
-# Regex on the param path -> spec; first match wins; default replicated. Kernels are
-# [in, out]: column-parallel for q/k/v/gate/up and the output head, row-parallel for o/down,
-# so each attention head and MLP unit lives on one model shard. The embedding is split
-# over the vocab.
+# Regex on the param path -> spec of one layer's tensor; first match wins; default replicated.
+# Kernels are [in, out]: column-parallel for q/k/v/gate/up and the output head, row-parallel for
+# o/down, so each attention head and MLP unit lives on one model shard. The embedding is split
+# over the vocab. Stacked layer leaves (``layers/attn/q/kernel`` [L, in, out]) get the spec
+# behind a leading None: the layer axis is never split (the layer scan reads one slice per step).
 PARAM_RULES: tuple[tuple[str, P], ...] = (
     (r"attn/(q|k|v)/kernel$", P(None, MODEL)),
     (r"attn/(q|k|v)/bias$", P(MODEL)),
@@ -121,18 +122,29 @@ def _path_str(path) -> str:
   return "/".join(parts)
 
 
+def is_stacked(path) -> bool:
+  """Whether a params key path is a stacked layer leaf (``layers/<name>/...``, leading axis = layer)."""
+  keys = [getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path]
+  return len(keys) > 1 and keys[0] == "layers" and not isinstance(keys[1], int)
+
+
 def param_specs(params: PyTree, mesh: Mesh) -> PyTree:
-  """PartitionSpec per leaf from :data:`PARAM_RULES` (replicated where a dim does not divide)."""
+  """PartitionSpec per leaf from :data:`PARAM_RULES` (replicated where a dim does not divide).
+
+  Stacked layer leaves [L, ...] get ``P(None, *spec)``: the layer axis stays whole.
+  """
   model_size = mesh.shape[MODEL]
 
   def spec(path, leaf):
     if model_size == 1:
       return P()
+    lead = 1 if is_stacked(path) else 0
     name = _path_str(path)
     for pattern, s in PARAM_RULES:
       if re.search(pattern, name):
-        ok = all(ax is None or leaf.shape[i] % model_size == 0 for i, ax in enumerate(s))
-        return s if ok else P()
+        ok = len(leaf.shape) == lead + len(s) and all(
+            ax is None or leaf.shape[lead + i] % model_size == 0 for i, ax in enumerate(s))
+        return P(*([None] * lead), *s) if ok else P()
     return P()
 
   return jax.tree_util.tree_map_with_path(spec, params)

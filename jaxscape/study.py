@@ -199,10 +199,15 @@ def _check_compatible(out_dir: str, model_dir: str, params: Any, spec: StudySpec
 
   Only ``runs`` may differ (adding runs to a finished study reuses the others).
   """
-  from jaxscape import results
+  import jax
+
+  from jaxscape import convert, results
   settings = {k: v for k, v in dataclasses.asdict(spec).items() if k != "runs"}
   settings["buckets"] = list(settings["buckets"])
-  want = {"model": os.path.abspath(model_dir), "model_weights": results.fingerprint_tree(params),
+  # Fingerprinted per layer (the former layout): study dirs written before layers were stacked
+  # keep their fingerprint. Host views, so no slicing program is compiled.
+  per_layer = convert.unstack_layers(jax.tree.map(np.asarray, params))
+  want = {"model": os.path.abspath(model_dir), "model_weights": results.fingerprint_tree(per_layer),
           "settings": settings}
   path = os.path.join(out_dir, "study.json")
   if os.path.isfile(path):

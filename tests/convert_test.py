@@ -66,12 +66,48 @@ def test_bf16_file_widens_exactly(tiny_dir):
   cfg, params = convert.load_hf(d)
   assert cfg.param_dtype == "bfloat16" and cfg.compute_dtype == "float32"
   np.testing.assert_array_equal(params["embed"]["embedding"], raw["model.embed_tokens.weight"].astype(np.float32))
-  np.testing.assert_array_equal(params["layers"][1]["attn"]["q"]["kernel"],
+  np.testing.assert_array_equal(params["layers"]["attn"]["q"]["kernel"][1],
                                 raw["model.layers.1.self_attn.q_proj.weight"].astype(np.float32).T)
   back = convert.params_to_hf(params, cfg)
   assert sorted(back) == sorted(raw)
   for k in raw:
     assert back[k].tobytes() == raw[k].tobytes(), k
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_layers_load_stacked_and_export_per_layer(name, tiny_dir, tmp_path):
+  """Every HF tensor is one slice of a stacked [L, ...] leaf; export writes the slices back under their names."""
+  d = tiny_dir(name)
+  raw = convert.read_safetensors(d)
+  cfg, params = convert.load_hf(d)
+  L = cfg.num_layers
+  assert isinstance(params["layers"], dict)
+  for leaf in jax.tree.leaves(params["layers"]):
+    assert leaf.shape[0] == L and isinstance(leaf, np.ndarray) and leaf.dtype == np.float32
+  assert params["layers"]["attn"]["q"]["kernel"].shape == (L, cfg.hidden_size, cfg.num_heads * cfg.head_dim)
+  assert params["layers"]["mlp_norm"]["scale"].shape == (L, cfg.hidden_size)
+  for hf_name, (path, to_ours, _) in convert.name_table(cfg).items():
+    np.testing.assert_array_equal(convert.get_tensor(params, path), to_ours(raw[hf_name]), err_msg=hf_name)
+  if cfg.attention_bias:
+    np.testing.assert_array_equal(params["layers"]["attn"]["k"]["bias"][1], raw["model.layers.1.self_attn.k_proj.bias"])
+  back = convert.params_to_hf(params, cfg)
+  assert sorted(back) == sorted(raw)
+  for k in raw:
+    assert back[k].dtype == raw[k].dtype and back[k].tobytes() == raw[k].tobytes(), k
+  # The former per-layer layout exports to the same file, and the helpers map between the two.
+  old = convert.unstack_layers(params)
+  assert isinstance(old["layers"], list) and len(old["layers"]) == L
+  np.testing.assert_array_equal(old["layers"][1]["attn"]["q"]["kernel"], params["layers"]["attn"]["q"]["kernel"][1])
+  for k, v in convert.params_to_hf(old, cfg).items():
+    assert v.tobytes() == raw[k].tobytes(), k
+  _assert_trees_equal(convert.stack_layers(old), params)
+  assert convert.stack_layers(params) is params and convert.unstack_layers(old) is old
+  m = convert.load_model(d)  # placed on the device, same values
+  _assert_trees_equal(jax.tree.map(np.asarray, m.params), params)
+  abstract = convert.abstract_params(cfg)
+  assert jax.tree.map(lambda s: s.shape, abstract) == jax.tree.map(np.shape, params)
+  one = convert.unstack_layers(abstract)["layers"]
+  assert len(one) == L and jax.tree.map(lambda s: s.shape, one[0]) == jax.tree.map(np.shape, old["layers"][0])
 
 
 def test_name_table_covers_families(tiny_dir):
@@ -125,6 +161,12 @@ def test_missing_or_misshaped_tensor_is_value_error(tiny_dir, tmp_path):
             os.path.join(d, convert.SAFETENSORS))
   with pytest.raises(ValueError, match="lacks 1 tensor"):
     convert.load_hf(d)
+  tensors["model.layers.1.mlp.up_proj.weight"] = np.ones((5, 64), np.float32)
+  save_file(tensors, os.path.join(d, convert.SAFETENSORS))
+  with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight has shape \(64, 5\), config.json "
+                                       r"implies \(64, 128\)"):
+    convert.load_hf(d)
+  tensors = load_file(os.path.join(src, convert.SAFETENSORS))
   tensors["model.norm.weight"] = np.ones(3, np.float32)
   save_file(tensors, os.path.join(d, convert.SAFETENSORS))
   with pytest.raises(ValueError, match=r"model\.norm\.weight has shape \(3,\)"):
@@ -195,6 +237,26 @@ def test_convert_to_orbax_dir_and_load(tiny_dir, tmp_path, monkeypatch):
     convert.convert(src, "checkpoints/tiny")
   convert.convert(tiny_dir("qwen2-untied"), "checkpoints/tiny", overwrite=True)
   assert "lm_head" in convert.load_model("checkpoints/tiny").params
+
+
+def test_converted_dir_of_the_former_layout_loads_stacked(tiny_dir, tmp_path):
+  """A converted dir saved while layers were a list of per-layer dicts is stacked on load."""
+  src = tiny_dir("qwen2")
+  ref = convert.load_model(src)
+  out = convert.convert(src, str(tmp_path / "old"))
+  assert not checkpoint.saved_layers_are_list(os.path.join(out, convert.ORBAX_DIR))  # new dirs: stacked
+  # What the former convert wrote: the same params, layers as a list.
+  old = convert.unstack_layers(jax.tree.map(np.asarray, ref.params))
+  checkpoint.save_params(os.path.join(out, convert.ORBAX_DIR), old, overwrite=True)
+  assert checkpoint.saved_layers_are_list(os.path.join(out, convert.ORBAX_DIR))
+  m = convert.load_model(out)
+  assert isinstance(m.params["layers"], dict)
+  _assert_trees_equal(jax.tree.map(np.asarray, m.params), jax.tree.map(np.asarray, ref.params))
+  # A list-layout dir that does not fit config.json: one line naming the difference.
+  old["layers"] = old["layers"][:1]
+  checkpoint.save_params(os.path.join(out, convert.ORBAX_DIR), old, overwrite=True)
+  with pytest.raises(ValueError, match="the saved params do not match config.json"):
+    convert.load_model(out)
 
 
 def test_save_hf_from_converted_model_keeps_tokenizer(tiny_dir, tmp_path):

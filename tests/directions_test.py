@@ -1,7 +1,11 @@
-"""Tests for jaxscape.directions: random/interpolation directions, grid axes, storage."""
+"""Tests for jaxscape.directions: random/interpolation directions (stacked layers), grid axes, storage."""
 
+import functools
 import json
 import os
+import re
+import subprocess
+import sys
 import zlib
 
 import jax
@@ -20,42 +24,68 @@ def _strict_rank_promotion():
     yield
 
 
-def make_params(seed=0, *, tied=False, bias=False, dtype=np.float32, layers=2):
-  """Tiny params tree following the jaxscape.model layout."""
+def make_params(seed=0, *, tied=False, bias=False, dtype=np.float32, layers=2, stacked=True, dims=None):
+  """Tiny params tree following the jaxscape.model layout: layers stacked, or (``stacked=False``)
+  the former per-layer list. ``dims``: (V, D, H*HD, K*HD, F) instead of the tiny defaults."""
+  v, d, hq, hk, f = dims or (V, D, H * HD, K * HD, F)
   rng = np.random.default_rng(seed)
   a = lambda *s: jnp.asarray(rng.normal(size=s), dtype)
 
   def lin(i, o):
-    d = {"kernel": a(i, o)}
+    x = {"kernel": a(i, o)}
     if bias:
-      d["bias"] = a(o)
-    return d
+      x["bias"] = a(o)
+    return x
 
+  per_layer = [{
+      "attn_norm": {"scale": a(d)},
+      "attn": {"q": lin(d, hq), "k": lin(d, hk), "v": lin(d, hk), "o": {"kernel": a(hq, d)}},
+      "mlp_norm": {"scale": a(d)},
+      "mlp": {"gate": {"kernel": a(d, f)}, "up": {"kernel": a(d, f)}, "down": {"kernel": a(f, d)}},
+  } for _ in range(layers)]
   p = {
-      "embed": {"embedding": a(V, D)},
-      "layers": [{
-          "attn_norm": {"scale": a(D)},
-          "attn": {"q": lin(D, H * HD), "k": lin(D, K * HD), "v": lin(D, K * HD),
-                   "o": {"kernel": a(H * HD, D)}},
-          "mlp_norm": {"scale": a(D)},
-          "mlp": {"gate": {"kernel": a(D, F)}, "up": {"kernel": a(D, F)}, "down": {"kernel": a(F, D)}},
-      } for _ in range(layers)],
-      "final_norm": {"scale": a(D)},
+      "embed": {"embedding": a(v, d)},
+      "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer) if stacked else per_layer,
+      "final_norm": {"scale": a(d)},
   }
   if not tied:
-    p["lm_head"] = {"kernel": a(D, V)}
+    p["lm_head"] = {"kernel": a(d, v)}
   return p
+
+
+def unstack(tree):
+  """The former per-layer list layout of a stacked tree."""
+  layers = tree["layers"]
+  n = jax.tree.leaves(layers)[0].shape[0]
+  return {**tree, "layers": [jax.tree.map(lambda x, i=i: x[i], layers) for i in range(n)]}
+
+
+def stack(tree):
+  return {**tree, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *tree["layers"])}
 
 
 def flat(tree):
   return dict(zip(dl.leaf_paths(tree), jax.tree.leaves(tree)))
 
 
+def per_layer(tree):
+  """Per-layer path (``layers/{i}/...``) -> tensor, for a stacked tree."""
+  return flat(unstack(tree))
+
+
 def assert_trees_equal(a, b):
   assert dl.leaf_paths(a) == dl.leaf_paths(b)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     assert np.asarray(x).dtype == np.asarray(y).dtype
-    assert np.array_equal(np.asarray(x), np.asarray(y))
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(params=["fused", "per_tensor"])
+def path_kind(request, monkeypatch):
+  """Run a test on both ways of drawing: the fused small-tree path and tensor by tensor."""
+  if request.param == "per_tensor":
+    monkeypatch.setattr(dl, "FUSED_MAX_VALUES", 0)
+  return request.param
 
 
 # ------------------------------------------------------------------------------- paths
@@ -65,45 +95,138 @@ def test_leaf_paths_and_index():
   p = make_params(bias=True)
   paths = dl.leaf_paths(p)
   assert len(paths) == len(jax.tree.leaves(p))
-  for want in ("embed/embedding", "layers/0/attn/q/kernel", "layers/1/attn/q/bias", "layers/1/mlp/down/kernel",
-               "final_norm/scale", "lm_head/kernel", "layers/0/attn_norm/scale"):
+  for want in ("embed/embedding", "layers/attn/q/kernel", "layers/attn/q/bias", "layers/mlp/down/kernel",
+               "final_norm/scale", "lm_head/kernel", "layers/attn_norm/scale"):
     assert want in paths
   assert paths[0] == "embed/embedding"  # sorted dict keys, flatten order
+  assert dl.is_stacked("layers/attn/q/kernel") and not dl.is_stacked("layers/0/attn/q/kernel")
+  assert not dl.is_stacked("embed/embedding") and not dl.is_stacked("layers")
+  assert dl.slice_paths("layers/attn/q/kernel", 2) == ["layers/0/attn/q/kernel", "layers/1/attn/q/kernel"]
+  assert dl.slice_paths("lm_head/kernel", 1) == ["lm_head/kernel"]
+  assert "layers/1/attn/q/bias" in dl.leaf_paths(make_params(bias=True, stacked=False))  # the former layout
   assert dl.path_index("layers/0/attn/q/kernel") == zlib.crc32(b"layers/0/attn/q/kernel")
   assert dl.path_index("layers/0/attn/q/kernel") != dl.path_index("layers/1/attn/q/kernel")
+
+
+def test_host_keys_match_jax():
+  for seed in (0, 1, 123, -1, 2**31 - 1, -2**31, 2**31, 2**32 + 5, 2**40, -2**40, 2**63 - 1):
+    np.testing.assert_array_equal(dl._seed_key(seed), np.asarray(jax.random.PRNGKey(seed)), err_msg=str(seed))
+  key = jax.random.fold_in(jax.random.PRNGKey(9), np.uint32(4))
+  data = [0, 1, 7, 2**31, 2**32 - 1, zlib.crc32(b"layers/3/mlp/up/kernel")]
+  want = np.stack([np.asarray(jax.random.fold_in(key, np.uint32(x))) for x in data])
+  np.testing.assert_array_equal(dl._fold_in(np.asarray(key), data), want)
 
 
 # ---------------------------------------------------------------------- random directions
 
 
+# The draw before layers were stacked, verbatim: one jitted program per per-layer tensor.
+def _old_normalize(d, w, path, norm):
+  if norm == "none":
+    return d
+  if norm == "filter" and d.ndim >= 2:
+    if path.split("/")[-1] == "embedding":
+      axes = tuple(range(1, d.ndim))
+    else:
+      axes = tuple(range(d.ndim - 1))
+  else:
+    axes = None
+  d_norm = jnp.sqrt(jnp.sum(jnp.square(d), axis=axes, keepdims=True))
+  w_norm = jnp.sqrt(jnp.sum(jnp.square(w.astype(jnp.float32)), axis=axes, keepdims=True))
+  return d / jnp.where(d_norm > 0, d_norm, 1.0) * w_norm
+
+
+@functools.partial(jax.jit, static_argnames=("norm", "path"))
+def _old_random_leaf(w, key, *, norm, path):
+  return _old_normalize(jax.random.normal(key, w.shape, jnp.float32), w, path, norm)
+
+
+def old_random_direction(params, *, seed, index=0, norm="layer", exclude=("norm",)):
+  """The former per-layer algorithm, on params in the former layout (layers a list)."""
+  exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), np.uint32(index))
+  leaves = []
+  for p, w in jax.tree_util.tree_flatten_with_path(params)[0]:
+    path = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p)
+    if any(re.search(pat, path) for pat in exclude):
+      leaves.append(jnp.zeros(w.shape, jnp.float32))
+      continue
+    npath = "embedding" if norm == "filter" and path.split("/")[-1] == "embedding" else ""
+    leaves.append(_old_random_leaf(w, jax.random.fold_in(key, np.uint32(zlib.crc32(path.encode()))), norm=norm,
+                                   path=npath))
+  return jax.tree_util.tree_unflatten(jax.tree.structure(params), leaves)
+
+
+TOY_DIMS = (2048, 128, 128, 128, 384)  # checkpoints/toy-chat: its reductions take another code path than tiny ones
+# Slices of 4032 to 4160 values, around the fused path's smallest slice (dl.FUSED_MIN_SLICE).
+BOUNDARY_DIMS = (64, 64, 64, 63, 65)
+
+
+@pytest.mark.parametrize("norm", ["layer", "filter", "none"])
+@pytest.mark.parametrize("case", ["tiny", "tiny-bf16-bias-tied", "toy", "boundary-bf16"])
+def test_bit_identical_to_the_former_per_layer_draw(norm, case, path_kind):
+  kw = {"tiny": {}, "tiny-bf16-bias-tied": dict(dtype=jnp.bfloat16, bias=True, tied=True, layers=3),
+        "toy": dict(dims=TOY_DIMS, layers=4), "boundary-bf16": dict(dims=BOUNDARY_DIMS, dtype=jnp.bfloat16)}[case]
+  stacked = make_params(7, **kw)
+  listed = unstack(stacked)
+  for exclude in (("norm",), ("layers/0/", r"attn/q", "final_norm"), ()):
+    want = old_random_direction(listed, seed=123, index=1, norm=norm, exclude=exclude)
+    got = dl.random_direction(stacked, seed=123, index=1, norm=norm, exclude=exclude)
+    assert jax.tree.structure(got) == jax.tree.structure(stacked)
+    for (path, x), y in zip(flat(stack(want)).items(), jax.tree.leaves(got)):
+      assert y.dtype == jnp.float32
+      np.testing.assert_array_equal(np.asarray(y), np.asarray(x), err_msg=f"{path} {exclude}")
+    # The former layout still works, leaf for leaf the same.
+    assert_trees_equal(dl.random_direction(listed, seed=123, index=1, norm=norm, exclude=exclude), want)
+
+
+def test_small_tree_is_drawn_by_two_programs():
+  """The fused path compiles two programs (hash, sums) whatever the number of tensors: first calls stay fast."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("the fused path is XLA:CPU's")
+  compiles = []
+  listener = lambda name, secs, **kw: compiles.append(name) if name.endswith("backend_compile_duration") else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    p = make_params(3, dims=(128, 64, 64, 64, 96), layers=3)  # shapes no other test uses, slices >= 4096
+    jax.block_until_ready(p)
+    compiles.clear()
+    d = dl.random_direction(p, seed=1, norm="filter")
+    jax.block_until_ready(d)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert len(compiles) <= 2, compiles
+
+
 @pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16])
-def test_layer_norm_matches_weight_norm(dtype):
+def test_layer_norm_matches_weight_norm_per_layer(dtype):
   p = make_params(dtype=dtype, bias=True)
   d = dl.random_direction(p, seed=3)
   assert jax.tree.structure(d) == jax.tree.structure(p)
-  fp, fd = flat(p), flat(d)
+  fp, fd = per_layer(p), per_layer(d)
+  assert "layers/1/attn/q/kernel" in fd
   for path, w in fp.items():
     x = np.asarray(fd[path])
     assert x.dtype == np.float32 and x.shape == w.shape, path
     if "norm" in path:
       assert not x.any(), path
-    else:
+    else:  # one norm per layer slice
       w32 = np.asarray(w, np.float32)
       np.testing.assert_allclose(np.linalg.norm(x), np.linalg.norm(w32), rtol=1e-5, err_msg=path)
       assert not np.allclose(x / np.linalg.norm(x), w32 / np.linalg.norm(w32))  # random, not w itself
 
 
-def test_filter_norm_per_output_unit():
+def test_filter_norm_per_output_unit(path_kind):
   p = make_params(bias=True)
-  d = flat(dl.random_direction(p, seed=1, norm="filter"))
-  for path, w in flat(p).items():
+  d = per_layer(dl.random_direction(p, seed=1, norm="filter"))
+  for path, w in per_layer(p).items():
     x, w = np.asarray(d[path]), np.asarray(w)
     if "norm" in path:
       assert not x.any()
     elif path == "embed/embedding":  # [V, D]: per vocab entry (row)
       np.testing.assert_allclose(np.linalg.norm(x, axis=1), np.linalg.norm(w, axis=1), rtol=1e-5)
       assert not np.allclose(np.linalg.norm(x, axis=0), np.linalg.norm(w, axis=0), rtol=1e-3)
-    elif w.ndim == 2:  # kernels [in, out]: per column
+    elif w.ndim == 2:  # kernels [in, out] of one layer: per column
       np.testing.assert_allclose(np.linalg.norm(x, axis=0), np.linalg.norm(w, axis=0), rtol=1e-5, err_msg=path)
       assert not np.allclose(np.linalg.norm(x, axis=1), np.linalg.norm(w, axis=1), rtol=1e-3), path
     else:  # biases: whole tensor
@@ -111,45 +234,57 @@ def test_filter_norm_per_output_unit():
       np.testing.assert_allclose(np.linalg.norm(x), np.linalg.norm(w), rtol=1e-5, err_msg=path)
 
 
-def test_none_norm_is_documented_key_derivation():
+def test_none_norm_is_documented_key_derivation(path_kind):
   p = make_params()
   seed, index = 7, 2
-  d = flat(dl.random_direction(p, seed=seed, index=index, norm="none", exclude=()))
+  d = per_layer(dl.random_direction(p, seed=seed, index=index, norm="none", exclude=()))
   base = jax.random.fold_in(jax.random.PRNGKey(seed), index)
-  for path, w in flat(p).items():
+  for path, w in per_layer(p).items():  # the key of layer i's slice: its per-layer path
     key = jax.random.fold_in(base, np.uint32(zlib.crc32(path.encode())))
-    np.testing.assert_allclose(d[path], jax.random.normal(key, w.shape, jnp.float32), rtol=1e-6, atol=1e-6,
-                               err_msg=path)
+    np.testing.assert_array_equal(d[path], jax.random.normal(key, w.shape, jnp.float32), err_msg=path)
 
 
-def test_leaf_draw_does_not_depend_on_other_leaves():
+def test_leaf_draw_does_not_depend_on_other_leaves(path_kind):
   untied, tied = make_params(), make_params(tied=True)
   du, dt = flat(dl.random_direction(untied, seed=5)), flat(dl.random_direction(tied, seed=5))
   assert "lm_head/kernel" in du and "lm_head/kernel" not in dt
   for path in dt:
-    assert np.array_equal(du[path], dt[path]), path
+    np.testing.assert_array_equal(du[path], dt[path], err_msg=path)
   # Dropping a layer changes nothing in the remaining one.
   d1 = flat(dl.random_direction(make_params(layers=1), seed=5))
-  assert np.array_equal(d1["layers/0/mlp/up/kernel"], du["layers/0/mlp/up/kernel"])
+  np.testing.assert_array_equal(d1["layers/mlp/up/kernel"][0], du["layers/mlp/up/kernel"][0])
 
 
-def test_regeneration_bit_identical_and_index_seed_differ():
+def test_regeneration_bit_identical_and_index_seed_differ(path_kind):
   p = make_params()
   a = dl.random_direction(p, seed=11, index=0)
   assert_trees_equal(a, dl.random_direction(p, seed=11, index=0))
   for other in (dl.random_direction(p, seed=11, index=1), dl.random_direction(p, seed=12, index=0)):
-    fa, fo = flat(a), flat(other)
+    fa, fo = per_layer(a), per_layer(other)
     for path in fa:
       if "norm" not in path:
         assert not np.allclose(fa[path], fo[path]), path
+  # Layers are independent draws, not copies of one.
+  q = np.asarray(a["layers"]["attn"]["q"]["kernel"])
+  assert not np.allclose(q[0], q[1])
 
 
-def test_exclude_patterns():
+def test_exclude_patterns(path_kind):
   p = make_params(bias=True)
-  d = flat(dl.random_direction(p, seed=0, exclude=(r"attn/q", r"^embed/")))
+  d = per_layer(dl.random_direction(p, seed=0, exclude=(r"attn/q", r"^embed/")))
   for path, x in d.items():
     zero = not np.asarray(x).any()
     assert zero == (path.startswith("layers/") and "/attn/q/" in path or path == "embed/embedding"), path
+  # Patterns see the per-layer paths: "layers/0/" zeroes layer 0's slice of every stacked leaf, only it.
+  d0 = dl.random_direction(p, seed=0, exclude=("layers/0/",))
+  full = dl.random_direction(p, seed=0, exclude=())
+  for path, x, y in zip(dl.leaf_paths(d0), jax.tree.leaves(d0), jax.tree.leaves(full)):
+    x, y = np.asarray(x), np.asarray(y)
+    if dl.is_stacked(path):
+      assert not x[0].any(), path
+      np.testing.assert_array_equal(x[1], y[1], err_msg=path)
+    else:
+      np.testing.assert_array_equal(x, y, err_msg=path)
   # A bare string is one pattern, not a set of characters.
   d2 = flat(dl.random_direction(p, seed=0, exclude="norm"))
   assert not d2["final_norm/scale"].any() and d2["lm_head/kernel"].any()
@@ -159,6 +294,8 @@ def test_exclude_patterns():
     dl.random_direction(p, seed=0, norm="unit")
   with pytest.raises(ValueError, match="index must be >= 0, got -1"):
     dl.random_direction(p, seed=0, index=-1)
+  everything = dl.random_direction(p, seed=0, exclude=("",))
+  assert not any(np.asarray(x).any() for x in jax.tree.leaves(everything))
 
 
 def test_random_direction_inside_jit():
@@ -185,7 +322,7 @@ def test_sharded_params_same_direction(axis_type):
   # The Gaussian draws themselves do not depend on sharding (threefry_partitionable).
   raw_s, raw = dl.random_direction(ps, seed=2, norm="none"), dl.random_direction(p, seed=2, norm="none")
   for x, y in zip(jax.tree.leaves(raw_s), jax.tree.leaves(raw)):
-    assert np.array_equal(x, y)
+    np.testing.assert_array_equal(x, y)
 
 
 # --------------------------------------------------------------------- orthogonalize
@@ -219,9 +356,11 @@ def test_interpolation_direction_and_mismatch():
     want = np.asarray(flat(b)[path], np.float32) - np.asarray(flat(a)[path], np.float32)
     assert x.dtype == jnp.float32 and np.array_equal(x, want), path
   bad = make_params(1)
-  bad["layers"][1]["mlp"]["up"]["kernel"] = jnp.zeros((D, F + 1))
-  with pytest.raises(ValueError, match=r"different architecture.*layers/1/mlp/up/kernel.*\(16, 24\).*\(16, 25\)"):
+  bad["layers"]["mlp"]["up"]["kernel"] = jnp.zeros((2, D, F + 1))
+  with pytest.raises(ValueError, match=r"different architecture.*layers/mlp/up/kernel.*\(2, 16, 24\).*\(2, 16, 25\)"):
     dl.interpolation_direction(make_params(0), bad)
+  with pytest.raises(ValueError, match=r"model b holds its layers as a per-layer list.*stack_layers"):
+    dl.interpolation_direction(make_params(0), make_params(1, stacked=False))
   with pytest.raises(ValueError, match="different architecture.*lm_head/kernel"):
     dl.interpolation_direction(make_params(0), make_params(1, tied=True))
 
@@ -385,8 +524,8 @@ def test_save_load_interpolation_orbax(tmp_path):
     assert_trees_equal(x, y)
 
   bad = make_params(0)
-  bad["layers"][0]["attn"]["o"]["kernel"] = jnp.zeros((H * HD + 1, D))
-  with pytest.raises(ValueError, match=r"do not match the model.*layers/0/attn/o/kernel.*\(17, 16\).*\(16, 16\)"):
+  bad["layers"]["attn"]["o"]["kernel"] = jnp.zeros((2, H * HD + 1, D))
+  with pytest.raises(ValueError, match=r"do not match the model.*layers/attn/o/kernel.*\(2, 17, 16\).*\(2, 16, 16\)"):
     dl.load_directions(out, bad)
   with pytest.raises(ValueError, match="do not match the model.*lm_head/kernel"):
     dl.load_directions(out, make_params(0, tied=True))
@@ -399,3 +538,23 @@ def test_check_matches():
     dl.check_matches(p, {**p, "embed": {"embedding": jnp.zeros((V, 8))}})
   with pytest.raises(ValueError, match="do not match the model"):
     dl.check_matches(p, make_params(layers=1))
+  with pytest.raises(ValueError, match=r"the direction holds its layers as a per-layer list \(layers/0/...\)"):
+    dl.check_matches(p, make_params(stacked=False))
+
+
+def test_interpolation_direction_saved_before_stacking_is_stacked_on_load(tmp_path):
+  """A direction saved while layers were a list (orbax, layers/0/...) loads as the stacked tree."""
+  a, b = make_params(0), make_params(1)
+  old = dl.interpolation_direction(unstack(a), unstack(b))  # what the former code saved
+  out = tmp_path / "dirs"
+  dl.save_directions(out, [old], [None])
+  assert "layers/0/attn/q/kernel" in dl.leaf_paths(old)
+  (loaded,), (recipe,) = dl.load_directions(out, a)
+  assert recipe is None and jax.tree.structure(loaded) == jax.tree.structure(a)
+  assert_trees_equal(loaded, dl.interpolation_direction(a, b))
+  # A stacked direction for a model in the former layout: refused, saying what differs.
+  new = tmp_path / "new"
+  dl.save_directions(new, [dl.interpolation_direction(a, b)], [None])
+  with pytest.raises(ValueError, match=r"do not match the model: the model holds its layers as a per-layer list.*"
+                                       r"stack_layers"):
+    dl.load_directions(new, unstack(a))

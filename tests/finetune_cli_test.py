@@ -61,8 +61,8 @@ def test_finetune_cli_lora_output_loads_in_jaxscape_and_transformers(lora_run, t
   assert not (out / finetune.TRAIN_STATE_DIR).exists()
   model, base = convert.load_model(str(out)), convert.load_model(tiny_dir("llama"))
   assert model.cfg == base.cfg and model.eos_ids == base.eos_ids
-  assert not np.array_equal(model.params["layers"][0]["attn"]["q"]["kernel"],
-                            base.params["layers"][0]["attn"]["q"]["kernel"])
+  assert not np.array_equal(model.params["layers"]["attn"]["q"]["kernel"][0],
+                            base.params["layers"]["attn"]["q"]["kernel"][0])
   np.testing.assert_array_equal(model.params["embed"]["embedding"], base.params["embed"]["embedding"])
   torch = pytest.importorskip("torch")
   import transformers

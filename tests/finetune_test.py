@@ -218,33 +218,90 @@ def test_merge_lora_with_zero_b_is_the_base_exactly(family):
   cfg = testing.tiny_config(family)
   params = init_params(cfg, jax.random.key(3), std=0.1)
   adapters = finetune.init_lora(params, cfg, 4, jax.random.key(0))
-  a = adapters["layers"][0]["attn"]["k"]
-  assert a["a"].shape == (64, 4) and a["b"].shape == (4, 2 * 16) and a["a"].dtype == jnp.float32
-  assert set(adapters["layers"][1]["mlp"]) == {"gate", "up", "down"}
+  a = adapters["layers"]["attn"]["k"]  # stacked like the params: [L, in, r], [L, r, out]
+  assert a["a"].shape == (2, 64, 4) and a["b"].shape == (2, 4, 2 * 16) and a["a"].dtype == jnp.float32
+  assert set(adapters["layers"]["mlp"]) == {"gate", "up", "down"}
   merged = finetune.merge_lora(adapters, params, scale=2.0)
   assert jax.tree.structure(merged) == jax.tree.structure(params)
   for x, y in zip(jax.tree.leaves(merged), jax.tree.leaves(params)):
     assert x.dtype == y.dtype
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  # Non-zero B: exactly the targeted kernels move, by scale * A @ B; biases and others are shared.
+  # Non-zero B: exactly the targeted kernels move, by scale * A @ B per layer; biases and others are shared.
   only_q = finetune.init_lora(params, cfg, 2, jax.random.key(0), targets=("q_proj",))
-  assert set(only_q["layers"][1]) == {"attn"} and set(only_q["layers"][1]["attn"]) == {"q"}
+  assert set(only_q["layers"]) == {"attn"} and set(only_q["layers"]["attn"]) == {"q"}
   # A (layer, target) draws the same A whatever the other targets.
   all_r2 = finetune.init_lora(params, cfg, 2, jax.random.key(0))
-  np.testing.assert_array_equal(only_q["layers"][1]["attn"]["q"]["a"], all_r2["layers"][1]["attn"]["q"]["a"])
-  only_q = jax.tree.map(lambda x: x + 0.5 if x.shape[0] == 2 else x, only_q)  # B = 0.5
+  np.testing.assert_array_equal(only_q["layers"]["attn"]["q"]["a"], all_r2["layers"]["attn"]["q"]["a"])
+  only_q = jax.tree.map(lambda x: x + 0.5 if x.shape[1] == 2 else x, only_q)  # B = 0.5
   moved = finetune.merge_lora(only_q, params, scale=0.25)
-  ab = only_q["layers"][1]["attn"]["q"]
-  want = params["layers"][1]["attn"]["q"]["kernel"] + 0.25 * np.asarray(ab["a"]) @ np.asarray(ab["b"])
-  np.testing.assert_allclose(moved["layers"][1]["attn"]["q"]["kernel"], want, rtol=1e-6, atol=1e-6)
-  assert moved["layers"][1]["attn"]["k"] is params["layers"][1]["attn"]["k"]
-  assert moved["embed"] is params["embed"]
+  ab = only_q["layers"]["attn"]["q"]
+  for i in range(cfg.num_layers):  # the batched matmul is one matmul per layer
+    want = params["layers"]["attn"]["q"]["kernel"][i] + 0.25 * np.asarray(ab["a"][i]) @ np.asarray(ab["b"][i])
+    np.testing.assert_allclose(moved["layers"]["attn"]["q"]["kernel"][i], want, rtol=1e-6, atol=1e-6)
+  assert moved["layers"]["attn"]["k"] is params["layers"]["attn"]["k"]
+  assert moved["layers"]["mlp"] is params["layers"]["mlp"] and moved["embed"] is params["embed"]
   if family == "qwen2":
-    assert moved["layers"][0]["attn"]["q"]["bias"] is params["layers"][0]["attn"]["q"]["bias"]
+    assert moved["layers"]["attn"]["q"]["bias"] is params["layers"]["attn"]["q"]["bias"]
   with pytest.raises(ValueError, match="rank"):
     finetune.init_lora(params, cfg, 0, jax.random.key(0))
   with pytest.raises(ValueError, match="qkv"):
     finetune.init_lora(params, cfg, 2, jax.random.key(0), targets=("qkv",))
+
+
+def test_init_lora_draws_what_the_per_layer_adapters_drew():
+  """Stacked adapters hold, layer by layer, the A the former one-dict-per-layer init drew (same keys)."""
+  cfg = testing.tiny_config("llama", num_layers=3)
+  params = init_params(cfg, jax.random.key(3))
+  key = jax.random.key(7)
+  got = finetune.init_lora(params, cfg, 4, key, targets=("k_proj", "down_proj"))
+  names = list(finetune.LORA_TARGETS)
+  for i in range(cfg.num_layers):
+    for t in ("k_proj", "down_proj"):
+      block, name = finetune.LORA_TARGETS[t]
+      n_in = params["layers"][block][name]["kernel"].shape[1]
+      k = jax.random.fold_in(key, i * len(names) + names.index(t))
+      want = jax.random.normal(k, (n_in, 4), jnp.float32) / np.float32(np.sqrt(n_in))
+      np.testing.assert_array_equal(got["layers"][block][name]["a"][i], want)
+      assert not np.asarray(got["layers"][block][name]["b"][i]).any()
+
+
+def test_lora_loss_equals_the_loss_of_the_merged_weights():
+  """The merge_fn path gives the loss of W + scale * A @ B formed layer by layer (the model sees plain weights)."""
+  cfg, examples = _toy_setup(4)
+  cfg = dataclasses.replace(cfg, num_layers=2)
+  params = init_params(cfg, jax.random.key(0), std=0.1)
+  adapters = finetune.init_lora(params, cfg, 2, jax.random.key(1))
+  rng = np.random.default_rng(0)
+  adapters = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape).astype(np.float32) * 0.1), adapters)
+  by_hand = jax.tree.map(np.array, params)
+  for block, entries in adapters["layers"].items():
+    for name, ab in entries.items():
+      for i in range(cfg.num_layers):
+        by_hand["layers"][block][name]["kernel"][i] += 2.0 * np.asarray(ab["a"][i], np.float64) @ np.asarray(ab["b"][i])
+  batch = {k: jnp.asarray(v) for k, v in finetune.pad_batch(examples, 16, pad_id=0).items()}
+  loss, n = finetune.lm_loss(adapters, params, batch, cfg=cfg, merge_fn=finetune.lora_merge_fn(2.0))
+  want, m = finetune.lm_loss(jax.tree.map(jnp.asarray, by_hand), None, batch, cfg=cfg)
+  assert float(n) == float(m) > 0
+  np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
+
+
+def test_weight_decay_skips_stacked_norm_scales():
+  """AdamW decays matrices only: stacked kernels [L, in, out] yes, stacked norm scales [L, D] no."""
+  cfg = testing.tiny_config("qwen2")  # with biases
+  params = init_params(cfg, jax.random.key(0))
+  tc = finetune.TrainConfig(num_steps=10, warmup_steps=0, learning_rate=1e-2, weight_decay=0.5, grad_clip=0)
+  opt = finetune.make_optimizer(tc)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = opt.update(zeros, opt.init(params), params)  # zero gradients: the update is the decay alone
+  u = dict(jax.tree_util.tree_leaves_with_path(updates))
+  for path, x in jax.tree_util.tree_leaves_with_path(params):
+    name = jax.tree_util.keystr(path)
+    decayed = np.asarray(u[path]).any()
+    assert decayed == ("kernel" in name or "embedding" in name), name
+  lora = finetune.init_lora(params, cfg, 2, jax.random.key(0))
+  lora = jax.tree.map(lambda x: x + 1.0, lora)
+  updates, _ = opt.update(jax.tree.map(jnp.zeros_like, lora), opt.init(lora), lora)
+  assert all(np.asarray(x).any() for x in jax.tree.leaves(updates))  # adapters [L, in, r], [L, r, out]: matrices
 
 
 def test_lora_training_changes_only_adapters_and_lowers_the_loss():
@@ -263,7 +320,7 @@ def test_lora_training_changes_only_adapters_and_lowers_the_loss():
   flat_m = dict(jax.tree_util.tree_leaves_with_path(merged))
   changed = {jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(before)
              if not np.array_equal(np.asarray(flat_m[k]), v)}
-  assert changed == {f"['layers'][0]['{b}']['{n}']['kernel']" for b, n in (("attn", "q"), ("attn", "v"),
+  assert changed == {f"['layers']['{b}']['{n}']['kernel']" for b, n in (("attn", "q"), ("attn", "v"),
                                                                              ("mlp", "down"))}
 
 

@@ -242,7 +242,7 @@ def test_bf16_compute_gives_finite_float32_logits(tiny_model):
   assert out16.dtype == jnp.float32
   assert bool(jnp.isfinite(out16).all())
   assert model.kv_dtype(cfg16) == (jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
-  assert model.init_cache(cfg16, 1, 4)[0]["k"].dtype == model.kv_dtype(cfg16)
+  assert model.init_cache(cfg16, 1, 4)["k"].dtype == model.kv_dtype(cfg16)
   err = float(jnp.abs(out16 - out32)[mask].mean())
   assert 0 < err < 0.1 * float(jnp.abs(out32)[mask].mean()), err
 
@@ -269,10 +269,9 @@ def test_float32_kv_cache_holds_bf16_values_exactly(tiny_model):
   cfg16 = dataclasses.replace(m.cfg, compute_dtype="bfloat16")
   _, _, cache = model.apply(m.params, jnp.asarray(tokens), model.positions_from_mask(jnp.asarray(mask)), None,
                             jnp.int32(0), jnp.asarray(mask), cfg=cfg16, logits_at="none")
-  for layer in cache:
-    for x in layer.values():
-      assert x.dtype == model.kv_dtype(cfg16)
-      np.testing.assert_array_equal(np.asarray(x), np.asarray(x.astype(jnp.bfloat16).astype(x.dtype)))
+  for x in cache.values():  # [L, B, K, S, E], all layers
+    assert x.dtype == model.kv_dtype(cfg16)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(x.astype(jnp.bfloat16).astype(x.dtype)))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

@@ -138,7 +138,7 @@ def test_stop_when_decided_checks_its_largest_chunk_near_the_budget(tmp_path, mo
   run = lambda out, budget: landscape.run_landscape(  # noqa: E731
       model, ["Hi", "Write a poem"], landscape.LandscapeSpec(kind="1d_random", steps=2), out_dir=str(tmp_path / out),
       decode=landscape.DecodeSpec(max_new_tokens=40, stop_when_decided=True), memory_budget=budget,
-      mesh=sharding.make_mesh(None, jax.devices()[:1]), progress=False)
+      mesh=sharding.make_mesh(None, jax.devices()[:1]), progress=False, engine="slices")
   summary = run("near", budget)
   assert summary["plan"]["slice_size"] == 1 and "shrunk" in summary["host"]["memory_plan"]["reason"]
   assert len(sizes) == 2 and 0 < sizes[1] <= budget

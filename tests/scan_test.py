@@ -117,8 +117,8 @@ def test_bfloat16_materialize_stores_compute_dtype_and_matches_each_point(tiny):
   coeffs = np.array([[-0.5], [0.0], [0.4]], np.float32)
   run = scan._per_point(tiny.params, stacked, jnp.asarray(coeffs), "materialize", jnp.bfloat16)
   dtypes = run(lambda w: jax.tree.map(lambda x: jnp.zeros((), x.dtype), w))
-  assert dtypes["layers"][0]["mlp"]["up"]["kernel"].dtype == jnp.bfloat16
-  assert dtypes["layers"][0]["attn_norm"]["scale"].dtype == jnp.float32  # vectors keep float32
+  assert dtypes["layers"]["mlp"]["up"]["kernel"].dtype == jnp.bfloat16
+  assert dtypes["layers"]["attn_norm"]["scale"].dtype == jnp.float32  # vectors keep float32
   got = scan.decode_slice(tiny.params, stacked, jnp.asarray(coeffs), tokens, mask, np.int32(NEW),
                           np.int32(tiny.pad_id), cfg=cfg16, max_new_tokens=NEW, eos_ids=tiny.eos_ids,
                           strategy="materialize")

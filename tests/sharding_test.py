@@ -40,6 +40,28 @@ def test_parse_mesh():
       sharding.parse_mesh(bad, 8)
 
 
+@needs_devices(2)
+def test_param_specs_of_stacked_layers_keep_the_layer_axis_whole():
+  from jax.sharding import PartitionSpec as P
+  cfg = testing.tiny_config("qwen2", num_layers=2)  # biases; tied embeddings
+  params = jax.eval_shape(lambda: model_lib.init_params(cfg, jax.random.key(0)))
+  specs = sharding.param_specs(params, sharding.make_mesh("points:1,model:2", jax.devices()[:2]))
+  layers = specs["layers"]
+  assert layers["attn"]["q"]["kernel"] == P(None, None, "model")  # [L, D, H*E]: columns
+  assert layers["attn"]["q"]["bias"] == P(None, "model")
+  assert layers["attn"]["o"]["kernel"] == P(None, "model", None)  # rows
+  assert layers["mlp"]["down"]["kernel"] == P(None, "model", None)
+  assert layers["attn_norm"]["scale"] == P() and specs["final_norm"]["scale"] == P()
+  assert specs["embed"]["embedding"] == P("model", None)
+  # The layer axis is not what has to divide: a split axis that does not is replicated.
+  odd = {"layers": {"attn": {"q": {"kernel": jax.ShapeDtypeStruct((3, 16, 5), jnp.float32)}}}}
+  assert sharding.param_specs(odd, sharding.make_mesh("points:1,model:2", jax.devices()[:2]))["layers"]["attn"]["q"][
+      "kernel"] == P()
+  # Direction shardings: one more leading axis, replicated.
+  ds = sharding.direction_shardings(params, sharding.make_mesh("points:1,model:2", jax.devices()[:2]))
+  assert ds["layers"]["attn"]["q"]["kernel"].spec == P(None, None, None, "model")
+
+
 def _decode_on(tiny, mesh, strategy):
   texts, add = prompts.render(PROMPTS, tiny.tokenizer)
   tokens, mask = prompts.tokenize(texts, tiny.tokenizer, add_special_tokens=add, pad_id=tiny.pad_id)
@@ -53,8 +75,8 @@ def _decode_on(tiny, mesh, strategy):
                           np.int32(tiny.pad_id), cfg=sharding.config_for_mesh(tiny.cfg, mesh), max_new_tokens=NEW,
                           eos_ids=tiny.eos_ids, strategy=strategy)
   if mesh.shape["model"] > 1:  # the params really are split over the model axis
-    q = params["layers"][0]["attn"]["q"]["kernel"]
-    assert q.sharding.shard_shape(q.shape) == (q.shape[0], q.shape[1] // mesh.shape["model"])
+    q = params["layers"]["attn"]["q"]["kernel"]  # [L, D, H*E]: columns split, the layer axis whole
+    assert q.sharding.shard_shape(q.shape) == (q.shape[0], q.shape[1], q.shape[2] // mesh.shape["model"])
   return np.asarray(gen.tokens), tokens, mask, d, coeffs
 
 
