@@ -40,9 +40,10 @@ flags.DEFINE_bool("save_directions", None, "write directions to OUT/directions (
 flags.DEFINE_bool("stop_when_decided", False, "stop decoding a prompt once its text holds a refusal keyword "
                   "(the keyword ASR is exactly that of the full decode; generations.jsonl marks truncated ones)")
 flags.DEFINE_integer("chunk_tokens", 32, "with --stop_when_decided and --engine=slices: tokens decoded between checks")
-flags.DEFINE_enum("engine", "continuous", ["continuous", "slices"],
+flags.DEFINE_enum("engine", "slices", ["slices", "continuous"],
+                  "slices: every row of a slice decodes until its last ends, caches growing by phases; "
                   "continuous: (point, prompt) rows stream through fixed decode slots, a finished row's slot "
-                  "refilled within --refill_interval steps; slices: every row of a slice decodes until its last ends")
+                  "refilled within --refill_interval steps (slower on CPU so far: BENCHMARKS.md, session 9)")
 flags.DEFINE_integer("decode_slots", 0, "continuous engine: decode slots per device (0: auto)")
 flags.DEFINE_integer("refill_interval", 4, "continuous engine: decode steps between refills (1-8)")
 flags.DEFINE_bool("resume", True, "reuse finished points of a compatible run in --out")

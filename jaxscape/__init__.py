@@ -33,7 +33,7 @@ _LAZY = {
     "decode_slice": "scan", "plan_scan": "scan",
     "StudySpec": "study", "run_study": "study",
 }
-_SUBMODULES = ("checkpoint", "compilation_cache", "convert", "decode", "directions", "finetune", "landscape",
+_SUBMODULES = ("checkpoint", "compilation_cache", "convert", "decode", "directions", "engine", "finetune", "landscape",
                "metrics", "model", "perturb", "plot", "prompts", "results", "scan", "sharding", "study",
                "taskdata", "testing", "tokenizer", "toydata")
 

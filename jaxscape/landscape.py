@@ -126,7 +126,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
                   resume: bool = True, progress: bool = True, flags: dict | None = None,
                   mesh: jax.sharding.Mesh | None = None,
                   directions: tuple[list, list] | None = None, save_directions: bool | None = None,
-                  t_start: float | None = None, load_s: float | None = None, engine: str = "continuous",
+                  t_start: float | None = None, load_s: float | None = None, engine: str = "slices",
                   decode_slots: int = 0, refill_interval: int = 4) -> dict:
   """Scan a landscape and write its results dir; returns the summary dict.
 
@@ -150,10 +150,11 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
     save_directions: write the directions to ``out_dir/directions`` (default: random ones
       only, as their recipes; interpolation ones are model-sized, so only when True).
     t_start, load_s: process start (``time.perf_counter``) and model load time, for timings.
-    engine: "continuous" (``jaxscape.engine``: the (point, prompt) rows of a slice stream
-      through fixed decode slots, each refilled within ``refill_interval`` steps of its row's
-      end; decoding is factored per slot, prefill per ``strategy``) or "slices" (every row of a
-      slice decodes until the slice's last row ends: ``scan.decode_slice``).
+    engine: "slices" (every row of a slice decodes until the slice's last row ends, the caches
+      growing by phases: ``scan.decode_slice``) or "continuous" (``jaxscape.engine``: the
+      (point, prompt) rows of a slice stream through fixed decode slots, each refilled within
+      ``refill_interval`` steps of its row's end; decoding is factored per slot, prefill per
+      ``strategy``). On CPU the continuous engine measured slower (BENCHMARKS.md, session 9).
     decode_slots: the continuous engine's slots (0: ``engine.plan_engine``).
   """
   if engine not in ("continuous", "slices"):
@@ -376,8 +377,10 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
     for j, pid in enumerate(ids):
       rec = {"point": pid}
       if toks is not None:
-        if "decode_row_steps" in gen and j == 0:
+        if j == 0 and "decode_row_steps" in gen:
           row_steps[0] += int(gen["decode_row_steps"])
+        elif j == 0 and "truncated" not in gen:  # slices: every row of the slice ran until its longest ended
+          row_steps[0] += lens.size * (int(lens.max()) - 1)
         gens = [decode_lib.decode_text(tok, row, model.eos_ids) for row in toks[j]]
         rec.update(generations=gens, lengths=lens[j].tolist(), asr=metrics.asr(gens),
                    nonfinite=bool(nonfin[j].any()))
@@ -392,7 +395,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
       results.save_slice(out_dir, records)
     done.update(records)
 
-  row_steps = [0]  # decoding row-steps (continuous engine): slots x steps run
+  row_steps = [0]  # decoding row-steps: batch rows (slots, or a slice's points x prompts) x steps run
   slices = [todo[i:i + P] for i in range(0, len(todo), P)]
   t0 = time.perf_counter()
   scan.run_slices(step, slices, grid.coeffs, slice_size=P, on_result=on_result, progress=progress and writer)
@@ -403,7 +406,8 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   summary["timings"] = {"total_s": None, "load_s": load_s, "directions_s": directions_s, "compile_s": compile_s,
                         "scan_s": scan_s, "points_computed": len(todo), "points": n_points,
                         "tokens_generated": int(sum(sum(done[i].get("lengths", [])) for i in todo)),
-                        "decode_row_steps": row_steps[0] if continuous else None,
+                        # rows of the decoding batch x decoding steps run (unknown for compacted slices)
+                        "decode_row_steps": row_steps[0] if continuous or not decode.stop_when_decided else None,
                         "prompt_tokens": int(full_mask.sum()) * len(todo),
                         "useful_flops": _useful_flops(cfg, full_mask.sum(1), lengths, prefix_len),
                         "useful_kv_bytes": _useful_kv_bytes(cfg, full_mask.sum(1), lengths, prefix_len)}

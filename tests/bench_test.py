@@ -8,8 +8,6 @@ import sys
 
 import pytest
 
-from experiments import bench
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, "..", "shared")
 ANCHOR = os.path.join(SHARED, "bench", "anchor_loop.py")
@@ -21,27 +19,40 @@ def _bench(*args, timeout=600):
                         text=True, timeout=timeout)
 
 
+def _check_in_subprocess(code: str) -> None:
+  """Run assertions on ``experiments.bench`` in a child: importing it here would define its absl flags
+  (--out, ...) in this process, where other tests import other entry points that define them too."""
+  proc = subprocess.run([sys.executable, "-c", "import pytest\nfrom experiments import bench\n" + code], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_slot_utilisation_excludes_prefill():
-  # 2 points x 3 prompts, one generate call per point of output [3, 5]: 4 decode steps over 3 rows each.
-  rows, slots = 6, 2 * 3 * 5
-  assert bench.reference_row_steps(slots, rows) == 2 * 3 * 4
-  # Every row ran all 5 tokens: each decode row-step made a token.
-  assert bench.slot_utilisation(slots, rows, bench.reference_row_steps(slots, rows)) == 1.0
-  # Half the rows stopped after their prefill token (EOS first), the others ran to 5.
-  tokens = 3 * 1 + 3 * 5
-  assert bench.slot_utilisation(tokens, rows, 24) == pytest.approx((tokens - rows) / 24) == 0.5
-  assert bench.slot_utilisation(rows, rows, 24) == 0.0  # prefill only
-  assert bench.slot_utilisation(10, rows, None) is None  # jaxscape without decode_row_steps
-  assert bench.slot_utilisation(rows, rows, 0) is None  # max_new_tokens=1: no decode step
+  _check_in_subprocess("""
+# 2 points x 3 prompts, one generate call per point of output [3, 5]: 4 decode steps over 3 rows each.
+rows, slots = 6, 2 * 3 * 5
+assert bench.reference_row_steps(slots, rows) == 2 * 3 * 4
+# Every row ran all 5 tokens: each decode row-step made a token.
+assert bench.slot_utilisation(slots, rows, bench.reference_row_steps(slots, rows)) == 1.0
+# Half the rows stopped after their prefill token (EOS first), the others ran to 5.
+tokens = 3 * 1 + 3 * 5
+assert bench.slot_utilisation(tokens, rows, 24) == pytest.approx((tokens - rows) / 24) == 0.5
+assert bench.slot_utilisation(rows, rows, 24) == 0.0  # prefill only
+assert bench.slot_utilisation(10, rows, None) is None  # jaxscape without decode_row_steps
+assert bench.slot_utilisation(rows, rows, 0) is None  # max_new_tokens=1: no decode step
+""")
 
 
 def test_workload_multipliers_and_their_override():
-  assert bench.FLAGS["multiplier"].default is None
-  assert bench.FLAGS["workloads"].default == ["toy", "llama100m", "toy512"]
-  assert bench.FLAGS["device"].default == "cpu"
-  assert [bench.workload_multiplier(w) for w in ("toy", "llama100m", "toy512")] == [1.0, 1.0, 8.0]
-  assert "--stop_when_decided" in bench.WORKLOADS["toy512"].flags
-  assert all(bench.workload_multiplier(w, 2.5) == 2.5 for w in bench.WORKLOADS)  # --multiplier overrides all
+  _check_in_subprocess("""
+assert bench.FLAGS["multiplier"].default is None
+assert bench.FLAGS["workloads"].default == ["toy", "llama100m", "toy512"]
+assert bench.FLAGS["device"].default == "cpu"
+assert [bench.workload_multiplier(w) for w in ("toy", "llama100m", "toy512")] == [1.0, 1.0, 8.0]
+assert "--stop_when_decided" in bench.WORKLOADS["toy512"].flags
+assert all(bench.workload_multiplier(w, 2.5) == 2.5 for w in bench.WORKLOADS)  # --multiplier overrides all
+assert bench.workload_multiplier("smoke") != 8  # so the smoke run's --multiplier=8 shows the override
+""")
 
 
 def test_bench_without_anchor_is_one_line_error():
@@ -62,7 +73,6 @@ def test_bench_zero_multiplier_is_one_line_error():
 @pytest.mark.skipif(not (os.path.isfile(ANCHOR) and os.path.isfile(CSV)), reason="../shared not present")
 def test_bench_smoke_runs_both_sides(tmp_path):
   out = tmp_path / "bench.json"
-  assert bench.workload_multiplier("smoke") != 8  # so the run below shows the override
   proc = _bench(f"--anchor={ANCHOR}", f"--prompts={CSV}", "--workloads=smoke", "--multiplier=8",
                 f"--workdir={tmp_path / 'work'}", f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-2000:]

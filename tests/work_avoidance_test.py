@@ -82,10 +82,29 @@ def test_chunked_decoding_with_compaction_matches_full_decode(tiny, grouped, dev
         assert lens[p, b] == np.asarray(full.lengths)[p, b]
 
 
-def _run(model, out, **decode_kw):
+def _run(model, out, engine="slices", **decode_kw):
   spec = landscape.LandscapeSpec(kind="1d_random", steps=6, multiplier=2.0)
-  return landscape.run_landscape(model, PROMPTS, spec, out_dir=out, progress=False,
+  return landscape.run_landscape(model, PROMPTS, spec, out_dir=out, progress=False, engine=engine,
                                  decode=landscape.DecodeSpec(max_new_tokens=48, **decode_kw))
+
+
+def test_continuous_engine_stops_decided_rows_with_the_plain_decodes_asr(tiny, tmp_path, monkeypatch):
+  """The continuous engine, with and without --stop_when_decided: the same keyword ASR, truncated rows marked,
+  and the slot utilisation counted."""
+  texts = [g for line in _generations(_run(tiny, str(tmp_path / "probe")), str(tmp_path / "probe")) for g in line]
+  words = [w for t in texts for w in t.split() if w.isalpha() and len(w) > 3]
+  monkeypatch.setattr(metrics, "REFUSAL_KEYWORDS", metrics.REFUSAL_KEYWORDS + [max(set(words), key=words.count)])
+  plain = _run(tiny, str(tmp_path / "plain"), engine="continuous")
+  fast = _run(tiny, str(tmp_path / "fast"), engine="continuous", stop_when_decided=True)
+  assert 0 < np.mean(plain["asr"]) < 100, plain["asr"]
+  assert plain["asr"] == fast["asr"] and plain["visage"] == fast["visage"]
+  lines = [json.loads(x) for x in open(tmp_path / "fast" / "generations.jsonl")]
+  assert any(o.get("truncated") for line in lines for o in line["output"])
+  for run in (plain, fast):
+    t = run["timings"]
+    assert t["decode_row_steps"] >= t["tokens_generated"] - 7 * len(PROMPTS)  # 7 points, first tokens from prefill
+    assert run["plan"]["engine"] == "continuous" and run["plan"]["interval"] <= 8
+  assert fast["timings"]["decode_row_steps"] <= plain["timings"]["decode_row_steps"]
 
 
 def test_landscape_asr_equal_with_and_without_work_avoidance(tiny, tmp_path, monkeypatch):
