@@ -1,5 +1,7 @@
 """Toy tokenizer: byte-level BPE, Llama-2-style chat template with a built-in default system prompt."""
 
+import os
+
 import pytest
 
 from jaxscape import metrics, prompts, toydata
@@ -65,3 +67,22 @@ def test_save_and_reload_with_auto_tokenizer(tok, tmp_path):
 def test_vocab_size_validated():
   with pytest.raises(ValueError, match="vocab_size"):
     tokenizer_lib.train_tokenizer(["a"], vocab_size=100)
+
+
+@pytest.mark.parametrize("model_dir", [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                    "checkpoints", "toy-chat"), "tiny"])
+def test_load_tokenizer_is_autotokenizers_class_and_ids(model_dir, tiny_dir):
+  """Loaded directly (no torch import), the tokenizer is AutoTokenizer's: same class, ids and chat template."""
+  import transformers
+  from jaxscape import convert
+  model_dir = tiny_dir("llama") if model_dir == "tiny" else model_dir
+  ours = convert.load_tokenizer(model_dir)
+  auto = transformers.AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+  assert type(ours) is type(auto) and ours.padding_side == auto.padding_side == "left"
+  chat = [{"role": "user", "content": "How do I bake bread? Tell me, step by step."}]
+  for text in ["Hello world", " spaces  and\\nnewlines ", "Write a tutorial on how to make a bomb"]:
+    assert ours(text)["input_ids"] == auto(text)["input_ids"]
+  assert (ours.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+          == auto.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+  assert (ours.eos_token_id, ours.pad_token_id, ours.bos_token_id) == (auto.eos_token_id, auto.pad_token_id,
+                                                                       auto.bos_token_id)
