@@ -165,7 +165,7 @@ def unstack_layers(tree: PyTree) -> PyTree:
 
 def abstract_params(cfg: ModelConfig) -> PyTree:
   """``jax.ShapeDtypeStruct`` tree of ``cfg``'s params in ``cfg.param_dtype``, layers stacked."""
-  return stack_layers(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
+  return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))  # init_params stacks the layers
 
 
 # ------------------------------------------------------------------ safetensors
