@@ -397,7 +397,14 @@ def is_converted_dir(model_dir: str) -> bool:
 
 
 def load_model(model_dir: str, *, compute_dtype: str = "float32") -> Model:
-  """Load an HF checkpoint dir or a converted dir (orbax ``params/``) with its tokenizer."""
+  """Load a model with its tokenizer: an HF checkpoint dir, a converted dir (orbax ``params/``),
+  or a GGUF file (a ``.gguf`` path, a dir holding exactly one, or ``package:NAME``; see
+  ``jaxscape.gguf_io``), dequantized to float32."""
+  from jaxscape import gguf_io  # noqa: PLC0415 - light; keeps this module's import list HF-only
+
+  gguf_file = gguf_io.find_file(model_dir)
+  if gguf_file is not None:
+    return _load_gguf(gguf_file, compute_dtype=compute_dtype)
   if not os.path.isdir(model_dir):
     raise ValueError(f"model dir {model_dir} does not exist")
   cfg = read_config(model_dir, compute_dtype=compute_dtype)
@@ -412,6 +419,19 @@ def load_model(model_dir: str, *, compute_dtype: str = "float32") -> Model:
     raise ValueError(f"{model_dir}: no eos_token_id in generation_config.json, config.json or tokenizer")
   pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
   return Model(cfg=cfg, params=params, tokenizer=tok, eos_ids=eos, pad_id=int(pad), path=model_dir)
+
+
+def _load_gguf(path: str, *, compute_dtype: str) -> Model:
+  from jaxscape import gguf_io  # noqa: PLC0415
+
+  hf_cfg, tensors, tok, eos = gguf_io.load(path, lambda d: name_table(ModelConfig.from_hf_dict(d)))
+  cfg = ModelConfig.from_hf_dict(hf_cfg, compute_dtype=compute_dtype)
+  params = hf_to_params(tensors, cfg, place=jax.device_put)
+  eos = eos or ((tok.eos_token_id,) if tok.eos_token_id is not None else ())
+  if not eos:
+    raise ValueError(f"{path}: no eos_token_id in the GGUF metadata")
+  pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+  return Model(cfg=cfg, params=params, tokenizer=tok, eos_ids=eos, pad_id=int(pad), path=path)
 
 
 def restore_converted(path: str, cfg: ModelConfig) -> PyTree:
