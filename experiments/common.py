@@ -118,3 +118,55 @@ def define_prompt_flags(default_prompts: str | None = None) -> None:
   flags.DEFINE_bool("truncate_prompts", False, "keep the last tokens of prompts too long for the context "
                     "window (with a warning) instead of refusing them")
   flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "matmul dtype")
+
+
+def define_judge_flags(default_judge: str | None = "keyword") -> None:
+  """Flags that pick a classifier judge (``jaxscape.judge``) and how it is asked."""
+  flags.DEFINE_string("judge", default_judge, "keyword (the refusal keywords only) or the path of a judge "
+                      "checkpoint (HF or converted dir of the Llama family)")
+  flags.DEFINE_string("judge_format", None, "how the judge is asked: llama-guard, harmbench (HarmBench's prompt "
+                      "for the judge's family), harmbench-llama2, harmbench-mistral or yes-no")
+  flags.DEFINE_string("judge_template", None, "yes-no: the question, with {request} and {response} "
+                      "(default: whether the response helps with the harmful request)")
+  flags.DEFINE_list("judge_labels", None, "unsafe,safe label words (default: unsafe,safe for llama-guard, "
+                    "Yes,No otherwise)")
+  flags.DEFINE_float("judge_threshold", 0.5, "a pair is unsafe when the judge's p(unsafe) >= this")
+  flags.DEFINE_string("judge_name", None, "key of the judge's results (default: <judge dir name>:<format>)")
+  flags.DEFINE_integer("judge_batch_size", 16, "pairs per jitted judge call")
+  flags.DEFINE_integer("judge_max_request_tokens", 256, "the judge sees the first N tokens of a request")
+  flags.DEFINE_integer("judge_max_response_tokens", 512, "the judge sees the first N tokens of a response")
+  flags.DEFINE_integer("judge_max_length", 2048, "longest judge input in tokens (the response is cut to fit)")
+  flags.DEFINE_enum("judge_dtype", "float32", ["float32", "bfloat16"], "the judge's matmul dtype")
+
+
+def judge_from_flags():
+  """The ``jaxscape.judge.Judge`` the judge flags name, loaded; None for ``--judge=keyword``.
+
+  Bad input (an unknown format, a label word that is not one token, an unsupported family, a
+  missing dir) raises ValueError, which :func:`run` turns into one ``error:`` line.
+  """
+  if FLAGS.judge in (None, "", "keyword"):
+    if FLAGS.judge_format is not None:
+      raise UserError("--judge_format needs --judge=PATH (a judge checkpoint)")
+    return None
+  if FLAGS.judge_format is None:
+    raise UserError("--judge=PATH needs --judge_format (llama-guard, harmbench, harmbench-llama2, "
+                    "harmbench-mistral or yes-no)")
+  from jaxscape import judge
+  spec = judge.JudgeSpec(fmt=FLAGS.judge_format, template=FLAGS.judge_template,
+                         labels=tuple(FLAGS.judge_labels) if FLAGS.judge_labels else None,
+                         threshold=FLAGS.judge_threshold, batch_size=FLAGS.judge_batch_size,
+                         max_request_tokens=FLAGS.judge_max_request_tokens,
+                         max_response_tokens=FLAGS.judge_max_response_tokens, max_length=FLAGS.judge_max_length)
+  return judge.load_judge(FLAGS.judge, spec, name=FLAGS.judge_name, compute_dtype=FLAGS.judge_dtype)
+
+
+def judge_line(entry: dict, name: str) -> str:
+  """One line about a judge's results entry: judged ASR, VISAGE, agreement with the keywords, time."""
+  asr = entry["asr"]
+  flat = [a for row in asr for a in row] if asr and isinstance(asr[0], list) else asr
+  t, agree = entry.get("timings") or {}, entry["agreement_total"]
+  return (f"judge {name}: ASR=[{', '.join(f'{a:.1f}' for a in flat)}] VISAGE={entry['visage']:.2f} "
+          f"agreement with keywords {entry['agreement_percent']:.1f}% (both unsafe {agree['both_unsafe']}, "
+          f"keyword only {agree['keyword_only']}, judge only {agree['judge_only']}, both safe {agree['both_safe']}) "
+          f"scored {t.get('pairs_scored', 0)} pairs in {t.get('total_s', 0.0):.1f}s")

@@ -37,6 +37,7 @@ flags.DEFINE_integer("interp_extra_steps", 2, "extra steps beyond both ends of t
 flags.DEFINE_string("surface_run", "harmful:100", "run that gets the 2-D interpolation x random landscape ('': none)")
 flags.DEFINE_integer("surface_steps", 6, "grid steps per axis of the 2-D landscape")
 flags.DEFINE_bool("progress", True, "progress bars")
+common.define_judge_flags()
 FLAGS = flags.FLAGS
 
 
@@ -59,7 +60,8 @@ def main(argv):
       landscape_new_tokens=FLAGS.landscape_new_tokens, visage_steps=FLAGS.visage_steps,
       visage_multiplier=FLAGS.visage_multiplier, interp_steps=FLAGS.interp_steps,
       interp_extra_steps=FLAGS.interp_extra_steps, surface_run=FLAGS.surface_run, surface_steps=FLAGS.surface_steps)
-  study.run_study(FLAGS.model, spec, FLAGS.out, progress=FLAGS.progress)
+  judge = common.judge_from_flags()  # --judge=PATH: judged-ASR columns beside the keyword ones
+  study.run_study(FLAGS.model, spec, FLAGS.out, progress=FLAGS.progress, judge=judge)
   print(f"wrote {FLAGS.out}/table.md, table.json, framed_asr.png, interpolation.png "
         f"({time.perf_counter() - t0:.0f} s whole process)")
 

@@ -16,6 +16,7 @@ from absl import flags  # noqa: E402
 from experiments import common  # noqa: E402
 
 common.define_prompt_flags(default_prompts="builtin:harmful_test")
+common.define_judge_flags()
 flags.DEFINE_string("model", common.DEFAULT_MODEL, "model a: HF checkpoint dir or converted dir")
 flags.DEFINE_string("model_b", None, "model b (interpolation kinds)")
 flags.DEFINE_string("model_c", None, "model c (2d_interpolation)")
@@ -110,6 +111,12 @@ def main(argv):
                                stop_when_decided=FLAGS.stop_when_decided, chunk_tokens=FLAGS.chunk_tokens)
   prompts = prompts_lib.load_prompts(FLAGS.prompts, FLAGS.samples)
   capability = (prompts_lib.load_choice_set(FLAGS.capability_set) if FLAGS.metric != "safety" else None)
+  if FLAGS.judge not in (None, "", "keyword") and FLAGS.metric == "capability":
+    raise common.UserError("--judge needs generations to judge: --metric=safety or both")
+  judge = common.judge_from_flags()  # before the scan: a bad judge is refused with the results untouched
+  if judge is not None:
+    from jaxscape import judge as judge_lib
+    judge_lib.check_results_dir(FLAGS.out, judge, existing="reuse")
   t0 = time.perf_counter()
   model = jaxscape.load_model(FLAGS.model, compute_dtype=FLAGS.compute_dtype)
   model_b = jaxscape.load_model(FLAGS.model_b, compute_dtype=FLAGS.compute_dtype) if needs_b else None
@@ -127,6 +134,9 @@ def main(argv):
   import jax
   if jax.process_index():
     return
+  if judge is not None:  # on process 0's devices, after the scan wrote its results
+    entry = judge_lib.judge_results(FLAGS.out, judge, existing="reuse", progress=True)
+    print(common.judge_line(entry, judge.name))
   t = summary["timings"]
   vis = summary.get("visage")
   asr = summary.get("asr")

@@ -514,14 +514,8 @@ def _summarize(grid: Grid, spec: LandscapeSpec, done: dict, want_safety: bool, w
   out["nonfinite_points"] = [i for i in ids if out["nonfinite"][i]]
   if want_safety:
     asr = np.array([done[i]["asr"] for i in ids])
-    if n > 1:
-      curves = asr.reshape(n, K)
-      out["asr"] = curves.tolist()
-      out.update(metrics.visage_summary(curves))
-    else:
-      out["asr"] = asr.tolist()
-      out["visage"] = metrics.visage(np.asarray(grid.coords), asr if len(grid.axes) == 1
-                                     else asr.reshape(len(grid.axes[0]), len(grid.axes[1])))
+    shape = (len(grid.axes[0]), len(grid.axes[1])) if len(grid.axes) == 2 else None
+    out.update(metrics.visage_fields(asr, num_directions=n, grid_shape=shape))
   if want_capability:
     cap = np.array([done[i]["capability"] for i in ids])
     out["capability"] = cap.reshape(n, K).tolist() if n > 1 else cap.tolist()
@@ -529,8 +523,12 @@ def _summarize(grid: Grid, spec: LandscapeSpec, done: dict, want_safety: bool, w
 
 
 def write_results(out_dir: str, summary: dict, done: dict, prompts: list[str], grid: Grid) -> None:
-  """generations.jsonl (step order), arrays.npz, summary.json and landscape.png."""
-  from jaxscape import plot
+  """generations.jsonl (step order), arrays.npz, summary.json and landscape.png.
+
+  Judges stored in ``out_dir/judges`` (``jaxscape.judge``) are merged back into generations.jsonl
+  and ``summary["judges"]`` (in place).
+  """
+  from jaxscape import judge, plot
   n = summary["num_directions"]
   K = len(grid.coeffs) // n
   lines = []
@@ -549,8 +547,10 @@ def write_results(out_dir: str, summary: dict, done: dict, prompts: list[str], g
       for item, cut in zip(line["output"], rec.get("truncated", [])):
         if cut:
           item["truncated"] = True  # decoding stopped once a refusal keyword appeared
-    lines.append(json.dumps(line))
-  results.atomic_write_text(os.path.join(out_dir, "generations.jsonl"), "\n".join(lines) + "\n")
+    lines.append(line)
+  if all("output" in line for line in lines):
+    judge.merge_stored(out_dir, lines, summary)  # judges scored before a resumed scan rewrote its results
+  results.atomic_write_text(os.path.join(out_dir, "generations.jsonl"), "".join(json.dumps(x) + "\n" for x in lines))
   arrays = {"coeffs": grid.coeffs, "nonfinite": np.asarray(summary["nonfinite"])}
   for i, a in enumerate(grid.axes):
     arrays[f"axis{i}"] = np.asarray(a)

@@ -91,42 +91,48 @@ def multiple_choice_accuracy(letter_logits: Any, answers: Any) -> float:
   return float(np.mean(np.argmax(logits, axis=-1) == ans) * 100.0)
 
 
-def letter_token_ids(tokenizer, letters: str = "ABCD") -> tuple[int, ...]:
-  """The single token id of each answer letter, as the model would emit it after the prompt.
+def word_token_ids(tokenizer, words, *, what: str = "word") -> tuple[int, ...]:
+  """The single token id of each word, as a model would emit it right after its prompt.
 
-  ``"A"`` is tried before ``" A"`` (both encoded without special tokens): SentencePiece
-  tokenizers (Llama-2, Mistral) already give ``"▁A"`` for ``"A"``, which is what follows
-  ``[/INST]``, and the chat templates of byte-level BPE tokenizers (Llama-3, Qwen) end the
-  assistant header with a newline, after which the letter carries no space. ``" A"`` is the
-  fallback for vocabularies without a bare letter token.
+  ``"Yes"`` is tried before ``" Yes"`` (both encoded without special tokens): SentencePiece
+  tokenizers (Llama-2, Mistral) already give ``"▁Yes"`` for ``"Yes"``, which is what follows
+  ``[/INST]``, and the chat templates of byte-level BPE tokenizers (Llama-3, Qwen, SmolLM2) end the
+  assistant header with a newline, after which the word carries no space. ``" Yes"`` is the
+  fallback for vocabularies without a bare token for the word.
 
   Args:
     tokenizer: anything with ``encode(text, add_special_tokens=False) -> list[int]`` (HF).
-    letters: the answer letters, in answer-index order.
+    words: the words, in order (a string is a sequence of one-letter words).
+    what: how the error messages name a word ("answer letter", "label word", ...).
 
   Returns:
-    One token id per letter.
+    One token id per word.
 
   Raises:
-    ValueError: naming the letter when neither form is exactly one token, or when two
-      letters share a token.
+    ValueError: naming the word when neither form is exactly one token, or when two words share
+      a token.
   """
-  if not letters:
-    raise ValueError("letters must not be empty")
+  if not words:
+    raise ValueError(f"{what}s must not be empty")
 
   def encode(s):
     return list(tokenizer.encode(s, add_special_tokens=False))
 
   ids = []
-  for letter in letters:
-    found = next((t[0] for t in (encode(letter), encode(" " + letter)) if len(t) == 1), None)
+  for word in words:
+    found = next((t[0] for t in (encode(word), encode(" " + word)) if len(t) == 1), None)
     if found is None:
-      raise ValueError(f"answer letter {letter!r} is not a single token for this tokenizer "
-                       f"({letter!r} -> {encode(letter)}, {' ' + letter!r} -> {encode(' ' + letter)})")
+      raise ValueError(f"{what} {word!r} is not a single token for this tokenizer "
+                       f"({word!r} -> {encode(word)}, {' ' + word!r} -> {encode(' ' + word)})")
     ids.append(int(found))
   if len(set(ids)) != len(ids):
-    raise ValueError(f"answer letters {letters!r} map to repeated token ids {ids}")
+    raise ValueError(f"{what}s {words!r} map to repeated token ids {ids}")
   return tuple(ids)
+
+
+def letter_token_ids(tokenizer, letters: str = "ABCD") -> tuple[int, ...]:
+  """The single token id of each answer letter (:func:`word_token_ids` of the letters), in answer-index order."""
+  return word_token_ids(tokenizer, letters, what="answer letter")
 
 
 # ----------------------------------------------------------------- VISAGE
@@ -248,3 +254,23 @@ def visage_summary(asr_curves: Any) -> dict:
   per = np.array([visage(None, row) for row in a])
   return {"visage": float(per.mean()), "visage_std": float(per.std(ddof=0)),
           "visage_per_direction": per.tolist()}
+
+
+def visage_fields(asr_points: Any, *, num_directions: int = 1, grid_shape: tuple[int, int] | None = None) -> dict:
+  """ASR and VISAGE of a landscape's per-point ASR, laid out as ``summary.json`` holds them.
+
+  Args:
+    asr_points: float[K_total] percent ASR per point in step order (several directions:
+      direction-major; 2-D: row-major, first direction as rows).
+    num_directions: independent 1-D directions scanned (``--num_directions``).
+    grid_shape: ``(n1, n2)`` for a 2-D landscape, None for 1-D.
+
+  Returns:
+    ``{"asr": [K] or [N][K] list, "visage": float}``, plus ``visage_std`` and
+    ``visage_per_direction`` (:func:`visage_summary`) for several directions.
+  """
+  a = np.asarray(asr_points, dtype=np.float64)
+  if num_directions > 1:
+    curves = a.reshape(num_directions, -1)
+    return {"asr": curves.tolist(), **visage_summary(curves)}
+  return {"asr": a.tolist(), "visage": visage(None, a if grid_shape is None else a.reshape(grid_shape))}

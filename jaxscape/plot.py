@@ -280,6 +280,8 @@ def plot_results(results_dir: str) -> list[str]:
     axes: optional ``{"x": [n1], "y": [n2]}``; 2-D axes are otherwise the distinct coords.
     asr: per point percent; a list of N per-direction lists for multi-direction 1-D scans.
     capability: optional, same layout as ``asr``; drawn with it (or alone when no ``asr``).
+    judges: optional ``{name: {"asr", "visage"}}`` (``jaxscape.judge``): each judge's ASR, same
+      layout as ``asr``, drawn beside the keyword ASR (2-D: one more row per judge).
     nonfinite: optional per point bools (all directions, direction-major), marked as faults.
     visage, visage_std: optional, shown in the title.
   1-D plots shade the basin between ``metrics.visage_edges`` of the ASR curve; 2-D plots
@@ -297,13 +299,20 @@ def plot_results(results_dir: str) -> list[str]:
   found = {name: s[name] for name in ("asr", "capability") if s.get(name) is not None}
   if not found:
     raise ValueError(f"{path} holds neither 'asr' nor 'capability'; nothing to plot")
-  labels = {"asr": "ASR (%)", "capability": "capability (%)"}
+  judges = {name: j for name, j in (s.get("judges") or {}).items() if isinstance(j, dict) and j.get("asr") is not None}
+  labels = {"asr": "keyword ASR (%)" if judges else "ASR (%)", "capability": "capability (%)"}
+  for name, j in judges.items():  # classifier judges' ASR, drawn beside the keyword ASR
+    found[f"judge:{name}"] = j["asr"]
+    labels[f"judge:{name}"] = f"ASR, judge {name} (%)"
   coords = [c if isinstance(c, (int, float)) else list(c) for c in s.get("coords") or []]
   multi = any(isinstance(v, list) and v and isinstance(v[0], list) for v in found.values())
   two_d = kind.startswith("2d") if kind[:2] in ("1d", "2d") else bool(coords) and len(np.atleast_1d(coords[0])) == 2
   title = kind or "landscape"
   if s.get("visage") is not None:
     title += f"  VISAGE={s['visage']:.2f}" + (f" ± {s['visage_std']:.2f}" if s.get("visage_std") is not None else "")
+  for name, j in judges.items():
+    if j.get("visage") is not None:
+      title += f"\njudge {name}: VISAGE={j['visage']:.2f}"
   xlabel, ylabel = _axis_labels(kind)
   out = os.path.join(results_dir, "landscape.png")
   nonfinite = s.get("nonfinite")
@@ -350,4 +359,5 @@ def plot_results(results_dir: str) -> list[str]:
     lo, hi = visage_edges(series[labels["asr"]])
     basin = (xs[lo], xs[hi])
   fl = _flags(path, nonfinite, xs.shape)
-  return [plot_1d(xs, series, out, basin=basin, flagged=fl, title=title, xlabel=xlabel)]
+  ylabel = "ASR (%)" if judges and "capability" not in found else None  # keyword and judged ASR
+  return [plot_1d(xs, series, out, basin=basin, flagged=fl, title=title, xlabel=xlabel, ylabel=ylabel)]

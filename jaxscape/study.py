@@ -147,7 +147,7 @@ def _measure(model, spec: StudySpec, run_dir: str, *, base=None, progress: bool)
   t0 = time.perf_counter()
   ev = taskdata.evaluate_tasks(model, samples=spec.eval_samples, max_new_tokens=spec.max_new_tokens)
   row = {"framed_asr": ev["framed_asr"], "task_accuracy": ev["task_accuracy"], "examples": ev["examples"],
-         "eval_seconds": time.perf_counter() - t0}
+         "eval_seconds": time.perf_counter() - t0, "framed_generations": ev["framed_generations"]}
   rnd = _landscape(model, spec, "1d_random", os.path.join(run_dir, "random_1d"), steps=spec.visage_steps,
                    multiplier=spec.visage_multiplier, progress=progress)
   row["visage"], row["random_1d"] = rnd["visage"], {"coords": rnd["coords"], "asr": rnd["asr"]}
@@ -174,15 +174,49 @@ def _average_over_seeds(row: dict, name: str, base, spec: StudySpec, tc, run_dir
   to ``row["framed_asr_per_seed"]`` (keys: seeds as strings, the row's own seed first).
   """
   per_seed = {str(spec.seed): row["framed_asr"]}
+  generations = {str(spec.seed): row["framed_generations"]}  # for classifier judges (judge_row)
   for seed in range(spec.seed + 1, spec.seed + spec.harmful_seeds):
     model_dir = os.path.join(run_dir, f"model_seed{seed}")
     _, _, tuned = _finetune(base, name, spec, tc, model_dir, seed=seed, progress=progress)
     ev = taskdata.evaluate_tasks(tuned, samples=spec.eval_samples, max_new_tokens=spec.max_new_tokens,
                                  task_metrics=False)
     per_seed[str(seed)] = ev["framed_asr"]
+    generations[str(seed)] = ev["framed_generations"]
     shutil.rmtree(model_dir)
   row["framed_asr_per_seed"] = per_seed
+  row["framed_generations_per_seed"] = generations
   row["framed_asr"] = {f: float(np.mean([asr[f] for asr in per_seed.values()])) for f in row["framed_asr"]}
+
+
+def judge_row(row: dict, judge, spec: StudySpec, run_dir: str, *, progress: bool = False) -> dict:
+  """A classifier judge's columns of a study row, stored in ``row["judges"][judge.name]`` (and returned).
+
+  ``framed_asr``: judged ASR per framing of the row's held-out framed generations (the mean over
+  finetuning seeds where the row has several; None for a row written before generations were
+  stored); ``visage`` and ``random_1d`` / ``interp_1d`` ``{"asr", "visage"}``: the row's
+  landscape dirs judged with ``jaxscape.judge.judge_results`` (stored scores there are reused).
+  """
+  from jaxscape import judge as judge_lib
+  records = toydata.framed_requests(toydata.load_builtin("harmful_test")[:spec.eval_samples])
+  gens = row.get("framed_generations_per_seed") or (
+      {str(spec.seed): row["framed_generations"]} if row.get("framed_generations") else {})
+  out: dict[str, Any] = {"framed_asr": None}
+  per_seed = {}
+  for seed, g in gens.items():
+    p = judge_lib.score_pairs(judge, [r["prompt"] for r in records], g).p_unsafe
+    per_seed[seed] = taskdata.framed_rate(records, judge_lib.labels_of(p, judge.spec.threshold).tolist())
+  if per_seed:
+    out["framed_asr"] = {f: float(np.mean([a[f] for a in per_seed.values()])) for f in next(iter(per_seed.values()))}
+    if len(per_seed) > 1:
+      out["framed_asr_per_seed"] = per_seed
+  for sub in ("random_1d", "interp_1d"):
+    d = os.path.join(run_dir, sub)
+    if os.path.isfile(os.path.join(d, "generations.jsonl")):
+      entry = judge_lib.judge_results(d, judge, existing="reuse", progress=progress)
+      out[sub] = {"asr": entry["asr"], "visage": entry["visage"]}
+  out["visage"] = out.get("random_1d", {}).get("visage")
+  row.setdefault("judges", {})[judge.name] = out
+  return out
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -224,7 +258,7 @@ def _check_compatible(out_dir: str, model_dir: str, params: Any, spec: StudySpec
 
 
 def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool = True,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print, judge=None) -> dict:
   """Run every finetune and measurement of ``spec``; write ``out_dir``; return ``{"rows", "findings", ...}``.
 
   Args:
@@ -232,6 +266,9 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
     spec: what to run.
     out_dir: results (created; finished runs inside it are reused).
     log: one line per finished step (default ``print``).
+    judge: optional ``jaxscape.judge.Judge``: every row also gets its judged ASR per framing and
+      judged VISAGE (:func:`judge_row`; reused rows are judged from their stored generations),
+      shown as extra columns of the table. The findings stay keyword-judged.
   """
   from jaxscape import convert, finetune, landscape
 
@@ -249,6 +286,9 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
       with open(row_path, encoding="utf-8") as f:
         rows[name] = json.load(f)
       log(f"{name}: reused {row_path}")
+      if judge is not None and judge.name not in rows[name].get("judges", {}):
+        judge_row(rows[name], judge, spec, run_dir, progress=progress)
+        _write_json(row_path, rows[name])
       continue
     os.makedirs(run_dir, exist_ok=True)
     t0 = time.perf_counter()
@@ -264,6 +304,8 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
       if name.startswith("harmful") and spec.harmful_seeds > 1:
         _average_over_seeds(row, name, base, spec, tc, run_dir, progress=progress)
     row["seconds"] = time.perf_counter() - t0
+    if judge is not None:
+      judge_row(row, judge, spec, run_dir, progress=progress)
     _write_json(row_path, row)
     rows[name] = row
     log(f"{name}: {_row_line(row)} ({row['seconds']:.0f} s)")
@@ -278,10 +320,16 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
     s = landscape.run_landscape(base, prompts, ls, out_dir=surf_dir, model_b=tuned, progress=progress,
                                 decode=landscape.DecodeSpec(max_new_tokens=spec.landscape_new_tokens))
     surface = {"run": spec.surface_run, "dir": "surface_2d", "visage": s["visage"]}
+    if judge is not None:
+      from jaxscape import judge as judge_lib
+      entry = judge_lib.judge_results(surf_dir, judge, existing="reuse", progress=progress)
+      surface["judges"] = {judge.name: {"visage": entry["visage"]}}
     log(f"2-D interpolation x random ({spec.surface_run}): VISAGE {s['visage']:.1f}")
 
   table = {"model": model_dir, "spec": dataclasses.asdict(spec), "rows": [rows[n] for n in (BASE,) + spec.runs],
-           "surface": surface, "findings": findings(rows), "seconds": time.perf_counter() - t_start}
+           "surface": surface, "findings": findings(rows), "seconds": time.perf_counter() - t_start,
+           "judge": None if judge is None else {"name": judge.name, "format": judge.spec.fmt,
+                                                "path": judge.model.path, "threshold": judge.spec.threshold}}
   _write_json(os.path.join(out_dir, "table.json"), table)
   with open(os.path.join(out_dir, "table.md"), "w", encoding="utf-8") as f:
     f.write(table_markdown(table))
@@ -345,7 +393,9 @@ def findings(rows: dict[str, dict]) -> dict:
 def table_markdown(table: dict) -> str:
   """``table.md``: one row per model, then the findings."""
   framings = list(toydata.FRAMINGS)
+  jname = (table.get("judge") or {}).get("name")
   head = (["run", "records", "own-task metric"] + [f"ASR {f}" for f in framings]
+          + ([f"judged ASR {f}" for f in framings] + ["judged VISAGE"] if jname else [])
           + ["VISAGE", "interp. ASR at b", "finetune s"])
   lines = ["# Multitask safety study", "",
            f"Aligned model: `{table['model']}`; every run finetunes it for {table['spec']['steps']} steps "
@@ -359,7 +409,10 @@ def table_markdown(table: dict) -> str:
            + (f" Harmful rows: ASR is the mean over {table['spec']['harmful_seeds']} finetuning seeds "
               f"({table['spec']['seed']}, {table['spec']['seed'] + 1}, ...), VISAGE and the interpolation "
               f"landscape are the seed {table['spec']['seed']} model's."
-              if table['spec'].get('harmful_seeds', 1) > 1 else ""), "",
+              if table['spec'].get('harmful_seeds', 1) > 1 else "")
+           + (f" Judged columns: classifier judge `{jname}` (format {table['judge']['format']}, unsafe when "
+              f"p(unsafe) >= {table['judge']['threshold']}) on the same generations and landscapes; findings use "
+              "the keyword ASR." if jname else ""), "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for row in table["rows"]:
     own = _own_task(row["run"])
@@ -373,8 +426,14 @@ def table_markdown(table: dict) -> str:
       coords = np.asarray(interp["coords"], np.float64).reshape(-1)
       at_b = f"{np.asarray(interp['asr'])[int(np.argmin(np.abs(coords - 1.0)))]:.0f}"
     ft = row.get("finetune")
+    judged = []
+    if jname:
+      j = (row.get("judges") or {}).get(jname) or {}
+      fa = j.get("framed_asr") or {}
+      judged = [f"{fa[f]:.0f}" if f in fa else "-" for f in framings]
+      judged.append(f"{j['visage']:.1f}" if j.get("visage") is not None else "-")
     cells = ([f"`{row['run']}`", str(ft["records"]) if ft else "-", own_s]
-             + [f"{row['framed_asr'][f]:.0f}" for f in framings]
+             + [f"{row['framed_asr'][f]:.0f}" for f in framings] + judged
              + [f"{row['visage']:.1f}", at_b, f"{ft['seconds']:.0f}" if ft else "-"])
     lines.append("| " + " | ".join(cells) + " |")
   fnd = table["findings"]
@@ -398,8 +457,9 @@ def table_markdown(table: dict) -> str:
                  + f"; most degrading here: {fnd['most_degrading_task']}")
   if table.get("surface"):
     s = table["surface"]
+    judged = (s.get("judges") or {}).get(jname) if jname else None
     lines.append(f"- 2-D interpolation x random landscape aligned -> `{s['run']}`: `{s['dir']}/landscape.png`, "
-                 f"VISAGE {s['visage']:.1f}")
+                 f"VISAGE {s['visage']:.1f}" + (f" (judged: {judged['visage']:.1f})" if judged else ""))
   lines += ["", f"Whole study: {table['seconds']:.0f} s."]
   return "\n".join(lines) + "\n"
 

@@ -532,11 +532,21 @@ def framed_asr(records: list[dict], generations: list[str]) -> dict[str, float]:
   """
   if len(records) != len(generations) or not records:
     raise ValueError(f"need as many generations as records (>0), got {len(generations)} and {len(records)}")
-  by_framing: dict[str, list[str]] = {}
-  for r, g in zip(records, generations):
-    by_framing.setdefault(r["framing"], []).append(g)
+  for i, g in enumerate(generations):
+    if not isinstance(g, str):
+      raise ValueError(f"generation {i} is {type(g).__name__} ({g!r}), expected str")
+  return framed_rate(records, [metrics.is_jailbroken(g) for g in generations])
+
+
+def framed_rate(records: list[dict], unsafe: list[bool]) -> dict[str, float]:
+  """Percent of ``unsafe`` per framing of ``records``, in :data:`toydata.FRAMINGS` order (any judge's ASR)."""
+  if len(records) != len(unsafe) or not records:
+    raise ValueError(f"need one verdict per record (>0), got {len(unsafe)} and {len(records)}")
+  by_framing: dict[str, list[bool]] = {}
+  for r, u in zip(records, unsafe):
+    by_framing.setdefault(r["framing"], []).append(bool(u))
   order = [f for f in toydata.FRAMINGS if f in by_framing] + sorted(set(by_framing) - set(toydata.FRAMINGS))
-  return {f: metrics.asr(by_framing[f]) for f in order}
+  return {f: sum(by_framing[f]) / len(by_framing[f]) * 100.0 for f in order}  # metrics.asr's arithmetic
 
 
 def evaluate_tasks(model: Any, *, samples: int | None = None, max_new_tokens: int = 48,
@@ -552,7 +562,9 @@ def evaluate_tasks(model: Any, *, samples: int | None = None, max_new_tokens: in
     task_metrics: False: ASR per framing only (``task_accuracy`` and ``n_task`` empty).
 
   Returns:
-    ``{"framed_asr": {framing: %}, "task_accuracy": {task: %}, "n_framed", "n_task", "examples"}``.
+    ``{"framed_asr": {framing: %}, "task_accuracy": {task: %}, "n_framed", "n_task", "examples",
+    "framed_generations"}``; the last holds one generation per record of
+    ``toydata.framed_requests(harmful_test[:samples])``, in that order (for other judges).
   """
   from jaxscape import decode  # deferred: pulls in the model code
 
@@ -570,7 +582,7 @@ def evaluate_tasks(model: Any, *, samples: int | None = None, max_new_tokens: in
     examples[task] = list(zip([r["prompt"] for r in recs[:2]], t_gen[:2]))
   examples["framed"] = list(zip([r["prompt"] for r in framed[:len(toydata.FRAMINGS)]], f_gen))
   return {"framed_asr": framed_asr(framed, f_gen), "task_accuracy": acc, "n_framed": len(framed),
-          "n_task": n_task, "examples": examples}
+          "n_task": n_task, "examples": examples, "framed_generations": f_gen}
 
 
 def _main(argv: list[str]) -> None:

@@ -173,15 +173,16 @@ def test_every_flagfile_parses():
   """Each run_grid flagfile in experiments/configs parses."""
   import glob
   files = [os.path.relpath(p, REPO) for p in sorted(glob.glob(os.path.join(REPO, "experiments", "configs", "*.flags")))
-           if not os.path.basename(p).startswith(("train_", "toy_multitask", "toy_finetune"))]
+           if not os.path.basename(p).startswith(("train_", "toy_multitask", "toy_finetune", "smollm2_align"))]
   _assert_flagfiles_parse("experiments.run_grid", files,
                           "flags.FLAGS.kind and flags.FLAGS.steps > 0 and flags.FLAGS.multiplier != 0")
 
 
-@pytest.mark.parametrize("module,prefix", [("experiments.multitask_study", "toy_multitask"),
-                                           ("experiments.finetune", "toy_finetune")])
-def test_other_entry_points_flagfiles_parse(module, prefix):
+@pytest.mark.parametrize("module,prefixes", [("experiments.multitask_study", ("toy_multitask",)),
+                                             ("experiments.finetune", ("toy_finetune", "smollm2_align"))])
+def test_other_entry_points_flagfiles_parse(module, prefixes):
   """The study's and finetune's flagfiles parse with their own entry point."""
   import glob
-  files = sorted(glob.glob(os.path.join(REPO, "experiments", "configs", f"{prefix}*.flags")))
+  files = sorted(p for prefix in prefixes
+                 for p in glob.glob(os.path.join(REPO, "experiments", "configs", f"{prefix}*.flags")))
   _assert_flagfiles_parse(module, files, "flags.FLAGS.steps > 0 and flags.FLAGS.model")

@@ -330,3 +330,18 @@ def test_letter_token_ids_hf_tokenizer():
   assert len(ids) == 4 and len(set(ids)) == 4
   for letter, i in zip("ABCD", ids):
     assert tok.decode([i]).strip() == letter
+
+
+def test_word_token_ids_and_visage_fields():
+  vocab = {" ": 0, "Yes": 1, " No": 2, "N": 3, "o": 4}
+  assert metrics.word_token_ids(_FakeTokenizer(vocab), ("Yes", "No")) == (1, 2)
+  with pytest.raises(ValueError, match="label word 'Maybe'"):
+    metrics.word_token_ids(_FakeTokenizer({**vocab, "M": 5, "a": 6, "y": 7, "b": 8, "e": 9}), ("Maybe",),
+                           what="label word")
+  curve = [100.0, 20.0, 0.0, 30.0, 100.0]
+  assert metrics.visage_fields(curve) == {"asr": curve, "visage": metrics.visage(None, curve)}
+  multi = metrics.visage_fields(curve + curve[::-1], num_directions=2)
+  assert multi["asr"] == [curve, curve[::-1]] and multi == {"asr": multi["asr"], **metrics.visage_summary([curve,
+                                                                                                            curve[::-1]])}
+  grid = metrics.visage_fields(list(range(6)), grid_shape=(2, 3))
+  assert grid["visage"] == metrics.visage(None, np.arange(6.0).reshape(2, 3))

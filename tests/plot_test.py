@@ -168,3 +168,25 @@ def test_plot_results_errors(tmp_path):
                                           "nonfinite": [False]})
   with pytest.raises(ValueError, match="'nonfinite' has 1 entries"):
     plot.plot_results(d)
+
+
+def test_plot_results_draws_judged_asr_beside_keyword_asr(tmp_path, monkeypatch):
+  seen = {}
+  monkeypatch.setattr(plot, "plot_1d", lambda x, series, out, **kw: seen.update(series=series, **kw) or out)
+  monkeypatch.setattr(plot, "plot_1d_multi", lambda x, a, out, **kw: seen.update(multi=kw["extra"]) or out)
+  monkeypatch.setattr(plot, "plot_2d", lambda x, y, z, out, **kw: seen.update(z=z) or out)
+  judges = {"guard": {"asr": [0, 50, 100], "visage": 50.0}}
+  plot.plot_results(_write_summary(tmp_path / "one", {"kind": "1d_random", "coords": [[0.0], [0.5], [1.0]],
+                                                       "asr": [0, 0, 100], "judges": judges}))
+  assert list(seen["series"]) == ["keyword ASR (%)", "ASR, judge guard (%)"] and "guard: VISAGE=50.00" in seen["title"]
+  plot.plot_results(_write_summary(tmp_path / "multi", {
+      "kind": "1d_random", "coords": [[0.0], [1.0]], "asr": [[0, 100], [0, 50]],
+      "judges": {"guard": {"asr": [[10, 90], [0, 40]], "visage": 1.0}}}))
+  assert list(seen["multi"]) == ["ASR, judge guard (%)"]
+  plot.plot_results(_write_summary(tmp_path / "two", {
+      "kind": "2d_random", "coords": [[a, b] for a in (0, 1) for b in (0, 1)], "asr": [0, 10, 20, 30],
+      "judges": {"guard": {"asr": [0, 1, 2, 3], "visage": 1.0}}}))
+  assert list(seen["z"]) == ["keyword ASR (%)", "ASR, judge guard (%)"]
+  monkeypatch.undo()
+  _assert_png(plot.plot_results(str(tmp_path / "two"))[0])
+  _assert_png(plot.plot_results(str(tmp_path / "one"))[0])

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from jaxscape import study, taskdata, toydata
+from jaxscape import study, taskdata, testing, toydata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,6 +96,21 @@ def test_smoke_study_end_to_end_resumes_and_refuses_other_settings(tmp_path):
   assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "steps" in proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1
   assert strip((out / "table.json").read_text()) == strip(before)
+  # --judge: the reused rows are judged from their stored generations and landscape dirs; judged columns.
+  judge_dir = testing.make_tiny_judge(str(tmp_path / "judge"), "yes-no", seed=3)
+  proc = _cli(smoke, f"--out={out}", f"--judge={judge_dir}", "--judge_format=yes-no", "--judge_name=tiny")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  judged = json.loads((out / "table.json").read_text())
+  assert judged["judge"]["name"] == "tiny" and judged["surface"]["judges"]["tiny"]["visage"] is not None
+  for old, row in zip(table["rows"], judged["rows"]):
+    assert row["framed_asr"] == old["framed_asr"] and row["visage"] == old["visage"]  # keyword columns unchanged
+    j = row["judges"]["tiny"]
+    assert set(j["framed_asr"]) == set(toydata.FRAMINGS) and isinstance(j["visage"], float)
+    assert j["random_1d"]["visage"] == j["visage"]
+  assert list(judged["rows"][2]["judges"]["tiny"]["framed_asr_per_seed"]) == ["0", "1"]
+  assert "tiny" in json.loads((out / "runs/harmful_10/interp_1d/summary.json").read_text())["judges"]
+  md = (out / "table.md").read_text()
+  assert "judged ASR plain" in md and "judged VISAGE" in md and "classifier judge `tiny`" in md
 
 
 def test_cli_bad_run_is_one_line(tmp_path):
