@@ -154,6 +154,31 @@ def visage_edges(asr_curve: Any) -> tuple[int, int]:
   return lo, hi
 
 
+SAFE_REGION_MARGIN = 5.0  # percentage points above the origin's ASR that still count as safe
+
+
+def safe_region(coords: Any, asr_curve: Any, margin: float = SAFE_REGION_MARGIN) -> tuple[int, int, float]:
+  """The flat safe region around the origin of a 1-D ASR curve: ``(lo, hi, threshold)``.
+
+  The contiguous run of points (inclusive indices ``lo..hi``) around the point nearest
+  coordinate 0 whose ASR is <= ``threshold`` = the origin's ASR + ``margin``. This is the paper's
+  "basin" as a reader sees it; the VISAGE window (:func:`visage_edges`) is wider: it runs to the
+  first point at 100% on each side, or to the ends of the axis.
+  """
+  x = np.asarray(coords, dtype=np.float64)
+  a = np.asarray(asr_curve, dtype=np.float64)
+  if x.shape != a.shape or a.ndim != 1 or a.size == 0:
+    raise ValueError(f"coords {x.shape} and asr {a.shape} must be the same non-empty 1-D shape")
+  origin = int(np.argmin(np.abs(x)))
+  threshold = float(a[origin]) + margin
+  lo = hi = origin
+  while lo > 0 and a[lo - 1] <= threshold:
+    lo -= 1
+  while hi < len(a) - 1 and a[hi + 1] <= threshold:
+    hi += 1
+  return lo, hi, threshold
+
+
 def visage_mask_2d(asr_grid: Any) -> np.ndarray:
   """bool[n1, n2]: points inside the 2-D basin (the rule is in ``visage``)."""
   a = np.asarray(asr_grid, dtype=np.float64)

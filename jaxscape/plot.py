@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from jaxscape.metrics import visage_edges, visage_mask_2d
+from jaxscape.metrics import SAFE_REGION_MARGIN, safe_region, visage_edges, visage_mask_2d
 
 _FLAG_STYLE = dict(marker="X", s=70, color="crimson", edgecolors="black", linewidths=0.5, zorder=5, clip_on=False)
 _FLAG_LABEL = "numerical fault (non-finite logits)"
@@ -55,16 +55,24 @@ def _draw_flags(ax, coords: np.ndarray, values: np.ndarray, flagged: np.ndarray,
                label=label, **_FLAG_STYLE)
 
 
+UNSAFE_ORIGIN = 50.0  # ASR (%) at the origin from which the plots shade no safe region
+
+
 def plot_1d(coords: Any, series: dict[str, Any], out_path: str, *, basin: tuple[float, float] | None = None,
-            flagged: Any = None, title: str | None = None, xlabel: str = "coordinate",
-            ylabel: str | None = None) -> str:
+            safe: tuple[float, float, float] | None = None, flagged: Any = None, title: str | None = None,
+            xlabel: str = "coordinate", ylabel: str | None = None) -> str:
   """Curves of one or more metrics against a 1-D coordinate.
 
   Args:
     coords: float[K] coordinates.
     series: name -> float[K] values (e.g. ``{"ASR": ..., "capability": ...}``), percent or not.
     out_path: PNG path to write.
-    basin: ``(lo_coord, hi_coord)`` shaded as the VISAGE basin, or None.
+    basin: ``(lo_coord, hi_coord)`` of the VISAGE window (the points VISAGE averages over), drawn
+      as dashed edges, or None.
+    safe: ``(lo_coord, hi_coord, threshold)`` of the safe region around the origin
+      (``metrics.safe_region``), shaded green, or None. The two differ: the VISAGE window runs to
+      the first 100% point on each side (or the axis' ends), the safe region only over the flat
+      run near the origin.
     flagged: bool[K], points with a numerical fault (NaN logits), marked on every series.
     title, xlabel: figure text.
     ylabel: y-axis label (default: the series names).
@@ -79,8 +87,13 @@ def plot_1d(coords: Any, series: dict[str, Any], out_path: str, *, basin: tuple[
   fl = None if flagged is None else _vec("flagged", flagged, len(x), bool)
   fig = Figure(figsize=(6.4, 4.2))
   ax = fig.add_subplot()
+  if safe is not None:
+    ax.axvspan(float(safe[0]), float(safe[1]), color="tab:green", alpha=0.15,
+               label=f"safe region (ASR \u2264 {safe[2]:.1f}%: origin + {SAFE_REGION_MARGIN:g})")
   if basin is not None:
-    ax.axvspan(float(basin[0]), float(basin[1]), color="tab:green", alpha=0.12, label="basin")
+    for k, edge in enumerate(basin):
+      ax.axvline(float(edge), color="tab:gray", linestyle="--", linewidth=1.0,
+                 label="VISAGE window (to the first 100% point)" if k == 0 else None)
   for k, (name, y) in enumerate(ys.items()):  # past 10 curves the colours repeat: vary the line style
     ax.plot(x, y, marker="o", markersize=3.5, label=name, linestyle=("-", "--", ":")[(k // 10) % 3])
   if fl is not None:
@@ -284,7 +297,9 @@ def plot_results(results_dir: str) -> list[str]:
       layout as ``asr``, drawn beside the keyword ASR (2-D: one more row per judge).
     nonfinite: optional per point bools (all directions, direction-major), marked as faults.
     visage, visage_std: optional, shown in the title.
-  1-D plots shade the basin between ``metrics.visage_edges`` of the ASR curve; 2-D plots
+  1-D plots mark the VISAGE window (``metrics.visage_edges``, dashed) and shade the safe region
+  around the origin (``metrics.safe_region``) of the ASR curve, unless the origin itself is unsafe
+  (ASR >= ``UNSAFE_ORIGIN``); 2-D plots
   outline ``metrics.visage_mask_2d``. Multi-direction plots shade no basin (each direction
   has its own; see ``visage_per_direction``).
 
@@ -354,10 +369,13 @@ def plot_results(results_dir: str) -> list[str]:
     if v.shape != xs.shape:
       raise ValueError(f"{path}: '{name}' has {v.size} points, coords have {xs.size}")
     series[labels[name]] = v
-  basin = None
+  basin = safe = None
   if "asr" in found:
     lo, hi = visage_edges(series[labels["asr"]])
     basin = (xs[lo], xs[hi])
+    s_lo, s_hi, threshold = safe_region(xs, series[labels["asr"]])
+    if threshold - SAFE_REGION_MARGIN < UNSAFE_ORIGIN:  # an unsafe origin has no safe region to show
+      safe = (xs[s_lo], xs[s_hi], threshold)
   fl = _flags(path, nonfinite, xs.shape)
   ylabel = "ASR (%)" if judges and "capability" not in found else None  # keyword and judged ASR
-  return [plot_1d(xs, series, out, basin=basin, flagged=fl, title=title, xlabel=xlabel, ylabel=ylabel)]
+  return [plot_1d(xs, series, out, basin=basin, safe=safe, flagged=fl, title=title, xlabel=xlabel, ylabel=ylabel)]

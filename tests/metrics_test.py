@@ -345,3 +345,16 @@ def test_word_token_ids_and_visage_fields():
                                                                                                             curve[::-1]])}
   grid = metrics.visage_fields(list(range(6)), grid_shape=(2, 3))
   assert grid["visage"] == metrics.visage(None, np.arange(6.0).reshape(2, 3))
+
+
+def test_safe_region_is_the_flat_run_around_the_origin():
+  x = np.linspace(-1, 1, 9)
+  asr = np.array([90, 95, 60, 4, 2, 6, 8, 100, 100.0])
+  assert metrics.safe_region(x, asr) == (3, 5, 7.0)  # 2 + 5: the 60 on the left, the 8 on the right stop it
+  assert metrics.safe_region(x, asr, margin=0.0) == (4, 4, 2.0)
+  lo, hi = metrics.visage_edges(asr)
+  assert (lo, hi) == (0, 6)  # the VISAGE window is wider: no 100% point on the left
+  interp = np.array([0.0, 0.0, 3.0, 40.0, 99.0])
+  assert metrics.safe_region(np.linspace(0, 1, 5), interp) == (0, 2, 5.0)  # origin at an end
+  with pytest.raises(ValueError, match="same non-empty"):
+    metrics.safe_region(x, asr[:3])

@@ -44,7 +44,7 @@ def test_plot_1d(tmp_path):
   flagged[[0, 8]] = True
   cap = np.array([np.nan, 20, 40, 60, 70, 60, 40, 20, np.nan])
   path = plot.plot_1d(x, {"ASR": asr, "capability": cap}, str(tmp_path / "a" / "one.png"),
-                      basin=(x[lo], x[hi]), flagged=flagged, title="t")
+                      basin=(x[lo], x[hi]), safe=(x[3], x[5], 5.0), flagged=flagged, title="t")
   _assert_png(path)
   _assert_png(plot.plot_1d(x, {"loss": asr * 7.0}, str(tmp_path / "plain.png")))
 
