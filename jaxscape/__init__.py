@@ -33,9 +33,9 @@ _LAZY = {
     "decode_slice": "scan", "plan_scan": "scan",
     "StudySpec": "study", "run_study": "study",
 }
-_SUBMODULES = ("checkpoint", "compilation_cache", "convert", "decode", "directions", "engine", "finetune", "judge",
-               "landscape", "metrics", "model", "perturb", "plot", "prompts", "results", "scan", "sharding", "study",
-               "taskdata", "testing", "tokenizer", "toydata")
+_SUBMODULES = ("aligndata", "checkpoint", "compilation_cache", "convert", "decode", "directions", "engine", "finetune",
+               "gguf_io", "judge", "landscape", "metrics", "model", "perturb", "plot", "prompts", "report", "results",
+               "scan", "sharding", "study", "taskdata", "testing", "tokenizer", "toydata")
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
