@@ -207,8 +207,11 @@ def test_resume_after_sigkill_matches_uninterrupted_run(setup, tmp_path):
       while proc.poll() is None and len(_slice_files(out)) == start:
         time.sleep(0.01)
       time.sleep(rng.uniform(0.0, 0.1))
-    else:  # a random moment of start-up, loading, compiling or scanning
-      time.sleep(rng.uniform(0.3, 4.0))
+    else:  # a random moment of start-up, loading, compiling or scanning, at most 20 slices in
+      # (a warm compilation cache makes a run fast enough to finish all 300 points within the wait)
+      deadline = time.monotonic() + rng.uniform(0.3, 4.0)
+      while proc.poll() is None and time.monotonic() < deadline and len(_slice_files(out)) < start + 20:
+        time.sleep(0.01)
     if proc.poll() is not None:
       break  # finished before the kill
     os.kill(proc.pid, signal.SIGKILL)
