@@ -336,6 +336,39 @@ def save_hf(params: PyTree, cfg: ModelConfig, out_dir: str, *, dtype: str | None
             metadata={"format": "pt"})
 
 
+def save_model(params: PyTree, cfg: ModelConfig, tokenizer, out_dir: str, *,
+               orbax_copy: bool = False, dtype: str | None = None, eos_ids: tuple[int, ...] | None = None) -> str:
+  """Write an HF checkpoint dir that jaxscape and ``transformers`` both load.
+
+  ``config.json`` and ``model.safetensors`` (:func:`save_hf`), the tokenizer files,
+  ``generation_config.json`` with the EOS/BOS/pad ids (also written into ``config.json``),
+  and with ``orbax_copy`` the params as orbax under ``params/``. Returns ``out_dir``. Used by
+  finetuning (``finetune.save_model``) and GGUF conversion (``gguf_io.to_hf_dir``).
+
+  Args:
+    eos_ids: generation stop ids for ``generation_config.json`` (default: the tokenizer's EOS),
+      e.g. a source model's several end-of-turn ids.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  params = jax.tree.map(np.asarray, params)
+  save_hf(params, cfg, out_dir, dtype=dtype)
+  tokenizer.save_pretrained(out_dir)
+  ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+         "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id}
+  path = os.path.join(out_dir, "config.json")
+  with open(path, encoding="utf-8") as f:
+    hf_cfg = json.load(f)
+  hf_cfg.update(ids)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(hf_cfg, f, indent=2, sort_keys=True)
+  with open(os.path.join(out_dir, "generation_config.json"), "w", encoding="utf-8") as f:
+    json.dump({**ids, "eos_token_id": list(eos_ids or [ids["eos_token_id"]]), "do_sample": False}, f, indent=2,
+              sort_keys=True)
+  if orbax_copy:
+    checkpoint.save_params(os.path.join(out_dir, ORBAX_DIR), params, overwrite=True)
+  return out_dir
+
+
 def _copy_meta(src: str, dst: str, skip=()) -> None:
   for name in _META_FILES:
     if name not in skip and os.path.isfile(os.path.join(src, name)):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections.abc
 import importlib.util
-import json
 import os
 import shutil
 from typing import Any
@@ -312,15 +311,7 @@ def to_hf_dir(path: str, out_dir: str, *, dtype: str = "float32", overwrite: boo
   tmp = out_dir + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
-  ids = {k: v for k, v in hf_config(File(model.path)).items() if k.endswith("_token_id")}
-  convert.save_hf(model.params, model.cfg, tmp, dtype=dtype)
-  with open(os.path.join(tmp, "config.json"), encoding="utf-8") as fh:
-    hf_cfg = json.load(fh)
-  with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as fh:
-    json.dump({**hf_cfg, **ids}, fh, indent=2)
-  model.tokenizer.save_pretrained(tmp)
-  with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as fh:
-    json.dump({**ids, "eos_token_id": list(model.eos_ids), "do_sample": False}, fh, indent=2)
+  convert.save_model(model.params, model.cfg, model.tokenizer, tmp, dtype=dtype, eos_ids=model.eos_ids)
   if os.path.exists(out_dir):
     shutil.rmtree(out_dir)
   os.replace(tmp, out_dir)

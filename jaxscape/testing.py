@@ -219,8 +219,13 @@ def make_tiny_gguf(path: str, family: str = "llama", *, seed: int = 0, std: floa
     if qtype == gguf.GGMLQuantizationType.F32:
       w.add_tensor(gname, np.ascontiguousarray(value, np.float32))
       continue
-    raw_only = qtype not in gguf.quants._type_traits and qname != "F16"  # e.g. Q8_1: never dequantized
-    if qname.endswith("_K") or raw_only:
+    quantized = None
+    if not qname.endswith("_K"):
+      try:
+        quantized = gguf.quants.quantize(np.ascontiguousarray(value, np.float32), qtype)
+      except NotImplementedError:  # e.g. Q8_1: written raw, never dequantized
+        pass
+    if quantized is None:
       block, size = gguf.GGML_QUANT_SIZES[qtype]
       rows, cols = value.shape
       raw = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
@@ -233,7 +238,7 @@ def make_tiny_gguf(path: str, family: str = "llama", *, seed: int = 0, std: floa
         raw[..., 2:4] = scales
       w.add_tensor(gname, raw.reshape(rows, -1), raw_dtype=qtype)
     else:
-      w.add_tensor(gname, gguf.quants.quantize(np.ascontiguousarray(value, np.float32), qtype), raw_dtype=qtype)
+      w.add_tensor(gname, quantized, raw_dtype=qtype)
   w.write_header_to_file()
   w.write_kv_data_to_file()
   w.write_tensors_to_file()
