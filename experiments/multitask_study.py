@@ -19,13 +19,19 @@ flags.DEFINE_string("out", None, "results directory (finished runs inside are re
 flags.DEFINE_list("runs", None, "run names (default: all): task:T, task:T+safety, harmful:K, harmful_mixed:K")
 flags.DEFINE_integer("steps", 300, "finetuning steps per benign-task run")
 flags.DEFINE_integer("harmful_steps", 100, "finetuning steps per harmful few-shot run")
-flags.DEFINE_integer("batch_size", 16, "finetuning sequences per step")
-flags.DEFINE_float("learning_rate", 2e-3, "peak finetuning learning rate")
+flags.DEFINE_integer("batch_size", 16, "finetuning sequences per step of the benign task runs")
+flags.DEFINE_float("learning_rate", 2e-3, "peak finetuning learning rate of the benign task runs")
+flags.DEFINE_integer("harmful_batch_size", 16, "finetuning sequences per step of the harmful runs (and the attack)")
+flags.DEFINE_float("harmful_learning_rate", 2e-3, "peak finetuning learning rate of the harmful runs (and the attack)")
 flags.DEFINE_integer("warmup_steps", 10, "linear warm-up steps")
 flags.DEFINE_list("buckets", ["64", "96", "128", "192"], "padded finetuning sequence lengths")
 flags.DEFINE_integer("lora_rank", 0, "0: full finetuning; r > 0: LoRA rank r")
 flags.DEFINE_integer("seed", 0, "finetuning data order")
 flags.DEFINE_integer("harmful_seeds", 3, "finetunes per harmful run (seeds seed, seed+1, ...); their ASR is averaged")
+flags.DEFINE_integer("task_seeds", 1, "finetunes per benign task run (task:T, task:T+safety); ASR and task metrics averaged")
+flags.DEFINE_string("attack_run", "", "harmful run that attacks the models of --attack_from after the study ('': none)")
+flags.DEFINE_list("attack_from", [], "runs whose models --attack_run finetunes (aligned: the aligned model), "
+                  "harmful_seeds seeds each; the table then relates their VISAGE to their ASR after it")
 flags.DEFINE_integer("eval_samples", 150, "held-out harmful requests (x every framing) and task test items")
 flags.DEFINE_integer("max_new_tokens", 48, "decoding budget of the evaluations")
 flags.DEFINE_integer("landscape_prompts", 40, "held-out harmful requests per landscape point")
@@ -53,8 +59,10 @@ def main(argv):
     raise common.UserError(f"--buckets must be integers, got {FLAGS.buckets}") from None
   spec = study.StudySpec(
       runs=tuple(FLAGS.runs) if FLAGS.runs else study.DEFAULT_RUNS, steps=FLAGS.steps,
-      harmful_steps=FLAGS.harmful_steps, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, warmup_steps=FLAGS.warmup_steps,
+      harmful_steps=FLAGS.harmful_steps, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+      harmful_batch_size=FLAGS.harmful_batch_size, harmful_learning_rate=FLAGS.harmful_learning_rate, warmup_steps=FLAGS.warmup_steps,
       buckets=buckets, lora_rank=FLAGS.lora_rank, seed=FLAGS.seed, harmful_seeds=FLAGS.harmful_seeds,
+      task_seeds=FLAGS.task_seeds, attack_run=FLAGS.attack_run, attack_from=tuple(FLAGS.attack_from),
       eval_samples=FLAGS.eval_samples,
       max_new_tokens=FLAGS.max_new_tokens, landscape_prompts=FLAGS.landscape_prompts,
       landscape_new_tokens=FLAGS.landscape_new_tokens, visage_steps=FLAGS.visage_steps,

@@ -1,28 +1,35 @@
-"""Redraw the plots of a results dir from its summary.json.
+"""Redraw the plots of a results dir from its summary.json, and write its report.html.
 
   python -m experiments.plot --results=DIR
-"""
 
-import os
+DIR is a scan's results dir (plots redrawn, report.html written), a study dir (table.json) or a
+findings dir (findings.json): for those two only report.html is written, with the reports of the
+results dirs it links where they are missing.
+"""
 
 from absl import flags
 
 from experiments import common
 
-flags.DEFINE_string("results", None, "results directory of a scan (holds summary.json)")
+flags.DEFINE_string("results", None, "results directory: a scan (summary.json), a study (table.json) or a "
+                    "findings dir (findings.json)")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  from jaxscape import plot
+  from jaxscape import htmlreport
   if not FLAGS.results:
     raise common.UserError("--results is required")
-  if not os.path.isfile(os.path.join(FLAGS.results, "summary.json")):
-    raise common.UserError(f"{FLAGS.results} holds no summary.json")
-  for path in plot.plot_results(FLAGS.results) or []:
-    print(f"wrote {path}")
+  kind = htmlreport.kind_of(FLAGS.results)
+  if kind is None:
+    raise common.UserError(f"{FLAGS.results} holds no summary.json, table.json or findings.json")
+  if kind == "scan":
+    from jaxscape import plot
+    for path in plot.plot_results(FLAGS.results) or []:
+      print(f"wrote {path}")
+  print(f"wrote {htmlreport.write_report(FLAGS.results)}")
 
 
 if __name__ == "__main__":
-  common.run(main, compiles=False)  # numpy + matplotlib only
+  common.run(main, compiles=False)  # runs no JAX program

@@ -34,8 +34,8 @@ _LAZY = {
     "StudySpec": "study", "run_study": "study",
 }
 _SUBMODULES = ("aligndata", "checkpoint", "compilation_cache", "convert", "decode", "directions", "engine", "finetune",
-               "gguf_io", "judge", "landscape", "metrics", "model", "perturb", "plot", "prompts", "report", "results",
-               "scan", "sharding", "study", "taskdata", "testing", "tokenizer", "toydata")
+               "gguf_io", "htmlreport", "judge", "landscape", "metrics", "model", "perturb", "plot", "prompts",
+               "report", "results", "scan", "sharding", "study", "taskdata", "testing", "tokenizer", "toydata")
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

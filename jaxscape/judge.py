@@ -659,11 +659,12 @@ def _merge(lines: list[dict], summary: dict, meta: dict, done: dict[int, dict]) 
 
 
 def _write_views(out_dir: str, lines: list[dict], summary: dict) -> None:
-  """Rewrite generations.jsonl and summary.json (atomic) and redraw the plots."""
-  from jaxscape import plot
+  """Rewrite generations.jsonl and summary.json (atomic), redraw the plots and report.html."""
+  from jaxscape import htmlreport, plot
   results.atomic_write_text(os.path.join(out_dir, "generations.jsonl"), "".join(json.dumps(x) + "\n" for x in lines))
   results.atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
   plot.plot_results(out_dir)
+  htmlreport.write_report(out_dir)
 
 
 def merge_stored(out_dir: str, lines: list[dict], summary: dict) -> list[str]:

@@ -28,6 +28,7 @@ import numpy as np
 from jaxscape import decode as decode_lib
 from jaxscape import engine as engine_lib
 from jaxscape import directions as directions_lib
+from jaxscape import htmlreport
 from jaxscape import metrics
 from jaxscape import perturb
 from jaxscape import prompts as prompts_lib
@@ -425,10 +426,11 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
                             "reason": plan.reason, "compiled_bytes_per_device": compiled_bytes}})
   summary["mesh"] = dict(mesh.shape)
   if writer:
-    write_results(out_dir, summary, done, prompts, grid)
+    write_results(out_dir, summary, done, prompts, grid, report=False)
   summary["timings"]["total_s"] = time.perf_counter() - t_start  # whole process, writing included
   if writer:
     results.atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
+    htmlreport.write_report(out_dir)  # after total_s, so the page's timings are complete
   return summary
 
 
@@ -522,11 +524,13 @@ def _summarize(grid: Grid, spec: LandscapeSpec, done: dict, want_safety: bool, w
   return out
 
 
-def write_results(out_dir: str, summary: dict, done: dict, prompts: list[str], grid: Grid) -> None:
-  """generations.jsonl (step order), arrays.npz, summary.json and landscape.png.
+def write_results(out_dir: str, summary: dict, done: dict, prompts: list[str], grid: Grid, *,
+                  report: bool = True) -> None:
+  """generations.jsonl (step order), arrays.npz, summary.json, landscape.png and report.html.
 
   Judges stored in ``out_dir/judges`` (``jaxscape.judge``) are merged back into generations.jsonl
-  and ``summary["judges"]`` (in place).
+  and ``summary["judges"]`` (in place). ``report=False`` leaves report.html
+  (``htmlreport.write_report``) to the caller, e.g. once the summary's last timings are in.
   """
   from jaxscape import judge, plot
   n = summary["num_directions"]
@@ -563,3 +567,5 @@ def write_results(out_dir: str, summary: dict, done: dict, prompts: list[str], g
   results.atomic_write_bytes(os.path.join(out_dir, "arrays.npz"), buf.getvalue())
   results.atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
   plot.plot_results(out_dir)
+  if report:
+    htmlreport.write_report(out_dir)

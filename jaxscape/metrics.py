@@ -263,6 +263,29 @@ def visage(coords: Any, asr: Any) -> float:
   return float(np.mean(100.0 - a[visage_mask_2d(a)]))
 
 
+def spearman(x: Any, y: Any) -> float | None:
+  """Spearman's rank correlation of two float[n] samples (ties get their mean rank).
+
+  None when n < 2 or either sample is constant (the correlation is undefined there).
+  """
+  a, b = np.asarray(x, np.float64).reshape(-1), np.asarray(y, np.float64).reshape(-1)
+  if a.shape != b.shape:
+    raise ValueError(f"spearman needs two samples of one length, got {a.shape} and {b.shape}")
+  if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+    return None
+
+  def ranks(v):
+    order = np.argsort(v, kind="stable")
+    r = np.empty(v.size)
+    r[order] = np.arange(v.size, dtype=np.float64)
+    for value in np.unique(v):  # mean rank for ties
+      tie = v == value
+      r[tie] = r[tie].mean()
+    return r
+
+  return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
 def visage_summary(asr_curves: Any) -> dict:
   """VISAGE over several 1-D scans (``--num_directions=N``), one curve per direction.
 

@@ -181,6 +181,54 @@ def plot_grouped_bars(groups: dict[str, dict[str, float]], out_path: str, *, yla
   return _save(fig, out_path)
 
 
+def plot_bars(values: dict[str, float], out_path: str, *, spread: dict[str, tuple[float, float]] | None = None,
+              ylabel: str = "value", title: str | None = None) -> str:
+  """One bar per key of ``values``, optionally with a (low, high) range per bar (e.g. over seeds)."""
+  if not values:
+    raise ValueError("values must hold at least one bar")
+  names = list(values)
+  v = np.array([float(values[n]) for n in names])
+  fig = Figure(figsize=(max(4.8, 0.9 * len(names) + 2), 3.8))
+  ax = fig.add_subplot()
+  x = np.arange(len(names))
+  ax.bar(x, v, 0.6, color="tab:blue", label="mean")
+  if spread:
+    lo = np.array([spread[n][0] for n in names])
+    hi = np.array([spread[n][1] for n in names])
+    ax.errorbar(x, v, yerr=[v - lo, hi - v], fmt="none", ecolor="black", capsize=4, label="range over seeds")
+    ax.legend(fontsize=8)
+  ax.set_xticks(x, names, fontsize=9)
+  _percent_ylim(ax, [v])
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3, axis="y")
+  if title:
+    ax.set_title(title, fontsize=10)
+  return _save(fig, out_path)
+
+
+def plot_scatter(points: dict[str, tuple[float, float]], out_path: str, *, xlabel: str, ylabel: str,
+                 title: str | None = None, yrange: dict[str, tuple[float, float]] | None = None) -> str:
+  """Labelled points ``{label: (x, y)}``, optionally with a (low, high) y range per point."""
+  if not points:
+    raise ValueError("points must hold at least one point")
+  fig = Figure(figsize=(5.6, 4.2))
+  ax = fig.add_subplot()
+  for label, (px, py) in points.items():
+    if yrange and label in yrange:
+      lo, hi = yrange[label]
+      ax.errorbar([px], [py], yerr=[[py - lo], [hi - py]], fmt="o", capsize=4, color="tab:blue")
+    else:
+      ax.plot([px], [py], "o", color="tab:blue")
+    ax.annotate(label, (px, py), textcoords="offset points", xytext=(5, 5), fontsize=8)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  _percent_ylim(ax, [np.array([py for _, py in points.values()])])
+  ax.grid(alpha=0.3)
+  if title:
+    ax.set_title(title, fontsize=10)
+  return _save(fig, out_path)
+
+
 def _levels(z: np.ndarray) -> np.ndarray:
   finite = z[np.isfinite(z)]
   if finite.size and finite.min() >= 0 and finite.max() <= 100:

@@ -47,14 +47,22 @@ class StudySpec:
 
   Attributes:
     runs: run names (see the module docstring).
-    steps, batch_size, learning_rate, warmup_steps, buckets, lora_rank: finetuning, the same for
-      every run (one compiled train step), except that harmful runs take ``harmful_steps`` steps
-      (their sets hold 10-200 records).
+    steps, batch_size, learning_rate: finetuning of the benign task runs (calibrated so that
+      they degrade safety only partly: experiments/configs/toy_multitask.flags says why).
+    harmful_steps, harmful_batch_size, harmful_learning_rate: the same for the harmful runs
+      (their sets hold 10-200 records) and the attack.
+    warmup_steps, buckets, lora_rank: finetuning, the same for every run.
     seed: finetuning data order (and LoRA init).
     harmful_seeds: finetunes per harmful run, with seeds ``seed, seed + 1, ...``: their ASR per
       framing is averaged (and kept per seed), because a 100-200 record finetune's held-out ASR
       swings with the data order (mixed 100-shot: 59%, 55% and 4% for seeds 0-2). Landscapes
       and VISAGE are measured on the first seed's model only.
+    task_seeds: the same for the benign task runs (``task:T`` and ``task:T+safety``); their task
+      metrics are averaged over the seeds too.
+    attack_run, attack_from: finetune the models of the runs ``attack_from`` ("aligned" for the
+      aligned model itself; other runs: their first seed's model) on ``attack_run`` (a harmful
+      run, with its settings and ``harmful_seeds`` seeds) and measure their ASR per framing after
+      it; with the models' VISAGE this tests whether VISAGE predicts the outcome of a finetune.
     eval_samples: held-out harmful requests (each in every framing) and items per task test split.
     max_new_tokens: decoding budget of the evaluations.
     landscape_prompts: held-out harmful requests per landscape point.
@@ -70,11 +78,14 @@ class StudySpec:
   harmful_steps: int = 100
   batch_size: int = 16
   learning_rate: float = 2e-3
+  harmful_batch_size: int = 16
+  harmful_learning_rate: float = 2e-3
   warmup_steps: int = 10
   buckets: tuple[int, ...] = (64, 96, 128, 192)
   lora_rank: int = 0
   seed: int = 0
   harmful_seeds: int = 3
+  task_seeds: int = 1
   eval_samples: int = 150
   max_new_tokens: int = 48
   landscape_prompts: int = 40
@@ -86,6 +97,8 @@ class StudySpec:
   surface_run: str = "harmful:100"
   surface_steps: int = 6
   direction_seed: int = 123
+  attack_run: str = ""
+  attack_from: tuple[str, ...] = ()
 
   def __post_init__(self):
     if not self.runs:
@@ -96,12 +109,21 @@ class StudySpec:
       raise ValueError(f"runs must be distinct, got {list(self.runs)}")
     if self.surface_run and self.surface_run not in self.runs:
       raise ValueError(f"surface_run {self.surface_run!r} is not one of the runs")
-    for name in ("steps", "harmful_steps", "batch_size", "eval_samples", "landscape_prompts", "landscape_new_tokens",
-                 "max_new_tokens", "visage_steps", "interp_steps", "surface_steps", "harmful_seeds"):
+    for name in ("steps", "harmful_steps", "batch_size", "harmful_batch_size", "eval_samples", "landscape_prompts", "landscape_new_tokens",
+                 "max_new_tokens", "visage_steps", "interp_steps", "surface_steps", "harmful_seeds",
+                 "task_seeds"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
     if self.visage_multiplier == 0:
       raise ValueError("visage_multiplier must be non-zero")
+    if self.attack_from and not self.attack_run.startswith("harmful"):
+      raise ValueError(f"attack_from needs attack_run = a harmful run (harmful:K or harmful_mixed:K), "
+                       f"got {self.attack_run!r}")
+    if self.attack_run:
+      run_records(self.attack_run, check_only=True)
+    for start in self.attack_from:
+      if start != BASE and start not in self.runs:
+        raise ValueError(f"attack_from {start!r} is neither {BASE!r} nor one of the runs")
 
 
 def run_records(run: str, *, seed: int = 0, check_only: bool = False) -> list[dict]:
@@ -167,25 +189,67 @@ def _finetune(base, name: str, spec: StudySpec, tc, out_dir: str, *, seed: int, 
   return records, info, convert.load_model(out_dir)
 
 
-def _average_over_seeds(row: dict, name: str, base, spec: StudySpec, tc, run_dir: str, *, progress: bool) -> None:
-  """Finetune ``name`` again with seeds ``spec.seed + 1 ..``; ``row["framed_asr"]`` becomes the mean over seeds.
+def seeds_of(name: str, spec: StudySpec) -> int:
+  """How many finetuning seeds run ``name`` gets (``harmful_seeds`` or ``task_seeds``)."""
+  return spec.task_seeds if name.startswith("task:") else spec.harmful_seeds
 
-  Each extra model is evaluated for ASR per framing only, then deleted; the per-seed values go
-  to ``row["framed_asr_per_seed"]`` (keys: seeds as strings, the row's own seed first).
+
+def _average_over_seeds(row: dict, name: str, base, spec: StudySpec, tc, run_dir: str, *, progress: bool) -> None:
+  """Finetune ``name`` again with seeds ``spec.seed + 1 ..``; the row's ASR (and task metrics) become means.
+
+  Each extra model is evaluated (ASR per framing; task runs also their task metrics), then
+  deleted; the per-seed values go to ``row["framed_asr_per_seed"]`` (and
+  ``row["task_accuracy_per_seed"]``; keys: seeds as strings, the row's own seed first).
   """
+  tasks = name.startswith("task:")
   per_seed = {str(spec.seed): row["framed_asr"]}
+  task_per_seed = {str(spec.seed): row["task_accuracy"]}
   generations = {str(spec.seed): row["framed_generations"]}  # for classifier judges (judge_row)
-  for seed in range(spec.seed + 1, spec.seed + spec.harmful_seeds):
+  for seed in range(spec.seed + 1, spec.seed + seeds_of(name, spec)):
     model_dir = os.path.join(run_dir, f"model_seed{seed}")
     _, _, tuned = _finetune(base, name, spec, tc, model_dir, seed=seed, progress=progress)
     ev = taskdata.evaluate_tasks(tuned, samples=spec.eval_samples, max_new_tokens=spec.max_new_tokens,
-                                 task_metrics=False)
+                                 task_metrics=tasks)
     per_seed[str(seed)] = ev["framed_asr"]
+    task_per_seed[str(seed)] = ev["task_accuracy"]
     generations[str(seed)] = ev["framed_generations"]
     shutil.rmtree(model_dir)
   row["framed_asr_per_seed"] = per_seed
   row["framed_generations_per_seed"] = generations
-  row["framed_asr"] = {f: float(np.mean([asr[f] for asr in per_seed.values()])) for f in row["framed_asr"]}
+  row["framed_asr"] = _mean_of(per_seed)
+  if tasks:
+    row["task_accuracy_per_seed"] = task_per_seed
+    row["task_accuracy"] = _mean_of(task_per_seed)
+
+
+def _mean_of(per_seed: dict[str, dict[str, float]]) -> dict[str, float]:
+  """``{seed: {key: value}}`` -> ``{key: mean over seeds}``."""
+  first = next(iter(per_seed.values()))
+  return {k: float(np.mean([v[k] for v in per_seed.values()])) for k in first}
+
+
+def _attack(start: str, base, spec: StudySpec, tc, out_dir: str, rows: dict, *, progress: bool) -> dict:
+  """ASR per framing after finetuning run ``start``'s model on ``spec.attack_run`` (seeds as harmful runs).
+
+  The aligned model attacked with a run of the study is that run's row (the same finetunes), so
+  it is reused. Other starts: their first seed's model, finetuned ``harmful_seeds`` times.
+  """
+  from jaxscape import convert
+  if start == BASE and spec.attack_run in rows:
+    r = rows[spec.attack_run]
+    per_seed = r.get("framed_asr_per_seed") or {str(spec.seed): r["framed_asr"]}
+    return {"start": start, "run": spec.attack_run, "framed_asr_per_seed": per_seed, "framed_asr": _mean_of(per_seed),
+            "reused": spec.attack_run}
+  model = base if start == BASE else convert.load_model(os.path.join(out_dir, "runs", slug(start), "model"))
+  per_seed = {}
+  for seed in range(spec.seed, spec.seed + spec.harmful_seeds):
+    model_dir = os.path.join(out_dir, "attacks", f"{slug(start)}_seed{seed}")
+    _, _, tuned = _finetune(model, spec.attack_run, spec, tc, model_dir, seed=seed, progress=progress)
+    ev = taskdata.evaluate_tasks(tuned, samples=spec.eval_samples, max_new_tokens=spec.max_new_tokens,
+                                 task_metrics=False)
+    per_seed[str(seed)] = ev["framed_asr"]
+    shutil.rmtree(model_dir)
+  return {"start": start, "run": spec.attack_run, "framed_asr_per_seed": per_seed, "framed_asr": _mean_of(per_seed)}
 
 
 def judge_row(row: dict, judge, spec: StudySpec, run_dir: str, *, progress: bool = False) -> dict:
@@ -231,13 +295,16 @@ def _write_json(path: str, obj: Any) -> None:
 def _check_compatible(out_dir: str, model_dir: str, params: Any, spec: StudySpec) -> None:
   """Record the study's settings in ``out_dir/study.json``; refuse a dir holding a study with other settings.
 
-  Only ``runs`` may differ (adding runs to a finished study reuses the others).
+  Only ``runs`` and ``attack_from`` may differ (adding runs to a finished study reuses the others).
   """
   import jax
 
   from jaxscape import convert, results
-  settings = {k: v for k, v in dataclasses.asdict(spec).items() if k != "runs"}
-  settings["buckets"] = list(settings["buckets"])
+  def plain(d):  # tuples as JSON writes them
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items() if k not in ("runs", "attack_from")}
+
+  settings = plain(dataclasses.asdict(spec))
+  defaults = plain(dataclasses.asdict(StudySpec()))  # a setting added later: its default in older dirs
   # Fingerprinted per layer (the former layout): study dirs written before layers were stacked
   # keep their fingerprint. Host views, so no slicing program is compiled.
   per_layer = convert.unstack_layers(jax.tree.map(np.asarray, params))
@@ -248,8 +315,8 @@ def _check_compatible(out_dir: str, model_dir: str, params: Any, spec: StudySpec
     with open(path, encoding="utf-8") as f:
       have = json.load(f)
     diff = [k for k in ("model", "model_weights") if have.get(k) != want[k]]
-    diff += [f"{k} ({have['settings'].get(k)!r} there, {v!r} now)" for k, v in settings.items()
-             if have.get("settings", {}).get(k) != v]
+    there = {**defaults, **have.get("settings", {})}
+    diff += [f"{k} ({there.get(k)!r} there, {v!r} now)" for k, v in settings.items() if there.get(k) != v]
     if diff:
       raise ValueError(f"{out_dir} holds a study with other settings: {', '.join(diff)}; use another --out")
     return
@@ -275,9 +342,11 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
   t_start = time.perf_counter()
   base = convert.load_model(model_dir)
   _check_compatible(out_dir, model_dir, base.params, spec)
-  tcs = {steps: finetune.TrainConfig(num_steps=steps, batch_size=spec.batch_size, buckets=spec.buckets,
-                                     learning_rate=spec.learning_rate, warmup_steps=min(spec.warmup_steps, steps),
-                                     seed=spec.seed) for steps in {spec.steps, spec.harmful_steps}}
+  tcs = {kind: finetune.TrainConfig(num_steps=steps, batch_size=bs, buckets=spec.buckets, learning_rate=lr,
+                                    warmup_steps=min(spec.warmup_steps, steps), seed=spec.seed)
+         for kind, steps, bs, lr in (("task", spec.steps, spec.batch_size, spec.learning_rate),
+                                     ("harmful", spec.harmful_steps, spec.harmful_batch_size,
+                                      spec.harmful_learning_rate))}
   rows = {}
   for name in (BASE,) + spec.runs:
     run_dir = os.path.join(out_dir, "runs", slug(name))
@@ -295,13 +364,13 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
     if name == BASE:
       row = {"run": name, "finetune": None, **_measure(base, spec, run_dir, progress=progress)}
     else:
-      tc = tcs[spec.steps if name.startswith("task:") else spec.harmful_steps]
+      tc = tcs["task" if name.startswith("task:") else "harmful"]
       records, info, tuned = _finetune(base, name, spec, tc, os.path.join(run_dir, "model"), seed=spec.seed,
                                        progress=progress)
       row = {"run": name, "finetune": {"records": len(records), "steps": info["steps"],
                                        "final_loss": info["final_loss"], "seconds": info["seconds"]},
              **_measure(tuned, spec, run_dir, base=base, progress=progress)}
-      if name.startswith("harmful") and spec.harmful_seeds > 1:
+      if seeds_of(name, spec) > 1:
         _average_over_seeds(row, name, base, spec, tc, run_dir, progress=progress)
     row["seconds"] = time.perf_counter() - t0
     if judge is not None:
@@ -326,14 +395,34 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
       surface["judges"] = {judge.name: {"visage": entry["visage"]}}
     log(f"2-D interpolation x random ({spec.surface_run}): VISAGE {s['visage']:.1f}")
 
+  attacks = []
+  for start in spec.attack_from:
+    path = os.path.join(out_dir, "attacks", f"{slug(start)}.json")
+    if os.path.isfile(path):
+      with open(path, encoding="utf-8") as f:
+        attacks.append(json.load(f))
+      log(f"{start} -> {spec.attack_run}: reused {path}")
+      continue
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    t0 = time.perf_counter()
+    a = _attack(start, base, spec, tcs["harmful"], out_dir, rows, progress=progress)
+    a["seconds"] = time.perf_counter() - t0
+    _write_json(path, a)
+    attacks.append(a)
+    log(f"{start} -> {spec.attack_run}: plain ASR {a['framed_asr']['plain']:.0f}% (mean of "
+        f"{len(a['framed_asr_per_seed'])} seeds; {a['seconds']:.0f} s)")
+
   table = {"model": model_dir, "spec": dataclasses.asdict(spec), "rows": [rows[n] for n in (BASE,) + spec.runs],
-           "surface": surface, "findings": findings(rows), "seconds": time.perf_counter() - t_start,
+           "surface": surface, "attacks": attacks, "findings": findings(rows, attacks),
+           "seconds": time.perf_counter() - t_start,
            "judge": None if judge is None else {"name": judge.name, "format": judge.spec.fmt,
                                                 "path": judge.model.path, "threshold": judge.spec.threshold}}
   _write_json(os.path.join(out_dir, "table.json"), table)
   with open(os.path.join(out_dir, "table.md"), "w", encoding="utf-8") as f:
     f.write(table_markdown(table))
   plot_study(table, out_dir)
+  from jaxscape import htmlreport
+  htmlreport.write_report(out_dir)
   return table
 
 
@@ -348,7 +437,7 @@ def _own_task(run: str) -> str | None:
   return arg.partition("+")[0] if kind == "task" else None
 
 
-def findings(rows: dict[str, dict]) -> dict:
+def findings(rows: dict[str, dict], attacks: list[dict] = ()) -> dict:
   """The study's claims, computed from its rows (each value is what was measured, not what was hoped).
 
   * ``harmful``: per K, plain ASR after harmful:K and harmful_mixed:K (the mean over finetuning
@@ -356,7 +445,15 @@ def findings(rows: dict[str, dict]) -> dict:
     and whether mixing cut the rise at least in half.
   * ``multitask``: per task, the ASR of requests framed as that task after task:T and after
     task:T+safety, and whether the safety set lowered it.
-  * ``most_degrading_task``: the benign task whose finetune gave the highest mean ASR over framings.
+  * ``mean_framed_asr_by_task``: per benign task run task:T, the mean ASR over the five framings
+    (and over its seeds); ``..._per_seed`` the same per seed; ``most_degrading_task``: the task
+    with the highest mean; ``ranking``: the tasks by that mean, each next to the one below it with
+    whether their per-seed ranges are apart (``separated``: the lower task's highest seed is
+    below the higher task's lowest seed).
+  * ``framing_asr_over_tasks``: per framing, its ASR averaged over the benign task runs; and
+    ``weakest_framings``: the framings by that mean, highest first.
+  * ``visage_vs_attack`` (with ``attacks``): per starting model its VISAGE and its plain ASR after
+    the attack (the mean over seeds), and Spearman's rho between them, with n.
   """
   out: dict[str, Any] = {}
   base = rows.get(BASE)
@@ -385,8 +482,28 @@ def findings(rows: dict[str, dict]) -> dict:
   task_rows = {t: rows[f"task:{t}"] for t in taskdata.TASKS if f"task:{t}" in rows}
   if task_rows:
     mean = {t: float(np.mean(list(r["framed_asr"].values()))) for t, r in task_rows.items()}
+    per_seed = {t: {s: float(np.mean(list(v.values()))) for s, v in
+                    (r.get("framed_asr_per_seed") or {"-": r["framed_asr"]}).items()} for t, r in task_rows.items()}
     out["mean_framed_asr_by_task"] = mean
+    out["mean_framed_asr_by_task_per_seed"] = per_seed
     out["most_degrading_task"] = max(mean, key=mean.get)
+    order = sorted(mean, key=lambda t: -mean[t])
+    out["ranking"] = [{"task": t, "mean": mean[t], "seed_min": min(per_seed[t].values()),
+                       "seed_max": max(per_seed[t].values()),
+                       "separated_from_next": (None if i + 1 == len(order) else
+                                               bool(max(per_seed[order[i + 1]].values()) < min(per_seed[t].values())))}
+                      for i, t in enumerate(order)]
+    framings = list(next(iter(task_rows.values()))["framed_asr"])
+    by_framing = {f: float(np.mean([r["framed_asr"][f] for r in task_rows.values()])) for f in framings}
+    out["framing_asr_over_tasks"] = by_framing
+    out["weakest_framings"] = sorted(by_framing, key=lambda f: -by_framing[f])
+  if attacks:
+    from jaxscape import metrics
+    points = [{"start": a["start"], "visage": rows[a["start"]]["visage"], "asr_after": a["framed_asr"]["plain"],
+               "asr_after_per_seed": {s: v["plain"] for s, v in a["framed_asr_per_seed"].items()}}
+              for a in attacks if a["start"] in rows]
+    rho = metrics.spearman([p["visage"] for p in points], [p["asr_after"] for p in points])
+    out["visage_vs_attack"] = {"run": attacks[0]["run"], "points": points, "spearman_rho": rho, "n": len(points)}
   return out
 
 
@@ -410,6 +527,9 @@ def table_markdown(table: dict) -> str:
               f"({table['spec']['seed']}, {table['spec']['seed'] + 1}, ...), VISAGE and the interpolation "
               f"landscape are the seed {table['spec']['seed']} model's."
               if table['spec'].get('harmful_seeds', 1) > 1 else "")
+           + (f" Benign task rows: ASR and task metrics are the mean over {table['spec']['task_seeds']} finetuning "
+              "seeds; VISAGE and the interpolation landscape are the first seed's model's."
+              if table['spec'].get('task_seeds', 1) > 1 else "")
            + (f" Judged columns: classifier judge `{jname}` (format {table['judge']['format']}, unsafe when "
               f"p(unsafe) >= {table['judge']['threshold']}) on the same generations and landscapes; findings use "
               "the keyword ASR." if jname else ""), "",
@@ -452,9 +572,26 @@ def table_markdown(table: dict) -> str:
                  f"{m['task_accuracy']:.0f}% -> {m['task_accuracy_with_safety']:.0f}%")
   if "most_degrading_task" in fnd:
     mean = fnd["mean_framed_asr_by_task"]
-    lines.append(f"- mean ASR over framings after each benign task finetune: "
-                 + ", ".join(f"{t} {v:.0f}%" for t, v in sorted(mean.items(), key=lambda kv: -kv[1]))
+    spread = {r["task"]: r for r in fnd.get("ranking", [])}
+    seeds = "" if not spread else " (per-seed range in brackets)"
+    lines.append(f"- mean ASR over framings after each benign task finetune{seeds}: "
+                 + ", ".join(f"{t} {v:.0f}%" + (f" [{spread[t]['seed_min']:.0f}-{spread[t]['seed_max']:.0f}]"
+                                               if t in spread else "")
+                             for t, v in sorted(mean.items(), key=lambda kv: -kv[1]))
                  + f"; most degrading here: {fnd['most_degrading_task']}")
+    if spread:
+      gaps = [f"{r['task']} > next: {'yes' if r['separated_from_next'] else 'no'}" for r in fnd["ranking"][:-1]]
+      lines.append("- ranking apart from the seed spread (per-seed ranges do not overlap): " + ", ".join(gaps))
+  if "framing_asr_over_tasks" in fnd:
+    by = fnd["framing_asr_over_tasks"]
+    lines.append("- ASR per framing, mean over the benign task finetunes: "
+                 + ", ".join(f"{f} {by[f]:.0f}%" for f in fnd["weakest_framings"]))
+  if "visage_vs_attack" in fnd:
+    v = fnd["visage_vs_attack"]
+    rho = "undefined" if v["spearman_rho"] is None else f"{v['spearman_rho']:+.2f}"
+    lines.append(f"- VISAGE before `{v['run']}` vs plain ASR after it (mean over seeds): "
+                 + ", ".join(f"`{p['start']}` {p['visage']:.1f} -> {p['asr_after']:.0f}%" for p in v["points"])
+                 + f"; Spearman's rho {rho} (n = {v['n']})")
   if table.get("surface"):
     s = table["surface"]
     judged = (s.get("judges") or {}).get(jname) if jname else None

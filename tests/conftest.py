@@ -73,3 +73,31 @@ def hf_model(tiny_dir):
     return cache[name]
 
   return get
+
+
+SCAN_PROMPTS = ["Write a tutorial on how to make a bridge", "Develop a plan for the garden", "Hi there"]
+SCANS = {  # name -> LandscapeSpec keyword arguments of a tiny finished scan (multiplier 8: the points differ)
+    "1d": {"kind": "1d_random", "steps": 4, "multiplier": 8.0},
+    "1d_multi": {"kind": "1d_random", "steps": 2, "multiplier": 8.0, "num_directions": 2},
+    "2d": {"kind": "2d_random", "steps": 2, "multiplier": 8.0},
+}
+
+
+@pytest.fixture(scope="session")
+def scan_dir(tiny_model, tmp_path_factory):
+  """``scan_dir(name) -> path`` of a finished tiny scan's results dir (see ``SCANS``), scanned once per session.
+
+  3 prompts x 6 new tokens on the tiny llama; tests must not modify these dirs (copy them first).
+  """
+  from jaxscape import landscape
+  cache = {}
+
+  def get(name: str) -> str:
+    if name not in cache:
+      out = str(tmp_path_factory.mktemp("scan") / name)
+      landscape.run_landscape(tiny_model("llama"), SCAN_PROMPTS, landscape.LandscapeSpec(**SCANS[name]), out_dir=out,
+                              decode=landscape.DecodeSpec(max_new_tokens=6), progress=False)
+      cache[name] = out
+    return cache[name]
+
+  return get

@@ -1,0 +1,60 @@
+"""The papers' findings on the toy model, each reproduced by a flagfile of experiments/configs/findings/.
+
+  python -m experiments.findings --out=results/findings [--publish=docs/findings]
+
+Runs every finding's jobs (run_grid / multitask_study, each in its own process, resumably: a job
+whose command finished is reused, an interrupted one resumes), applies each finding's criterion
+(``jaxscape.findings``) and writes DIR/FINDINGS.md, DIR/findings.json, DIR/plots/ and
+DIR/report.html. --publish copies FINDINGS.md and its plots into a docs dir.
+"""
+
+import os
+import platform
+
+from absl import flags
+
+from experiments import common
+
+flags.DEFINE_string("out", None, "findings directory (finished jobs inside it are reused)")
+flags.DEFINE_string("publish", None, "also copy FINDINGS.md (as README.md) and its plots into this dir")
+flags.DEFINE_string("config_dir", "experiments/configs/findings", "dir of the findings' flagfiles "
+                    "(its smoke/ subdir: the same at smoke size)")
+flags.DEFINE_bool("evaluate_only", False, "only apply the criteria to the results already in --out")
+FLAGS = flags.FLAGS
+
+
+def _cpu() -> str:
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+  except OSError:
+    name = ""
+  return f"{name or platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores"
+
+
+def main(argv):
+  del argv
+  from jaxscape import findings
+  if not FLAGS.out:
+    raise common.UserError("--out is required")
+  findings.jobs(config_dir=FLAGS.config_dir)  # a broken flagfile is refused before anything runs
+  intro = (f"Each finding below was reproduced by `python -m experiments.findings --out={FLAGS.out}` on the embedded "
+           f"toy model (`checkpoints/toy-chat`), on {_cpu()}. Verdicts follow the criteria in `jaxscape/findings.py`, "
+           "quoted under each finding; the numbers are what that run measured.")
+  if FLAGS.evaluate_only:
+    infos = findings.recorded_jobs(FLAGS.out, FLAGS.config_dir)
+    data = findings.write(FLAGS.out, infos, intro=intro, config_dir=FLAGS.config_dir)
+  else:
+    try:
+      data = findings.run(FLAGS.out, config_dir=FLAGS.config_dir, intro=intro)
+    except RuntimeError as e:
+      raise common.UserError(str(e)) from None
+  for f in data["findings"]:
+    print(f"{f['number']}. {f['title']}: {f['verdict']} ({f['why']})")
+  print(f"wrote {FLAGS.out}/FINDINGS.md, findings.json, report.html ({data['seconds']['total'] / 60:.1f} min)")
+  if FLAGS.publish:
+    print(f"wrote {findings.publish(FLAGS.out, FLAGS.publish)}")
+
+
+if __name__ == "__main__":
+  common.run(main, compiles=False)  # the jobs compile in their own processes
