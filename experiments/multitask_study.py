@@ -28,6 +28,10 @@ flags.DEFINE_list("buckets", ["64", "96", "128", "192"], "padded finetuning sequ
 flags.DEFINE_integer("lora_rank", 0, "0: full finetuning; r > 0: LoRA rank r")
 flags.DEFINE_integer("seed", 0, "finetuning data order")
 flags.DEFINE_integer("harmful_seeds", 3, "finetunes per harmful run (seeds seed, seed+1, ...); their ASR is averaged")
+flags.DEFINE_float("task_target", 0.0, "early stopping of the benign task runs: stop at the first check where the "
+                   "task metric on the held-out tail of the training split is >= this (%; 0: off)")
+flags.DEFINE_integer("task_check_every", 100, "steps between those checks")
+flags.DEFINE_integer("task_validation", 40, "training records held out for those checks")
 flags.DEFINE_integer("task_seeds", 1, "finetunes per benign task run (task:T, task:T+safety); ASR and task metrics averaged")
 flags.DEFINE_string("attack_run", "", "harmful run that attacks the models of --attack_from after the study ('': none)")
 flags.DEFINE_list("attack_from", [], "runs whose models --attack_run finetunes (aligned: the aligned model), "
@@ -62,7 +66,8 @@ def main(argv):
       harmful_steps=FLAGS.harmful_steps, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
       harmful_batch_size=FLAGS.harmful_batch_size, harmful_learning_rate=FLAGS.harmful_learning_rate, warmup_steps=FLAGS.warmup_steps,
       buckets=buckets, lora_rank=FLAGS.lora_rank, seed=FLAGS.seed, harmful_seeds=FLAGS.harmful_seeds,
-      task_seeds=FLAGS.task_seeds, attack_run=FLAGS.attack_run, attack_from=tuple(FLAGS.attack_from),
+      task_seeds=FLAGS.task_seeds, task_target=FLAGS.task_target, task_check_every=FLAGS.task_check_every,
+      task_validation=FLAGS.task_validation, attack_run=FLAGS.attack_run, attack_from=tuple(FLAGS.attack_from),
       eval_samples=FLAGS.eval_samples,
       max_new_tokens=FLAGS.max_new_tokens, landscape_prompts=FLAGS.landscape_prompts,
       landscape_new_tokens=FLAGS.landscape_new_tokens, visage_steps=FLAGS.visage_steps,

@@ -252,7 +252,19 @@ def _f1(out_dir: str) -> tuple[str, dict, str, list[str]]:
   else:
     verdict = NOT
     why = (f"the safe region holds {width} point(s)" if width < 3 else "neither wall is a step by the criterion")
-  return verdict, numbers, why, [os.path.join("basin", "landscape.png")]
+  return verdict, numbers, why, [_plot_basin(out_dir, s, {"ASR (%)": a}, "1_safety_basin.png")]
+
+
+def _plot_basin(out_dir: str, s: dict, series: dict, name: str) -> str:
+  """The basin scan's curves with its VISAGE window (dashed) and safe region (green)."""
+  from jaxscape import plot
+  a = np.asarray(s["asr"], np.float64)
+  lo, hi, thr = metrics.safe_region(s["x"], a)
+  e0, e1 = metrics.visage_edges(a)
+  path = plot.plot_1d(s["x"], series, os.path.join(out_dir, "plots", name), basin=(s["x"][e0], s["x"][e1]),
+                      safe=(s["x"][lo], s["x"][hi], thr), title=f"1-D random direction, VISAGE {s['visage']:.1f}",
+                      ylabel="%")
+  return os.path.relpath(path, out_dir)
 
 
 def _f2(out_dir: str) -> tuple[str, dict, str, list[str]]:
@@ -269,13 +281,13 @@ def _f2(out_dir: str) -> tuple[str, dict, str, list[str]]:
              "capability at the ends": [round(float(c[0]), 1), round(float(c[-1]), 1)],
              "decline (origin - mean of the ends)": round(decline, 1),
              "largest neighbour change: capability / ASR": f"{jump_c:.1f} / {jump_a:.1f}"}
+  plots = [_plot_basin(out_dir, s, {"ASR (%)": a, "capability: multiple-choice accuracy (%)": c},
+                       "2_capability.png")]
   if decline < 10:
-    return NOT, numbers, f"capability declines by {decline:.1f} points only", [os.path.join("basin", "landscape.png")]
+    return NOT, numbers, f"capability declines by {decline:.1f} points only", plots
   if jump_c <= jump_a / 2:
-    return REPRODUCED, numbers, "a gradual decline: its steepest step is at most half the ASR's", [
-        os.path.join("basin", "landscape.png")]
-  return PARTLY, numbers, "capability declines, but its steepest step is more than half the ASR's", [
-      os.path.join("basin", "landscape.png")]
+    return REPRODUCED, numbers, "a gradual decline: its steepest step is at most half the ASR's", plots
+  return PARTLY, numbers, "capability declines, but its steepest step is more than half the ASR's", plots
 
 
 def _interp_at(row: dict, coef: float) -> float:

@@ -462,12 +462,14 @@ def train(trainable: PyTree, cfg: model_lib.ModelConfig, examples: list[Example]
     pad_id: token id used for padding (masked out).
     eval_fn: ``eval_fn(params, step) -> dict`` called every ``eval_every`` steps (0: only at the
       end) with the merged params; results go to the history (JSON-serialisable values when
-      checkpointing).
+      checkpointing). A result with ``"stop": True`` ends training at that step (early
+      stopping; ``history["stopped_at"]``), the state saved there as the last one.
     progress: tqdm bar on stderr showing the loss.
     fingerprint: extra JSON-serialisable facts a resumed run must share (e.g. LoRA settings).
   Returns:
     (trained ``trainable``, history ``{"loss": [per step], "evals": [...], "seconds",
-    "compile_seconds", "tokens", "resumed_from"}``); ``seconds`` counts this call only.
+    "compile_seconds", "tokens", "resumed_from", "stopped_at" (None: ran every step)}``);
+    ``seconds`` counts this call only.
   Raises:
     ValueError: no examples, bad ``checkpoint_every``, or an incompatible saved state.
   """
@@ -488,7 +490,7 @@ def train(trainable: PyTree, cfg: model_lib.ModelConfig, examples: list[Example]
   commit = lambda tree: jax.tree.map(lambda x: jax.device_put(x, x.sharding), tree)  # noqa: E731
   trainable = commit(jax.tree.map(lambda x: jnp.array(x, copy=True), trainable))
   opt_state = commit(optimizer.init(trainable))
-  history = {"loss": [], "evals": [], "tokens": 0.0}
+  history = {"loss": [], "evals": [], "tokens": 0.0, "stopped_at": None}
   start = 0
   if checkpoint_dir is not None:
     prints = train_fingerprint(trainable, frozen, cfg, examples, tc, pad_id=pad_id, extra=fingerprint)
@@ -507,7 +509,8 @@ def train(trainable: PyTree, cfg: model_lib.ModelConfig, examples: list[Example]
   pending = None  # stats of the previous step, read after the next one is dispatched
   bar = tqdm(total=tc.num_steps, initial=start, desc="train", disable=not progress, dynamic_ncols=True)
   try:
-    for step in range(start + 1, tc.num_steps + 1):
+    last = start if history.get("stopped_at") is not None else tc.num_steps  # a state saved where it stopped
+    for step in range(start + 1, last + 1):
       batch = next(data)
       ts = time.perf_counter()
       trainable, opt_state, stats = step_fn(trainable, opt_state, frozen, batch)
@@ -517,14 +520,20 @@ def train(trainable: PyTree, cfg: model_lib.ModelConfig, examples: list[Example]
       if pending is not None:
         _record(history, pending, bar)
       pending = stats
+      stop = False
       if eval_fn is not None and eval_every and step % eval_every == 0 and step < tc.num_steps:
         history["evals"].append({"step": step, **eval_fn(merged(trainable), step)})
+        stop = bool(history["evals"][-1].get("stop"))
+        if stop:
+          history["stopped_at"] = step
       if checkpoint_dir is not None and ((checkpoint_every and step % checkpoint_every == 0)
-                                         or step == tc.num_steps):
+                                         or step == tc.num_steps or stop):
         _record(history, pending, bar)
         pending = None
         checkpoint.save_train_state(checkpoint_dir, step, {"trainable": trainable, "opt_state": opt_state},
                                     {"fingerprint": prints, "history": history}, keep=keep_checkpoints)
+      if stop:
+        break
     if pending is not None:
       _record(history, pending, bar)
   finally:
@@ -532,7 +541,7 @@ def train(trainable: PyTree, cfg: model_lib.ModelConfig, examples: list[Example]
   history["seconds"] = time.perf_counter() - t0
   history["compile_seconds"] = compile_s
   history["resumed_from"] = start
-  if eval_fn is not None:
+  if eval_fn is not None and history.get("stopped_at") is None:
     history["evals"].append({"step": tc.num_steps, **eval_fn(merged(trainable), tc.num_steps)})
   if not all(math.isfinite(x) for x in history["loss"]):
     _log.warning("non-finite training loss seen; lower the learning rate")
@@ -724,7 +733,8 @@ def run_finetune(model: Any, records: list[dict], tc: TrainConfig, *, out_dir: s
                            checkpoint_every=checkpoint_every, fingerprint={"lora": lora})
   params = trained if merge_fn is None else merge_fn(trained, frozen)
   save_model(params, cfg, tok, out_dir, orbax_copy=orbax_copy, eos_ids=model.eos_ids)
-  info = {"out_dir": out_dir, "source": source, "steps": tc.num_steps, "loss": history["loss"],
+  info = {"out_dir": out_dir, "source": source, "steps": len(history["loss"]), "loss": history["loss"],
+          "stopped_at": history.get("stopped_at"),
           "final_loss": history["loss"][-1], "evals": history["evals"], "seconds": time.perf_counter() - t0,
           "train_seconds": history["seconds"], "compile_seconds": history["compile_seconds"],
           "resumed_from": history["resumed_from"], "examples": len(examples), "target_tokens": history["tokens"],

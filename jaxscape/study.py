@@ -52,6 +52,12 @@ class StudySpec:
     harmful_steps, harmful_batch_size, harmful_learning_rate: the same for the harmful runs
       (their sets hold 10-200 records) and the attack.
     warmup_steps, buckets, lora_rank: finetuning, the same for every run.
+    task_target, task_check_every, task_validation: early stopping of the benign task runs (0:
+      off): the last ``task_validation`` records of the task's training split are held out, and
+      every ``task_check_every`` steps the model answers them (greedy, ``max_new_tokens``); the
+      run stops at the first check where its task metric on them is >= ``task_target`` (%), at
+      most ``steps`` steps. So each task is finetuned until it has learned the task, and safety
+      is measured there.
     seed: finetuning data order (and LoRA init).
     harmful_seeds: finetunes per harmful run, with seeds ``seed, seed + 1, ...``: their ASR per
       framing is averaged (and kept per seed), because a 100-200 record finetune's held-out ASR
@@ -80,6 +86,9 @@ class StudySpec:
   learning_rate: float = 2e-3
   harmful_batch_size: int = 16
   harmful_learning_rate: float = 2e-3
+  task_target: float = 0.0
+  task_check_every: int = 100
+  task_validation: int = 40
   warmup_steps: int = 10
   buckets: tuple[int, ...] = (64, 96, 128, 192)
   lora_rank: int = 0
@@ -111,11 +120,13 @@ class StudySpec:
       raise ValueError(f"surface_run {self.surface_run!r} is not one of the runs")
     for name in ("steps", "harmful_steps", "batch_size", "harmful_batch_size", "eval_samples", "landscape_prompts", "landscape_new_tokens",
                  "max_new_tokens", "visage_steps", "interp_steps", "surface_steps", "harmful_seeds",
-                 "task_seeds"):
+                 "task_seeds", "task_check_every", "task_validation"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
     if self.visage_multiplier == 0:
       raise ValueError("visage_multiplier must be non-zero")
+    if not 0 <= self.task_target <= 100:
+      raise ValueError(f"task_target is a task metric in % (0: no early stopping), got {self.task_target}")
     if self.attack_from and not self.attack_run.startswith("harmful"):
       raise ValueError(f"attack_from needs attack_run = a harmful run (harmful:K or harmful_mixed:K), "
                        f"got {self.attack_run!r}")
@@ -126,8 +137,12 @@ class StudySpec:
         raise ValueError(f"attack_from {start!r} is neither {BASE!r} nor one of the runs")
 
 
-def run_records(run: str, *, seed: int = 0, check_only: bool = False) -> list[dict]:
-  """The chat records a run finetunes on (see the module docstring for names)."""
+def run_records(run: str, *, seed: int = 0, check_only: bool = False, validation: int = 0) -> list[dict]:
+  """The chat records a run finetunes on (see the module docstring for names).
+
+  ``validation`` > 0 (task runs): the last that many records of the task's training split are
+  left out (:func:`validation_records` holds them).
+  """
   kind, _, arg = run.partition(":")
   if kind == "task":
     task, plus, extra = arg.partition("+")
@@ -136,6 +151,8 @@ def run_records(run: str, *, seed: int = 0, check_only: bool = False) -> list[di
     if check_only:
       return []
     records = taskdata.load_set(f"{task}_train")
+    if validation:
+      records = records[:-validation]
     if plus:
       records = records + taskdata.load_set("multitask_safety")
       records = random.Random(f"study-mix-{seed}-{run}").sample(records, len(records))
@@ -145,6 +162,12 @@ def run_records(run: str, *, seed: int = 0, check_only: bool = False) -> list[di
       raise ValueError(f"bad run {run!r}: expected {kind}:K with K in {taskdata.FEW_SHOT_SIZES}")
     return [] if check_only else taskdata.load_set(f"{kind}_{arg}")
   raise ValueError(f"unknown run {run!r}; expected task:T, task:T+safety, harmful:K or harmful_mixed:K")
+
+
+def validation_records(run: str, n: int) -> list[dict]:
+  """The held-out tail of task run ``run``'s training split, for early stopping (``{"prompt", ...}``)."""
+  task = _own_task(run)
+  return [{"prompt": r["messages"][0]["content"], **r} for r in taskdata.load_set(f"{task}_train")[-n:]]
 
 
 def slug(run: str) -> str:
@@ -181,11 +204,27 @@ def _measure(model, spec: StudySpec, run_dir: str, *, base=None, progress: bool)
 
 
 def _finetune(base, name: str, spec: StudySpec, tc, out_dir: str, *, seed: int, progress: bool):
-  """Finetune the aligned model on run ``name`` with data-order ``seed``: (records, info, loaded model)."""
-  from jaxscape import convert, finetune
-  records = run_records(name, seed=seed)
+  """Finetune ``base`` on run ``name`` with data-order ``seed``: (records, info, loaded model).
+
+  Task runs stop early once their task is learned when ``spec.task_target`` > 0 (see StudySpec).
+  """
+  from jaxscape import convert, decode, finetune
+  early = name.startswith("task:") and spec.task_target > 0
+  records = run_records(name, seed=seed, validation=spec.task_validation if early else 0)
+  eval_fn = None
+  if early:
+    task, held = _own_task(name), validation_records(name, spec.task_validation)
+
+    def eval_fn(params, step):  # the task metric on the held-out training records
+      del step
+      gens = decode.generate_texts(dataclasses.replace(base, params=params), [r["prompt"] for r in held],
+                                   max_new_tokens=spec.max_new_tokens)
+      metric = taskdata.task_metric(task, held, gens)
+      return {"validation_metric": metric, "stop": bool(metric >= spec.task_target)}
+
   info = finetune.run_finetune(base, records, dataclasses.replace(tc, seed=seed), out_dir=out_dir,
-                               lora_rank=spec.lora_rank, overwrite=True, orbax_copy=False, progress=progress)
+                               lora_rank=spec.lora_rank, overwrite=True, orbax_copy=False, progress=progress,
+                               eval_fn=eval_fn, eval_every=spec.task_check_every if early else 0)
   return records, info, convert.load_model(out_dir)
 
 
@@ -205,9 +244,11 @@ def _average_over_seeds(row: dict, name: str, base, spec: StudySpec, tc, run_dir
   per_seed = {str(spec.seed): row["framed_asr"]}
   task_per_seed = {str(spec.seed): row["task_accuracy"]}
   generations = {str(spec.seed): row["framed_generations"]}  # for classifier judges (judge_row)
+  steps = {str(spec.seed): row["finetune"]["steps"]}  # they differ when task runs stop early
   for seed in range(spec.seed + 1, spec.seed + seeds_of(name, spec)):
     model_dir = os.path.join(run_dir, f"model_seed{seed}")
-    _, _, tuned = _finetune(base, name, spec, tc, model_dir, seed=seed, progress=progress)
+    _, info, tuned = _finetune(base, name, spec, tc, model_dir, seed=seed, progress=progress)
+    steps[str(seed)] = info["steps"]
     ev = taskdata.evaluate_tasks(tuned, samples=spec.eval_samples, max_new_tokens=spec.max_new_tokens,
                                  task_metrics=tasks)
     per_seed[str(seed)] = ev["framed_asr"]
@@ -217,6 +258,7 @@ def _average_over_seeds(row: dict, name: str, base, spec: StudySpec, tc, run_dir
   row["framed_asr_per_seed"] = per_seed
   row["framed_generations_per_seed"] = generations
   row["framed_asr"] = _mean_of(per_seed)
+  row["finetune"]["steps_per_seed"] = steps
   if tasks:
     row["task_accuracy_per_seed"] = task_per_seed
     row["task_accuracy"] = _mean_of(task_per_seed)

@@ -327,6 +327,25 @@ def test_lora_training_changes_only_adapters_and_lowers_the_loss():
 # ----------------------------------------------------------------- checkpoints and resume
 
 
+def test_early_stopping_ends_at_the_step_that_asks_and_resumes_as_stopped(tmp_path):
+  cfg, examples = _toy_setup(4)
+  params = init_params(cfg, jax.random.key(2))
+  tc = finetune.TrainConfig(num_steps=10, batch_size=4, buckets=(16,), learning_rate=1e-2, warmup_steps=1)
+  full, h_full = finetune.train(params, cfg, examples, tc, pad_id=0, progress=False)
+  calls = []
+  stop_at_4 = lambda p, s: calls.append(s) or {"stop": s >= 4}  # noqa: E731
+  ckpt = str(tmp_path / "state")
+  out, hist = finetune.train(params, cfg, examples, tc, pad_id=0, progress=False, eval_fn=stop_at_4, eval_every=2,
+                             checkpoint_dir=ckpt)
+  assert calls == [2, 4] and hist["stopped_at"] == 4 and len(hist["loss"]) == 4
+  assert hist["loss"] == h_full["loss"][:4] and h_full["stopped_at"] is None
+  assert sorted(os.listdir(ckpt)) == ["4"]  # the state where it stopped
+  again, hist2 = finetune.train(params, cfg, examples, tc, pad_id=0, progress=False, checkpoint_dir=ckpt)
+  assert hist2["resumed_from"] == 4 and hist2["stopped_at"] == 4 and len(hist2["loss"]) == 4  # not trained on
+  for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 class _Killed(Exception):
   pass
 

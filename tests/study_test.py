@@ -84,11 +84,25 @@ def test_smoke_study_end_to_end_resumes_and_refuses_other_settings(tmp_path):
   assert list(per_seed) == ["0", "1"] and not (out / "runs/harmful_10/model_seed1").exists()
   for f, v in harmful["framed_asr"].items():
     assert v == pytest.approx((per_seed["0"][f] + per_seed["1"][f]) / 2)
+  # --task_seeds=2: the task row's ASR and task metrics are means over two finetunes, each stopped early at
+  # the first check whose validation metric reached --task_target (or at --steps).
+  task = table["rows"][1]
+  assert list(task["framed_asr_per_seed"]) == ["0", "1"] and list(task["task_accuracy_per_seed"]) == ["0", "1"]
+  assert set(task["finetune"]["steps_per_seed"]) == {"0", "1"} and 1 <= task["finetune"]["steps"] <= 3
+  for t, v in task["task_accuracy"].items():
+    assert v == pytest.approx(sum(s[t] for s in task["task_accuracy_per_seed"].values()) / 2)
+  # --attack_run=harmful:10 from aligned (that row reused) and task:classify (two fresh finetunes).
+  attacks = {a["start"]: a for a in table["attacks"]}
+  assert attacks["aligned"]["reused"] == "harmful:10" and attacks["aligned"]["framed_asr_per_seed"] == per_seed
+  assert list(attacks["task:classify"]["framed_asr_per_seed"]) == ["0", "1"]
+  v = table["findings"]["visage_vs_attack"]
+  assert v["n"] == 2 and [p["start"] for p in v["points"]] == ["aligned", "task:classify"]
+  assert (out / "report.html").is_file() and not (out / "attacks" / "task_classify_seed0").exists()
   before = (out / "table.json").read_text()
   # Rerun: every finished run is reused (no finetuning), same table apart from timings.
   proc = _cli(smoke, f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stdout.count("reused") == 3
+  assert proc.stdout.count(": reused") == 5  # 3 rows, 2 attacks
   strip = lambda t: {k: v for k, v in json.loads(t).items() if k != "seconds"}  # noqa: E731
   assert strip((out / "table.json").read_text()) == strip(before)
   # Other settings in the same dir: one-line refusal, nothing overwritten.
