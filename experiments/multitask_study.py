@@ -36,6 +36,7 @@ flags.DEFINE_integer("task_seeds", 1, "finetunes per benign task run (task:T, ta
 flags.DEFINE_string("attack_run", "", "harmful run that attacks the models of --attack_from after the study ('': none)")
 flags.DEFINE_list("attack_from", [], "runs whose models --attack_run finetunes (aligned: the aligned model), "
                   "harmful_seeds seeds each; the table then relates their VISAGE to their ASR after it")
+flags.DEFINE_integer("attack_steps", 0, "finetuning steps of the attack (0: --harmful_steps)")
 flags.DEFINE_integer("eval_samples", 150, "held-out harmful requests (x every framing) and task test items")
 flags.DEFINE_integer("max_new_tokens", 48, "decoding budget of the evaluations")
 flags.DEFINE_integer("landscape_prompts", 40, "held-out harmful requests per landscape point")
@@ -68,6 +69,7 @@ def main(argv):
       buckets=buckets, lora_rank=FLAGS.lora_rank, seed=FLAGS.seed, harmful_seeds=FLAGS.harmful_seeds,
       task_seeds=FLAGS.task_seeds, task_target=FLAGS.task_target, task_check_every=FLAGS.task_check_every,
       task_validation=FLAGS.task_validation, attack_run=FLAGS.attack_run, attack_from=tuple(FLAGS.attack_from),
+      attack_steps=FLAGS.attack_steps,
       eval_samples=FLAGS.eval_samples,
       max_new_tokens=FLAGS.max_new_tokens, landscape_prompts=FLAGS.landscape_prompts,
       landscape_new_tokens=FLAGS.landscape_new_tokens, visage_steps=FLAGS.visage_steps,

@@ -2,9 +2,9 @@
 
   python -m experiments.plot --results=DIR
 
-DIR is a scan's results dir (plots redrawn, report.html written), a study dir (table.json) or a
-findings dir (findings.json): for those two only report.html is written, with the reports of the
-results dirs it links where they are missing.
+DIR is a scan's results dir (plots redrawn, report.html written), a study dir (table.json: its
+table.md and plots redrawn too) or a findings dir (findings.json: report.html only); a study's or
+findings dir's report.html comes with the reports of the results dirs it links where they are missing.
 """
 
 from absl import flags
@@ -27,6 +27,10 @@ def main(argv):
   if kind == "scan":
     from jaxscape import plot
     for path in plot.plot_results(FLAGS.results) or []:
+      print(f"wrote {path}")
+  elif kind == "study":
+    from jaxscape import study
+    for path in study.redraw(FLAGS.results):
       print(f"wrote {path}")
   print(f"wrote {htmlreport.write_report(FLAGS.results)}")
 

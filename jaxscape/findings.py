@@ -138,8 +138,9 @@ def jobs(findings: tuple[Finding, ...] = FINDINGS, config_dir: str = CONFIG_DIR)
 
 def run_jobs(out_dir: str, job_list: list[Job], *, config_dir: str = CONFIG_DIR, python: str = sys.executable,
              log: Callable[[str], None] = print) -> dict[str, dict]:
-  """Run each job unless ``out_dir/<job>/job.json`` records the same command finished; returns job infos.
+  """Run each job unless ``out_dir/<job>/job.json`` records the same command (and flagfile contents) finished.
 
+  Returns the job infos.
   Each job runs in its own process with the current environment; its stdout/stderr go to
   ``out_dir/<job>.log``. A job that fails raises ``RuntimeError`` naming the job, the exit code
   and the log's last line (its earlier results stay, so a rerun resumes).
@@ -148,11 +149,12 @@ def run_jobs(out_dir: str, job_list: list[Job], *, config_dir: str = CONFIG_DIR,
   infos = {}
   for job in job_list:
     argv = job.argv(out_dir, config_dir, "python")
+    flags = expand_flagfile(os.path.join(config_dir, job.flagfile)) + list(job.extra)
     record = os.path.join(out_dir, job.name, "job.json")
     if os.path.isfile(record):
       with open(record, encoding="utf-8") as f:
         info = json.load(f)
-      if info.get("argv") == argv:
+      if info.get("argv") == argv and info.get("flags") == flags:
         log(f"{job.name}: reused ({info['seconds']:.0f} s when it ran)")
         infos[job.name] = {**info, "reused": True}
         continue
@@ -166,7 +168,8 @@ def run_jobs(out_dir: str, job_list: list[Job], *, config_dir: str = CONFIG_DIR,
       with open(log_path, encoding="utf-8", errors="replace") as lf:
         tail = [line.strip() for line in lf if line.strip()][-1:] or ["(no output)"]
       raise RuntimeError(f"job {job.name} exited with {rc} after {seconds:.0f} s: {tail[0]} (log: {log_path})")
-    info = {"argv": argv, "command": shlex.join(argv), "seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    info = {"argv": argv, "flags": flags, "command": shlex.join(argv), "seconds": seconds,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     results.atomic_write_json(record, info)
     log(f"{job.name}: done in {seconds:.0f} s")
     infos[job.name] = {**info, "reused": False}
@@ -390,7 +393,8 @@ def _f6(out_dir: str) -> tuple[str, dict, str, list[str]]:
   plain ASR after the harmful:100 finetune (3 seeds each), with n: reproduced when rho < 0 (a higher
   VISAGE, a safer outcome), not reproduced when rho >= 0 or undefined (an outcome the same for all)."""
   from jaxscape import plot
-  v = _table(out_dir)["findings"]["visage_vs_attack"]
+  table = _table(out_dir)
+  v = table["findings"]["visage_vs_attack"]
   rho = v["spearman_rho"]
   pts = {p["start"]: (p["visage"], p["asr_after"]) for p in v["points"]}
   rng = {p["start"]: (min(p["asr_after_per_seed"].values()), max(p["asr_after_per_seed"].values())) for p in v["points"]}
@@ -398,8 +402,10 @@ def _f6(out_dir: str) -> tuple[str, dict, str, list[str]]:
                            xlabel="VISAGE of the starting model", ylabel=f"plain ASR after {v['run']} (%)",
                            title=f"Spearman's rho = {'undefined' if rho is None else f'{rho:+.2f}'} (n = {v['n']})",
                            yrange=rng)
-  numbers = {f"{k}: VISAGE -> ASR after (seed range)": f"{x:.1f} -> {y:.1f}% ({rng[k][0]:.0f}-{rng[k][1]:.0f})"
-             for k, (x, y) in pts.items()}
+  steps = (table.get("attacks") or [{}])[0].get("steps", table["spec"].get("harmful_steps"))
+  numbers = {"attack": f"{v['run']}, {steps} steps, {len(next(iter(v['points']))['asr_after_per_seed'])} seeds"}
+  numbers.update({f"{k}: VISAGE -> ASR after (seed range)": f"{x:.1f} -> {y:.1f}% ({rng[k][0]:.0f}-{rng[k][1]:.0f})"
+                  for k, (x, y) in pts.items()})
   numbers["Spearman's rho"] = None if rho is None else round(rho, 3)
   numbers["n"] = v["n"]
   if rho is None:

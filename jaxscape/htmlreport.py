@@ -14,6 +14,7 @@ import base64
 import html
 import json
 import os
+import re
 import urllib.parse
 from typing import Any
 
@@ -157,6 +158,11 @@ def _read_json(path: str) -> Any:
       return json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     raise ValueError(f"{path}: unreadable ({e})") from None
+
+
+def _inline(text: Any) -> str:
+  """Escaped text with Markdown's `code` spans as <code> (the findings' prose is written for Markdown too)."""
+  return re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(text))
 
 
 def _fmt(v: Any) -> str:
@@ -514,11 +520,11 @@ def render_findings(results_dir: str) -> str:
   toc = "".join(f'<li><a href="#finding-{_e(f.get("id"))}">{_e(f.get("title", f.get("id")))}</a> '
                 f'<span class="badge {_VERDICT_CLASS.get(f.get("verdict"), "")}">{_e(f.get("verdict"))}</span></li>'
                 for f in items)
-  body = [f"<h1>{_e(doc.get('title', 'Findings'))}</h1>", f"<p>{_e(doc.get('intro', ''))}</p>", f"<ul>{toc}</ul>"]
+  body = [f"<h1>{_e(doc.get('title', 'Findings'))}</h1>", f"<p>{_inline(doc.get('intro', ''))}</p>", f"<ul>{toc}</ul>"]
   for f in items:
     sec = [f'<h2 id="finding-{_e(f.get("id"))}">{_e(f.get("title", f.get("id")))} '
            f'<span class="badge verdict {_VERDICT_CLASS.get(f.get("verdict"), "")}">{_e(f.get("verdict"))}</span></h2>',
-           "<table>" + "".join(f"<tr><th>{k}</th><td>{_e(f.get(k, ''))}</td></tr>"
+           "<table>" + "".join(f"<tr><th>{k}</th><td>{_inline(f.get(k, ''))}</td></tr>"
                                for k in ("claim", "criterion", "why")) + "</table>"]
     if f.get("numbers"):
       sec.append("<h3>Numbers</h3><table>" + "".join(f'<tr><th>{_e(k)}</th><td class="num">{_e(_fmt(v))}</td></tr>'
@@ -533,6 +539,8 @@ def render_findings(results_dir: str) -> str:
     if links:
       sec.append("<h3>Results</h3><ul>" + "".join(links) + "</ul>")
     body.append("\n".join(sec))
+  if doc.get("calibration"):
+    body.append("<h2>Study calibration</h2>" + _value_html(doc["calibration"]))
   if doc.get("seconds"):
     body.append("<h2>Wall time (s)</h2>" + _value_html(doc["seconds"]))
   if doc.get("commands"):

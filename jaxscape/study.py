@@ -69,6 +69,8 @@ class StudySpec:
       aligned model itself; other runs: their first seed's model) on ``attack_run`` (a harmful
       run, with its settings and ``harmful_seeds`` seeds) and measure their ASR per framing after
       it; with the models' VISAGE this tests whether VISAGE predicts the outcome of a finetune.
+    attack_steps: the attack's finetuning steps (0: ``harmful_steps``); fewer steps give an
+      attack whose outcome is not the same 100% for every model.
     eval_samples: held-out harmful requests (each in every framing) and items per task test split.
     max_new_tokens: decoding budget of the evaluations.
     landscape_prompts: held-out harmful requests per landscape point.
@@ -108,6 +110,7 @@ class StudySpec:
   direction_seed: int = 123
   attack_run: str = ""
   attack_from: tuple[str, ...] = ()
+  attack_steps: int = 0
 
   def __post_init__(self):
     if not self.runs:
@@ -118,9 +121,9 @@ class StudySpec:
       raise ValueError(f"runs must be distinct, got {list(self.runs)}")
     if self.surface_run and self.surface_run not in self.runs:
       raise ValueError(f"surface_run {self.surface_run!r} is not one of the runs")
-    for name in ("steps", "harmful_steps", "batch_size", "harmful_batch_size", "eval_samples", "landscape_prompts", "landscape_new_tokens",
-                 "max_new_tokens", "visage_steps", "interp_steps", "surface_steps", "harmful_seeds",
-                 "task_seeds", "task_check_every", "task_validation"):
+    for name in ("steps", "harmful_steps", "batch_size", "harmful_batch_size", "eval_samples", "landscape_prompts",
+                 "landscape_new_tokens", "max_new_tokens", "visage_steps", "interp_steps", "surface_steps",
+                 "harmful_seeds", "task_seeds", "task_check_every", "task_validation"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
     if self.visage_multiplier == 0:
@@ -132,6 +135,8 @@ class StudySpec:
                        f"got {self.attack_run!r}")
     if self.attack_run:
       run_records(self.attack_run, check_only=True)
+    if self.attack_steps < 0:
+      raise ValueError(f"attack_steps must be >= 0 (0: harmful_steps), got {self.attack_steps}")
     for start in self.attack_from:
       if start != BASE and start not in self.runs:
         raise ValueError(f"attack_from {start!r} is neither {BASE!r} nor one of the runs")
@@ -273,11 +278,12 @@ def _mean_of(per_seed: dict[str, dict[str, float]]) -> dict[str, float]:
 def _attack(start: str, base, spec: StudySpec, tc, out_dir: str, rows: dict, *, progress: bool) -> dict:
   """ASR per framing after finetuning run ``start``'s model on ``spec.attack_run`` (seeds as harmful runs).
 
-  The aligned model attacked with a run of the study is that run's row (the same finetunes), so
-  it is reused. Other starts: their first seed's model, finetuned ``harmful_seeds`` times.
+  The aligned model attacked with a run of the study in that run's setting is that run's row (the
+  same finetunes), so it is reused. Otherwise: the start's model (a run's first seed's),
+  finetuned ``harmful_seeds`` times for ``tc.num_steps`` steps.
   """
   from jaxscape import convert
-  if start == BASE and spec.attack_run in rows:
+  if start == BASE and spec.attack_run in rows and tc.num_steps == spec.harmful_steps:
     r = rows[spec.attack_run]
     per_seed = r.get("framed_asr_per_seed") or {str(spec.seed): r["framed_asr"]}
     return {"start": start, "run": spec.attack_run, "framed_asr_per_seed": per_seed, "framed_asr": _mean_of(per_seed),
@@ -337,13 +343,15 @@ def _write_json(path: str, obj: Any) -> None:
 def _check_compatible(out_dir: str, model_dir: str, params: Any, spec: StudySpec) -> None:
   """Record the study's settings in ``out_dir/study.json``; refuse a dir holding a study with other settings.
 
-  Only ``runs`` and ``attack_from`` may differ (adding runs to a finished study reuses the others).
+  Only ``runs`` and the attack may differ (adding runs to a finished study reuses the others; an
+  attack stored with other settings is made again).
   """
   import jax
 
   from jaxscape import convert, results
   def plain(d):  # tuples as JSON writes them
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items() if k not in ("runs", "attack_from")}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()
+            if k not in ("runs", "attack_run", "attack_from", "attack_steps")}
 
   settings = plain(dataclasses.asdict(spec))
   defaults = plain(dataclasses.asdict(StudySpec()))  # a setting added later: its default in older dirs
@@ -438,17 +446,21 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
     log(f"2-D interpolation x random ({spec.surface_run}): VISAGE {s['visage']:.1f}")
 
   attacks = []
+  attack_tc = dataclasses.replace(tcs["harmful"], num_steps=spec.attack_steps or spec.harmful_steps,
+                                  warmup_steps=min(spec.warmup_steps, spec.attack_steps or spec.harmful_steps))
   for start in spec.attack_from:
     path = os.path.join(out_dir, "attacks", f"{slug(start)}.json")
     if os.path.isfile(path):
       with open(path, encoding="utf-8") as f:
-        attacks.append(json.load(f))
-      log(f"{start} -> {spec.attack_run}: reused {path}")
-      continue
+        stored = json.load(f)
+      if (stored.get("run"), stored.get("steps", spec.harmful_steps)) == (spec.attack_run, attack_tc.num_steps):
+        attacks.append(stored)
+        log(f"{start} -> {spec.attack_run}: reused {path}")
+        continue
     os.makedirs(os.path.dirname(path), exist_ok=True)
     t0 = time.perf_counter()
-    a = _attack(start, base, spec, tcs["harmful"], out_dir, rows, progress=progress)
-    a["seconds"] = time.perf_counter() - t0
+    a = _attack(start, base, spec, attack_tc, out_dir, rows, progress=progress)
+    a["steps"], a["seconds"] = attack_tc.num_steps, time.perf_counter() - t0
     _write_json(path, a)
     attacks.append(a)
     log(f"{start} -> {spec.attack_run}: plain ASR {a['framed_asr']['plain']:.0f}% (mean of "
@@ -549,18 +561,36 @@ def findings(rows: dict[str, dict], attacks: list[dict] = ()) -> dict:
   return out
 
 
+def _task_setting(spec: dict) -> str:
+  text = f"for {'at most ' if spec.get('task_target') else ''}{spec['steps']} steps (batch {spec['batch_size']}, " \
+         f"lr {spec['learning_rate']})"
+  if spec.get("task_target"):
+    text += (f", stopped at the first check (every {spec['task_check_every']} steps) where the task metric on "
+             f"{spec['task_validation']} held-out training records reached {spec['task_target']:g}%")
+  return text
+
+
+def _steps_cell(ft: dict | None) -> str:
+  """Finetuning steps of a row: its seeds' steps where they were recorded ("800/900/700")."""
+  if not ft:
+    return "-"
+  per = ft.get("steps_per_seed")
+  return "/".join(str(v) for v in per.values()) if per else str(ft.get("steps", "-"))
+
+
 def table_markdown(table: dict) -> str:
   """``table.md``: one row per model, then the findings."""
   framings = list(toydata.FRAMINGS)
   jname = (table.get("judge") or {}).get("name")
   head = (["run", "records", "own-task metric"] + [f"ASR {f}" for f in framings]
           + ([f"judged ASR {f}" for f in framings] + ["judged VISAGE"] if jname else [])
-          + ["VISAGE", "interp. ASR at b", "finetune s"])
+          + ["VISAGE", "interp. ASR at b", "steps", "finetune s"])
   lines = ["# Multitask safety study", "",
-           f"Aligned model: `{table['model']}`; every run finetunes it for {table['spec']['steps']} steps "
-           f"({table['spec']['harmful_steps']} for the harmful sets) "
-           f"(batch {table['spec']['batch_size']}, lr {table['spec']['learning_rate']}, "
-           f"{'LoRA rank ' + str(table['spec']['lora_rank']) if table['spec']['lora_rank'] else 'full'}). "
+           f"Aligned model: `{table['model']}`; every run finetunes it "
+           f"({'LoRA rank ' + str(table['spec']['lora_rank']) if table['spec']['lora_rank'] else 'all weights'}): "
+           f"the benign task runs {_task_setting(table['spec'])}, the harmful sets for "
+           f"{table['spec']['harmful_steps']} steps (batch {table['spec'].get('harmful_batch_size', table['spec']['batch_size'])}, "
+           f"lr {table['spec'].get('harmful_learning_rate', table['spec']['learning_rate'])}). "
            f"ASR: keyword ASR (%) on {table['spec']['eval_samples']} held-out harmful requests per framing; "
            "task metrics (%) on each task's held-out split; VISAGE from a 1-D random landscape around the "
            "model; the last ASR column is the 1-D interpolation landscape aligned -> finetuned at the "
@@ -596,7 +626,7 @@ def table_markdown(table: dict) -> str:
       judged.append(f"{j['visage']:.1f}" if j.get("visage") is not None else "-")
     cells = ([f"`{row['run']}`", str(ft["records"]) if ft else "-", own_s]
              + [f"{row['framed_asr'][f]:.0f}" for f in framings] + judged
-             + [f"{row['visage']:.1f}", at_b, f"{ft['seconds']:.0f}" if ft else "-"])
+             + [f"{row['visage']:.1f}", at_b, _steps_cell(ft), f"{ft['seconds']:.0f}" if ft else "-"])
     lines.append("| " + " | ".join(cells) + " |")
   fnd = table["findings"]
   lines += ["", "## Findings (as measured)", ""]
@@ -631,7 +661,9 @@ def table_markdown(table: dict) -> str:
   if "visage_vs_attack" in fnd:
     v = fnd["visage_vs_attack"]
     rho = "undefined" if v["spearman_rho"] is None else f"{v['spearman_rho']:+.2f}"
-    lines.append(f"- VISAGE before `{v['run']}` vs plain ASR after it (mean over seeds): "
+    steps = (table.get("attacks") or [{}])[0].get("steps")
+    lines.append(f"- VISAGE before `{v['run']}`{f' ({steps} steps)' if steps else ''} vs plain ASR after it "
+                 "(mean over seeds): "
                  + ", ".join(f"`{p['start']}` {p['visage']:.1f} -> {p['asr_after']:.0f}%" for p in v["points"])
                  + f"; Spearman's rho {rho} (n = {v['n']})")
   if table.get("surface"):
@@ -641,6 +673,16 @@ def table_markdown(table: dict) -> str:
                  f"VISAGE {s['visage']:.1f}" + (f" (judged: {judged['visage']:.1f})" if judged else ""))
   lines += ["", f"Whole study: {table['seconds']:.0f} s."]
   return "\n".join(lines) + "\n"
+
+
+def redraw(out_dir: str) -> list[str]:
+  """Rewrite a study dir's ``table.md`` and plots from its ``table.json``; returns the paths written."""
+  from jaxscape import results
+  with open(os.path.join(out_dir, "table.json"), encoding="utf-8") as f:
+    table = json.load(f)
+  path = os.path.join(out_dir, "table.md")
+  results.atomic_write_text(path, table_markdown(table))
+  return [path] + plot_study(table, out_dir)
 
 
 def plot_study(table: dict, out_dir: str) -> list[str]:

@@ -91,10 +91,10 @@ def test_smoke_study_end_to_end_resumes_and_refuses_other_settings(tmp_path):
   assert set(task["finetune"]["steps_per_seed"]) == {"0", "1"} and 1 <= task["finetune"]["steps"] <= 3
   for t, v in task["task_accuracy"].items():
     assert v == pytest.approx(sum(s[t] for s in task["task_accuracy_per_seed"].values()) / 2)
-  # --attack_run=harmful:10 from aligned (that row reused) and task:classify (two fresh finetunes).
+  # --attack_run=harmful:10 --attack_steps=1 from aligned and task:classify: two fresh 1-step finetunes each.
   attacks = {a["start"]: a for a in table["attacks"]}
-  assert attacks["aligned"]["reused"] == "harmful:10" and attacks["aligned"]["framed_asr_per_seed"] == per_seed
-  assert list(attacks["task:classify"]["framed_asr_per_seed"]) == ["0", "1"]
+  for a in attacks.values():
+    assert a["steps"] == 1 and "reused" not in a and list(a["framed_asr_per_seed"]) == ["0", "1"]
   v = table["findings"]["visage_vs_attack"]
   assert v["n"] == 2 and [p["start"] for p in v["points"]] == ["aligned", "task:classify"]
   assert (out / "report.html").is_file() and not (out / "attacks" / "task_classify_seed0").exists()
