@@ -16,7 +16,7 @@ from absl import flags
 from experiments import common
 
 flags.DEFINE_string("out", None, "findings directory (finished jobs inside it are reused)")
-flags.DEFINE_string("publish", None, "also copy FINDINGS.md (as README.md) and its plots into this dir")
+flags.DEFINE_string("publish", None, "also copy FINDINGS.md and its plots into this dir (e.g. docs/findings)")
 flags.DEFINE_string("config_dir", "experiments/configs/findings", "dir of the findings' flagfiles "
                     "(its smoke/ subdir: the same at smoke size)")
 flags.DEFINE_bool("evaluate_only", False, "only apply the criteria to the results already in --out")
@@ -43,7 +43,8 @@ def main(argv):
            "quoted under each finding; the numbers are what that run measured.")
   if FLAGS.evaluate_only:
     infos = findings.recorded_jobs(FLAGS.out, FLAGS.config_dir)
-    data = findings.write(FLAGS.out, infos, intro=intro, config_dir=FLAGS.config_dir)
+    data = findings.write(FLAGS.out, infos, intro=intro, config_dir=FLAGS.config_dir,
+                          seconds=findings.recorded_seconds(FLAGS.out))  # the run's own wall time, kept
   else:
     try:
       data = findings.run(FLAGS.out, config_dir=FLAGS.config_dir, intro=intro)

@@ -33,8 +33,8 @@ _LAZY = {
     "decode_slice": "scan", "plan_scan": "scan",
     "StudySpec": "study", "run_study": "study",
 }
-_SUBMODULES = ("aligndata", "checkpoint", "compilation_cache", "convert", "decode", "directions", "engine", "finetune",
-               "gguf_io", "htmlreport", "judge", "landscape", "metrics", "model", "perturb", "plot", "prompts",
+_SUBMODULES = ("aligndata", "checkpoint", "compilation_cache", "convert", "decode", "directions", "engine", "findings",
+               "finetune", "gguf_io", "htmlreport", "judge", "landscape", "metrics", "model", "perturb", "plot", "prompts",
                "report", "results", "scan", "sharding", "study", "taskdata", "testing", "tokenizer", "toydata")
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -184,8 +184,17 @@ def recorded_jobs(out_dir: str, config_dir: str = CONFIG_DIR) -> dict[str, dict]
     if not os.path.isfile(path):
       raise ValueError(f"{out_dir} holds no finished job {job.name!r}; run without --evaluate_only first")
     with open(path, encoding="utf-8") as f:
-      infos[job.name] = {**json.load(f), "reused": True}
+      infos[job.name] = {**json.load(f), "reused": False}
   return infos
+
+
+def recorded_seconds(out_dir: str) -> float | None:
+  """The whole-run wall time an earlier :func:`write` recorded in ``out_dir/findings.json`` (None: none)."""
+  path = os.path.join(out_dir, "findings.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return (json.load(f).get("seconds") or {}).get("total")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,8 +346,8 @@ def _f4(out_dir: str) -> tuple[str, dict, str, list[str]]:
   vis = (rows["harmful:100"]["visage"], rows["harmful_mixed:100"]["visage"])
   numbers = {"plain ASR harmful:100 / mixed (mean over seeds, %)": f"{h['asr']:.1f} / {h['asr_mixed']:.1f}",
              "rise over aligned: harmful / mixed": f"{h['rise']:+.1f} / {h['rise_mixed']:+.1f}",
-             "per seed harmful / mixed": f"{list(h.get('asr_per_seed', {}).values())} / "
-                                         f"{list(h.get('asr_mixed_per_seed', {}).values())}",
+             "per seed harmful / mixed": ", ".join(f"{v:.0f}" for v in h.get("asr_per_seed", {}).values()) + " / "
+                                         + ", ".join(f"{v:.0f}" for v in h.get("asr_mixed_per_seed", {}).values()),
              "VISAGE harmful:100 / mixed": f"{vis[0]:.1f} / {vis[1]:.1f}",
              "interpolation ASR at 1: harmful / mixed": f"{_interp_at(rows['harmful:100'], 1.0):.1f} / "
                                                         f"{_interp_at(rows['harmful_mixed:100'], 1.0):.1f}"}
@@ -412,7 +421,10 @@ def _f6(out_dir: str) -> tuple[str, dict, str, list[str]]:
     return NOT, numbers, "rho is undefined: the outcome (or VISAGE) is the same for every model", [
         os.path.relpath(path, out_dir)]
   verdict = REPRODUCED if rho < 0 else NOT
-  return verdict, numbers, f"rho = {rho:+.2f} with n = {v['n']}", [os.path.relpath(path, out_dir)]
+  hi, lo = max(pts, key=lambda k: pts[k][0]), min(pts, key=lambda k: pts[k][0])
+  why = (f"Spearman's rho = {rho:+.2f} with n = {v['n']}; the highest VISAGE ({hi}, {pts[hi][0]:.1f}) ends at "
+         f"{pts[hi][1]:.0f}%, the lowest ({lo}, {pts[lo][0]:.1f}) at {pts[lo][1]:.0f}%")
+  return verdict, numbers, why, [os.path.relpath(path, out_dir)]
 
 
 def _task_bars(out_dir: str, f: dict) -> str:
@@ -443,6 +455,8 @@ def _f7(out_dir: str) -> tuple[str, dict, str, list[str]]:
     verdict, why = PARTLY, f"{order[0]} leads, but the second is {order[1]}"
   else:
     verdict, why = NOT, f"the ranking is {' > '.join(order)}"
+  if verdict != REPRODUCED:
+    why += f"; the least degrading task is {order[-1]} ({rk[-1]['mean']:.0f}%)"
   return verdict, numbers, why, [_task_bars(out_dir, f)]
 
 
@@ -475,7 +489,8 @@ def _f9(out_dir: str) -> tuple[str, dict, str, list[str]]:
     b = rows[f"task:{t}+safety"].get("framed_asr_per_seed") or {"-": rows[f"task:{t}+safety"]["framed_asr"]}
     lo_a, hi_b = min(v[t] for v in a.values()), max(v[t] for v in b.values())
     apart[t] = bool(hi_b < lo_a and m["task_accuracy_with_safety"] >= TASK_METRIC_MIN)
-    numbers[t] = (f"{m['asr']:.1f}% -> {m['asr_with_safety']:.1f}% (seeds {lo_a:.0f}.. vs ..{hi_b:.0f}); "
+    numbers[t] = (f"{m['asr']:.1f}% -> {m['asr_with_safety']:.1f}% (lowest seed without the set {lo_a:.0f}%, "
+                  f"highest with it {hi_b:.0f}%); "
                   f"task metric {m['task_accuracy']:.0f}% -> {m['task_accuracy_with_safety']:.0f}%")
   path = plot.plot_grouped_bars({t: {"task:T": m["asr"], "task:T+safety": m["asr_with_safety"]} for t, m in mt.items()},
                                 os.path.join(out_dir, "plots", "9_multitask_safety.png"), ylabel="task-framed ASR (%)",
@@ -511,8 +526,10 @@ def calibration(out_dir: str) -> dict:
                 "ok": bool(TASK_ASR_RANGE[0] <= r["mean"] <= TASK_ASR_RANGE[1] and metric >= TASK_METRIC_MIN)}
   spec = table["spec"]
   return {"tasks": tasks, "met": all(t["ok"] for t in tasks.values()), "seeds": spec.get("task_seeds", 1),
-          "setting": {k: spec.get(k) for k in ("steps", "learning_rate", "lora_rank", "batch_size", "task_seeds",
-                                               "harmful_steps", "harmful_seeds")}}
+          "setting": {k: spec.get(k) for k in ("lora_rank", "batch_size", "learning_rate", "steps", "task_target",
+                                               "task_check_every", "task_validation", "task_seeds", "harmful_steps",
+                                               "harmful_batch_size", "harmful_learning_rate", "harmful_seeds",
+                                               "attack_steps")}}
 
 
 def evaluate(out_dir: str, findings: tuple[Finding, ...] = FINDINGS, config_dir: str = CONFIG_DIR) -> list[dict]:
@@ -550,7 +567,7 @@ def markdown(data: dict, *, link: Callable[[str], str] = lambda p: p) -> str:
   lines += [f"| {f['number']} | {f['title']} | **{f['verdict']}** |" for f in data["findings"]]
   for f in data["findings"]:
     lines += ["", f"## {f['number']}. {f['title']}: {f['verdict']}", "", f"*Claim.* {f['claim']}", "",
-              f"*Measured.* {f['why'][0].upper() + f['why'][1:]}.", ""]
+              f"*Measured:* {f['why']}.", ""]
     lines += [f"![{f['id']}]({link(p)})" for p in f["plots"]] + [""]
     for k, v in f["numbers"].items():
       lines.append(f"- {k}: {', '.join(map(str, v)) if isinstance(v, list) else v}")
@@ -602,7 +619,7 @@ def write(out_dir: str, infos: dict[str, dict], *, title: str = "The papers' fin
 
 
 def publish(out_dir: str, docs_dir: str) -> str:
-  """Copy FINDINGS.md (as ``docs_dir/README.md``) and its plots (flat names) into ``docs_dir``."""
+  """Copy FINDINGS.md and its plots (flat names) into ``docs_dir``; returns the page's path."""
   import shutil
   with open(os.path.join(out_dir, "findings.json"), encoding="utf-8") as f:
     data = json.load(f)
@@ -610,7 +627,7 @@ def publish(out_dir: str, docs_dir: str) -> str:
   for fnd in data["findings"]:
     for p in fnd["plots"]:
       shutil.copyfile(os.path.join(out_dir, p), os.path.join(docs_dir, _flat(p)))
-  path = os.path.join(docs_dir, "README.md")
+  path = os.path.join(docs_dir, "FINDINGS.md")
   results.atomic_write_text(path, markdown(data, link=_flat))
   return path
 

@@ -464,7 +464,9 @@ def render_study(results_dir: str) -> str:
   from jaxscape.study import slug
   table = _read_json(os.path.join(results_dir, TABLE))
   rows = table.get("rows") or []
-  framings = list(dict.fromkeys(f for r in rows for f in (r.get("framed_asr") or {})))
+  from jaxscape import toydata
+  found = dict.fromkeys(f for r in rows for f in (r.get("framed_asr") or {}))  # JSON sorted them
+  framings = [f for f in toydata.FRAMINGS if f in found] + [f for f in found if f not in toydata.FRAMINGS]
   tasks = list(dict.fromkeys(t for r in rows for t in (r.get("task_accuracy") or {})))
   jname = (table.get("judge") or {}).get("name")
   head = (["run", "records"] + [f"ASR {f}" for f in framings] + [f"task {t}" for t in tasks]
@@ -474,7 +476,8 @@ def render_study(results_dir: str) -> str:
   out = []
   for r in rows:
     seeds = r.get("framed_asr_per_seed") or {}
-    cells = [f"<td><code>{_e(r.get('run'))}</code></td>", num((r.get("finetune") or {}).get("records"))]
+    records = (r.get("finetune") or {}).get("records")
+    cells = [f"<td><code>{_e(r.get('run'))}</code></td>", f'<td class="num">{"-" if records is None else records}</td>']
     for f in framings:
       per = " / ".join(f"{s[f]:.0f}" for s in seeds.values() if f in s)
       cells.append(num((r.get("framed_asr") or {}).get(f),
@@ -495,7 +498,8 @@ def render_study(results_dir: str) -> str:
     out.append("<tr>" + "".join(cells) + "</tr>")
   spec = table.get("spec") or {}
   body = [f"<h1>Study: {_e(table.get('model', ''))}</h1>",
-          f"<p>{len(rows)} runs; keyword ASR (%) per framing (harmful runs: mean over seeds, per seed in brackets), "
+          f"<p>{len(rows)} runs; keyword ASR (%) per framing (runs finetuned with several seeds: the mean, per seed "
+          "in brackets), "
           f"task metrics (%), VISAGE of a 1-D random landscape; whole study {_fmt(table.get('seconds'))} s.</p>",
           "<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>" + "".join(out) + "</table>"]
   surface = table.get("surface")

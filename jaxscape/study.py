@@ -547,7 +547,8 @@ def findings(rows: dict[str, dict], attacks: list[dict] = ()) -> dict:
                        "separated_from_next": (None if i + 1 == len(order) else
                                                bool(max(per_seed[order[i + 1]].values()) < min(per_seed[t].values())))}
                       for i, t in enumerate(order)]
-    framings = list(next(iter(task_rows.values()))["framed_asr"])
+    have = next(iter(task_rows.values()))["framed_asr"]
+    framings = [f for f in toydata.FRAMINGS if f in have]  # the framings' order (reused rows' JSON is sorted)
     by_framing = {f: float(np.mean([r["framed_asr"][f] for r in task_rows.values()])) for f in framings}
     out["framing_asr_over_tasks"] = by_framing
     out["weakest_framings"] = sorted(by_framing, key=lambda f: -by_framing[f])
@@ -680,9 +681,14 @@ def redraw(out_dir: str) -> list[str]:
   from jaxscape import results
   with open(os.path.join(out_dir, "table.json"), encoding="utf-8") as f:
     table = json.load(f)
+  table["spec"] = {**dataclasses.asdict(StudySpec()), **(table.get("spec") or {})}  # older tables: defaults
+  try:
+    md, paths = table_markdown(table), plot_study(table, out_dir)
+  except (KeyError, TypeError, IndexError) as e:
+    raise ValueError(f"{out_dir}/table.json is not a study table this version can redraw ({e!r} missing or malformed)")
   path = os.path.join(out_dir, "table.md")
-  results.atomic_write_text(path, table_markdown(table))
-  return [path] + plot_study(table, out_dir)
+  results.atomic_write_text(path, md)
+  return [path] + paths
 
 
 def plot_study(table: dict, out_dir: str) -> list[str]:

@@ -152,7 +152,7 @@ def test_findings_cli_smoke_end_to_end_resumes_and_publishes(tmp_path):
   aoa = json.loads((out / "system_prompt_aoa" / "summary.json").read_text())
   assert "AOA" in aoa["flags"]["system_prompt"]
   docs = tmp_path / "docs"
-  page = (docs / "README.md").read_text()
+  page = (docs / "FINDINGS.md").read_text()
   for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", page):
     assert (docs / link).is_file(), link
   # Rerun: every job reused, the same verdicts.
