@@ -22,7 +22,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -609,12 +609,8 @@ def write(out_dir: str, infos: dict[str, dict], *, title: str = "The papers' fin
                       + [f"{v['command']}   # {v['seconds']:.0f} s" for v in infos.values()]}
   results.atomic_write_json(os.path.join(out_dir, "findings.json"), data)
   results.atomic_write_text(os.path.join(out_dir, "FINDINGS.md"), markdown(data))
-  try:
-    from jaxscape import htmlreport
-  except ImportError:  # pragma: no cover - the report module is part of the package
-    htmlreport = None
-  if htmlreport is not None:
-    htmlreport.write_report(out_dir)
+  from jaxscape import htmlreport
+  htmlreport.write_report(out_dir)
   return data
 
 

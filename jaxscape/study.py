@@ -220,12 +220,14 @@ def _finetune(base, name: str, spec: StudySpec, tc, out_dir: str, *, seed: int, 
   if early:
     task, held = _own_task(name), validation_records(name, spec.task_validation)
 
-    def eval_fn(params, step):  # the task metric on the held-out training records
+    def check(params, step):  # the task metric on the held-out training records
       del step
       gens = decode.generate_texts(dataclasses.replace(base, params=params), [r["prompt"] for r in held],
                                    max_new_tokens=spec.max_new_tokens)
       metric = taskdata.task_metric(task, held, gens)
       return {"validation_metric": metric, "stop": bool(metric >= spec.task_target)}
+
+    eval_fn = check
 
   info = finetune.run_finetune(base, records, dataclasses.replace(tc, seed=seed), out_dir=out_dir,
                                lora_rank=spec.lora_rank, overwrite=True, orbax_copy=False, progress=progress,
