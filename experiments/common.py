@@ -71,12 +71,14 @@ def _thread_hook(args) -> None:
 
 
 def setup_compilation_cache() -> str | None:
-  """Apply ``--[no]compilation_cache`` / ``--compilation_cache_dir``; returns the cache dir in use (or ``None``).
+  """Apply ``--[no]compilation_cache`` / ``--compilation_cache_dir`` and the fast CPU compiler flags
+  (``compilation_cache.use_fast_cpu_compiler``); returns the cache dir in use (or ``None``).
 
   Must run before the first compile (:func:`run` calls it before ``main``). An unusable directory
   logs one warning line and the run goes on without the cache.
   """
   from jaxscape import compilation_cache
+  compilation_cache.use_fast_cpu_compiler()
   if not FLAGS.compilation_cache:
     compilation_cache.disable()
     return None

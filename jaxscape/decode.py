@@ -245,33 +245,47 @@ def _advance(params: PyTree, state: DecodeState, step: jax.Array, *, cfg: model_
 
 
 def run_loop(advance, state: DecodeState, step: jax.Array, limit: jax.Array, pad_id: jax.Array,
-             eos_ids: tuple[int, ...], ends: tuple[int, ...] | None = None) -> tuple[DecodeState, jax.Array]:
-  """Greedy steps from ``step`` until ``limit`` (traced) or every row has stopped.
+             eos_ids: tuple[int, ...]) -> tuple[DecodeState, jax.Array]:
+  """Greedy steps from ``step`` until ``limit`` (traced), the cache's room, or every row has stopped.
 
   Args:
     advance: ``advance(state, step) -> (logits [..., B, V], cache, key_mask)``; for a slice of
       grid points it ``vmap``s :func:`_advance` over the points with ``step`` shared.
-    ends: static phase ends (:func:`phase_ends`); before each phase the cache grows to hold
-      its last step. None: one phase whose steps must fit the cache as it is.
   Returns:
     ``(state, step)`` after the loop.
   """
   eos = jnp.asarray(eos_ids, jnp.int32)
-  limit = jnp.minimum(jnp.asarray(limit, jnp.int32), state.out.shape[-1])
-  if ends is None:
-    ends = (state.room,)
+  limit = jnp.minimum(jnp.minimum(jnp.asarray(limit, jnp.int32), state.out.shape[-1]), state.room)
 
   def body(carry):
     st, i = carry
     logits, cache, key_mask = advance(st, i)
     return _emit(st.replace(cache=cache, key_mask=key_mask), logits, i, pad_id, eos), i + 1
 
-  carry = (state, jnp.asarray(step, jnp.int32))
-  for end in ends:
-    carry = (grow(carry[0], end), carry[1])
-    phase_limit = jnp.minimum(limit, end)
-    carry = jax.lax.while_loop(lambda c, lim=phase_limit: (c[1] < lim) & ~jnp.all(c[0].done), body, carry)
-  return carry
+  return jax.lax.while_loop(lambda c: (c[1] < limit) & ~jnp.all(c[0].done), body,
+                            (state, jnp.asarray(step, jnp.int32)))
+
+
+def run_phases(advance, state: DecodeState, step: jax.Array, limit: jax.Array, pad_id: jax.Array,
+               eos_ids: tuple[int, ...], ends: tuple[int, ...]) -> Generation:
+  """Greedy decoding in phases (:func:`phase_ends`) up to ``limit`` tokens: the rows' results.
+
+  Before each phase the cache grows to hold its last step (:func:`grow`: a copy of the whole
+  cache). A phase after the first runs only while a row is still decoding (``lax.cond``), so a
+  slice whose rows all end early never grows its cache: on the toy scan (every row done by step
+  17 of 64) that growth cost 0.17 s of a device's 4.6 s.
+  """
+  limit = jnp.minimum(jnp.asarray(limit, jnp.int32), state.out.shape[-1])
+  results = lambda st: Generation(tokens=st.out, lengths=st.lengths, nonfinite=st.nonfinite)
+
+  def from_phase(carry, k):
+    st, i = run_loop(advance, grow(carry[0], ends[k]), carry[1], limit, pad_id, eos_ids)
+    if k == len(ends) - 1:
+      return results(st)
+    return jax.lax.cond((i < limit) & ~jnp.all(st.done), lambda c: from_phase(c, k + 1),
+                        lambda c: results(c[0]), (st, i))
+
+  return from_phase((state, jnp.asarray(step, jnp.int32)), 0)
 
 
 def _greedy(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.Array, pad_id: jax.Array,
@@ -281,8 +295,7 @@ def _greedy(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.A
   state = _prefill(params, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
                    groups=groups)
   advance = functools.partial(_advance, params, cfg=cfg)
-  state, _ = run_loop(advance, state, jnp.int32(1), max_steps, pad_id, eos_ids, phase_ends(max_new_tokens))
-  return Generation(tokens=state.out, lengths=state.lengths, nonfinite=state.nonfinite)
+  return run_phases(advance, state, jnp.int32(1), max_steps, pad_id, eos_ids, phase_ends(max_new_tokens))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "groups"))

@@ -70,9 +70,8 @@ def decode_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens
   state = _prefill_points(_per_point(params, stacked_dirs, coeffs, pre, cfg.dtype), tokens, mask, pad_id, prefix,
                           cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids, groups=groups)
   # With "hybrid" the materialized weights are dead once prefill is done: XLA frees them.
-  state, _ = _extend_points(_per_point(params, stacked_dirs, coeffs, dec, cfg.dtype), state, jnp.int32(1), max_steps,
-                            pad_id, cfg=cfg, eos_ids=eos_ids, ends=decode_lib.phase_ends(max_new_tokens))
-  return decode_lib.Generation(tokens=state.out, lengths=state.lengths, nonfinite=state.nonfinite)
+  return _extend_points(_per_point(params, stacked_dirs, coeffs, dec, cfg.dtype), state, jnp.int32(1), max_steps,
+                        pad_id, cfg=cfg, eos_ids=eos_ids, ends=decode_lib.phase_ends(max_new_tokens))
 
 
 def _per_point(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, strategy: str, compute_dtype=jnp.float32):
@@ -106,11 +105,17 @@ def _prefill_points(run, tokens, mask, pad_id, prefix, *, cfg, max_new_tokens, e
 
 
 def _extend_points(run, state, step, limit, pad_id, *, cfg, eos_ids, ends=None):
-  """One while loop per phase for all points (a scalar step shared by all), each step vmapped over the points."""
+  """One while loop for all points (a scalar step shared by all), each step vmapped over the points.
+
+  ``ends``: decode in these phases (``decode.run_phases``) and return the rows' ``Generation``;
+  None: one phase within the cache as it is, returning ``(state, step)`` (``decode.run_loop``).
+  """
   def advance(st, i):
     return run(lambda w, s: decode_lib._advance(w, s, i, cfg=cfg), st)
 
-  return decode_lib.run_loop(advance, state, step, limit, pad_id, eos_ids, ends)
+  if ends is None:
+    return decode_lib.run_loop(advance, state, step, limit, pad_id, eos_ids)
+  return decode_lib.run_phases(advance, state, step, limit, pad_id, eos_ids, ends)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "strategy"))

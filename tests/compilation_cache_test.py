@@ -160,3 +160,18 @@ def test_entries_are_written_through_a_temporary_file(tmp_path, monkeypatch):
   assert sorted(os.listdir(tmp_path)) == ["k1-cache"]
   with pytest.raises(ValueError):
     cache.put("", b"x")
+
+
+@pytest.mark.parametrize("user_flags, expected", [
+    ("", "--xla_cpu_use_fusion_emitters=false"),
+    ("--xla_cpu_use_fusion_emitters=true", "--xla_cpu_use_fusion_emitters=true"),  # the user's choice stays
+])
+def test_fast_cpu_compiler_flags_before_the_backend_only(user_flags, expected):
+  code = ("import os; from jaxscape import compilation_cache as c; a = c.use_fast_cpu_compiler(); "
+          "import jax; jax.numpy.zeros(1); b = c.use_fast_cpu_compiler(); "
+          "print(os.environ['XLA_FLAGS'], len(a), len(b), sep='|')")
+  env = {**os.environ, "XLA_FLAGS": user_flags}
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+  flags, added, added_late = out.stdout.strip().split("|")
+  assert flags == expected
+  assert int(added) == (0 if user_flags else 1) and int(added_late) == 0  # too late once a backend is up

@@ -5,6 +5,9 @@ import os
 # Before JAX starts: 8 fake host devices for the sharding tests (cheap on CPU).
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+from jaxscape import compilation_cache  # noqa: E402
+
+compilation_cache.use_fast_cpu_compiler()  # the XLA:CPU flags every entry point uses: tests check the same programs
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
