@@ -353,13 +353,14 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
           is_decided=is_decided if decode.stop_when_decided else None, to_host=sharding_lib.to_host, mesh=mesh,
           compiled=(None, gen_fn, interval_fn) if decode.stop_when_decided else (gen_fn, None, None))
     elif want_safety and decode.stop_when_decided:
-      toks, lens, nonfin, truncated = scan.decode_until_decided(
+      toks, lens, nonfin, truncated, row_steps_run = scan.decode_until_decided(
           params, stacked, coeffs, tokens_d, mask_d, model.pad_id, prefix_d, cfg=cfg,
           max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids, strategy=plan.strategy,
           is_decided=is_decided, chunk=decode.chunk_tokens, point_multiple=mesh.shape["points"],
           put=lambda x: sharding_lib.put(x, sharding_lib.points_sharding(mesh, np.ndim(x))),
           to_host=sharding_lib.to_host, groups=groups)
-      gen = {"tokens": toks, "lengths": lens, "nonfinite": nonfin, "truncated": truncated}
+      gen = {"tokens": toks, "lengths": lens, "nonfinite": nonfin, "truncated": truncated,
+             "decode_row_steps": row_steps_run}
     elif gen_fn:
       g = gen_fn(params, stacked, c, tokens_d, mask_d, max_steps, pad_id, prefix_d)
       gen = {"tokens": g.tokens, "lengths": g.lengths, "nonfinite": g.nonfinite}
@@ -407,8 +408,8 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   summary["timings"] = {"total_s": None, "load_s": load_s, "directions_s": directions_s, "compile_s": compile_s,
                         "scan_s": scan_s, "points_computed": len(todo), "points": n_points,
                         "tokens_generated": int(sum(sum(done[i].get("lengths", [])) for i in todo)),
-                        # rows of the decoding batch x decoding steps run (unknown for compacted slices)
-                        "decode_row_steps": row_steps[0] if continuous or not decode.stop_when_decided else None,
+                        # rows of the decoding batch x decoding steps run
+                        "decode_row_steps": row_steps[0],
                         "prompt_tokens": int(full_mask.sum()) * len(todo),
                         "useful_flops": _useful_flops(cfg, full_mask.sum(1), lengths, prefix_len),
                         "useful_kv_bytes": _useful_kv_bytes(cfg, full_mask.sum(1), lengths, prefix_len)}

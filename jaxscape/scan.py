@@ -259,7 +259,9 @@ def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarra
   :func:`decode_slice`; a decided row keeps the tokens it had.
 
   Returns:
-    (tokens [P, B, N] int32, lengths [P, B], nonfinite [P, B] bool, truncated [P, B] bool).
+    (tokens [P, B, N] int32, lengths [P, B], nonfinite [P, B] bool, truncated [P, B] bool,
+    decode_row_steps): the last is the rows of the decoding batch x the steps each chunk ran, summed
+    over the chunks (compaction shrinks the batch; rows already stopped but not compacted away count).
   """
   P, n = coeffs.shape
   B = tokens.shape[0]
@@ -275,6 +277,7 @@ def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarra
   valid = np.ones((P, B), bool)
   stop = np.zeros((P, B), bool)
   limit, step = 0, np.int32(1)
+  row_steps = 0
   ends = decode_lib.phase_ends(N)
   while True:
     limit = min(limit + chunk, N)
@@ -282,9 +285,11 @@ def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarra
     end = next(e for e in ends if e >= limit)
     if end > state.room:
       state = grow_state(state, end)
+    before = step
     state, step = extend_slice(params, stacked_dirs, put(coeffs[point_of]), state, step, put(stop),
                                np.int32(limit), np.int32(pad_id), cfg=cfg, eos_ids=eos_ids, strategy=strategy)
     out, done, lengths, nonfinite = (to_host(x) for x in (state.out, state.done, state.lengths, state.nonfinite))
+    row_steps += (int(step) - int(before)) * valid.size  # valid: [P', B'], the shape of the decoding batch
     step = int(step)
     running = np.zeros_like(valid)
     for p, b in zip(*np.nonzero(valid)):
@@ -297,7 +302,7 @@ def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarra
       else:
         running[p, b] = True
     if not running.any():
-      return out_tokens, out_lengths, out_nonfinite, truncated
+      return out_tokens, out_lengths, out_nonfinite, truncated, row_steps
     # Points stay on their device (see compact_state): each keeps its own live points, as many
     # per device as the busiest device has.
     D = point_multiple

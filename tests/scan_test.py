@@ -79,10 +79,12 @@ def test_hybrid_prefills_materialized_and_decodes_factored(tiny):
   coeffs = np.array([[-0.7], [0.0], [0.6]], np.float32)
   hybrid = _decode(tiny, stacked, coeffs, tokens, mask, "hybrid")
   np.testing.assert_array_equal(hybrid[..., 0], _decode(tiny, stacked, coeffs, tokens, mask, "materialize")[..., 0])
-  toks, _, _, truncated = scan.decode_until_decided(
+  toks, lens, _, truncated, row_steps = scan.decode_until_decided(
       tiny.params, stacked, coeffs, tokens, mask, tiny.pad_id, None, cfg=tiny.cfg, max_new_tokens=NEW,
       eos_ids=tiny.eos_ids, strategy="hybrid", is_decided=lambda row: False, chunk=4)
   assert not truncated.any()
+  # every decoded token took a row-step; at most every row ran every step after the first token
+  assert (lens - 1).clip(0).sum() <= row_steps <= lens.size * (NEW - 1)
   np.testing.assert_array_equal(toks, hybrid)
   assert scan.phase_strategies("hybrid") == ("materialize", "factored")
   with pytest.raises(ValueError, match="unknown strategy"):

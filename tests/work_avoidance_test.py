@@ -64,13 +64,15 @@ def test_chunked_decoding_with_compaction_matches_full_decode(tiny, grouped, dev
   rep = sharding.replicated(mesh)
   params, stacked, tokens, mask, prefix = (sharding.put(x, jax.tree.map(lambda _: rep, x))
                                            for x in (tiny.params, stacked, tokens, mask, prefix))
-  toks, lens, nonfin, truncated = scan.decode_until_decided(
+  toks, lens, nonfin, truncated, row_steps = scan.decode_until_decided(
       params, stacked, coeffs, tokens, mask, tiny.pad_id, prefix, cfg=tiny.cfg, max_new_tokens=N,
       eos_ids=tiny.eos_ids, strategy="factored", is_decided=decided, chunk=8, groups=groups,
       point_multiple=devices, put=lambda x: sharding.put(x, sharding.points_sharding(mesh, np.ndim(x))),
       to_host=sharding.to_host)
   assert truncated.any() and not truncated.all()
   assert compactions, "no compaction happened: the test would not cover the compacted path"
+  # stopped and compacted rows save row-steps: fewer than the whole slice running to the end
+  assert (lens - 1).clip(0).sum() <= row_steps < lens.size * (N - 1)
   for p in range(len(coeffs)):
     for b in range(len(PROMPTS)):
       if truncated[p, b]:
