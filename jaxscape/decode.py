@@ -197,7 +197,7 @@ def _prefill(params: PyTree, tokens: jax.Array, mask: jax.Array, pad_id: jax.Arr
   B, T = tokens.shape
   N = max_new_tokens
   P0 = 0 if prefix is None else prefix.shape[0]
-  room = phase_ends(N)[0] - 1  # slots for the first phase's new tokens (see run_loop)
+  room = phase_ends(N)[0] - 1  # slots for the first phase's new tokens (see run_phases)
   # The shared prefix has its own cache; a group's cache holds the left-padded rest of its
   # prompts (``length`` slots), then the new tokens' slots.
   prefix_cache = _prefill_prefix(params, prefix, cfg=cfg) if P0 else None

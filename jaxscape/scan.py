@@ -70,8 +70,8 @@ def decode_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens
   state = _prefill_points(_per_point(params, stacked_dirs, coeffs, pre, cfg.dtype), tokens, mask, pad_id, prefix,
                           cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids, groups=groups)
   # With "hybrid" the materialized weights are dead once prefill is done: XLA frees them.
-  return _extend_points(_per_point(params, stacked_dirs, coeffs, dec, cfg.dtype), state, jnp.int32(1), max_steps,
-                        pad_id, cfg=cfg, eos_ids=eos_ids, ends=decode_lib.phase_ends(max_new_tokens))
+  return decode_lib.run_phases(_advance_points(_per_point(params, stacked_dirs, coeffs, dec, cfg.dtype), cfg=cfg),
+                               state, jnp.int32(1), max_steps, pad_id, eos_ids, decode_lib.phase_ends(max_new_tokens))
 
 
 def _per_point(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, strategy: str, compute_dtype=jnp.float32):
@@ -104,18 +104,11 @@ def _prefill_points(run, tokens, mask, pad_id, prefix, *, cfg, max_new_tokens, e
                                            eos_ids=eos_ids, groups=groups))
 
 
-def _extend_points(run, state, step, limit, pad_id, *, cfg, eos_ids, ends=None):
-  """One while loop for all points (a scalar step shared by all), each step vmapped over the points.
-
-  ``ends``: decode in these phases (``decode.run_phases``) and return the rows' ``Generation``;
-  None: one phase within the cache as it is, returning ``(state, step)`` (``decode.run_loop``).
-  """
+def _advance_points(run, *, cfg):
+  """``advance(state, step)`` of all points: one greedy step vmapped over the points (a scalar step shared by all)."""
   def advance(st, i):
     return run(lambda w, s: decode_lib._advance(w, s, i, cfg=cfg), st)
-
-  if ends is None:
-    return decode_lib.run_loop(advance, state, step, limit, pad_id, eos_ids)
-  return decode_lib.run_phases(advance, state, step, limit, pad_id, eos_ids, ends)
+  return advance
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "strategy"))
@@ -162,7 +155,7 @@ def extend_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, state:
   """
   state = state.replace(done=state.done | stop)
   run = _per_point(params, stacked_dirs, coeffs, phase_strategies(strategy)[1], cfg.dtype)
-  return _extend_points(run, state, step, limit, pad_id, cfg=cfg, eos_ids=eos_ids)
+  return decode_lib.run_loop(_advance_points(run, cfg=cfg), state, step, limit, pad_id, eos_ids)
 
 
 grow_state = jax.jit(decode_lib.grow, static_argnums=1)
