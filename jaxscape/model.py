@@ -423,7 +423,7 @@ def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict:
 
 
 def apply(params: PyTree, tokens: jax.Array, positions: jax.Array, cache: dict | tuple | None,
-          index: jax.Array, key_mask: jax.Array, *, cfg: ModelConfig, logits_at: str = "all",
+          index: jax.Array, key_mask: jax.Array, *, cfg: ModelConfig, logits_at: str | int = "all",
           prefix_cache: dict | None = None):
   """Run new tokens through the model with a KV cache.
 
@@ -438,7 +438,8 @@ def apply(params: PyTree, tokens: jax.Array, positions: jax.Array, cache: dict |
     index: int32 scalar, the cache slot of ``tokens[:, 0]``.
     key_mask: [B, S] bool, True where a slot holds a real (non-pad) token.
     logits_at: "all" positions, only the "last" one ([B, 1, V]), "last_hidden" (no logits: the
-      last position's hidden state, for :func:`output_logits` later), or "none" (cache only).
+      last position's hidden state, for :func:`output_logits` later), an int n (no logits: the
+      hidden states of the last n positions, [B, n, D]), or "none" (cache only).
     prefix_cache: optional ``{"k", "v": [L, K, P, E]}`` of a prefix every row shares, before
       cache slot 0 (``positions`` must then start after it). Read, never written.
   Returns:
@@ -466,10 +467,12 @@ def apply(params: PyTree, tokens: jax.Array, positions: jax.Array, cache: dict |
   new_cache = stacked if fresh else carried
   if logits_at in ("last", "last_hidden"):  # prefill needs only the next-token logits: skip [B, T, V] of output head
     x = x[:, -1:]
+  elif isinstance(logits_at, int):
+    x = x[:, -logits_at:]
   elif logits_at == "none":
     return None, None, new_cache
   h = _rms_norm(x, params["final_norm"]["scale"], cfg.rms_norm_eps)
-  if logits_at == "last_hidden":
+  if logits_at == "last_hidden" or isinstance(logits_at, int):
     return None, h, new_cache
   return output_logits(params, h, cfg=cfg), h, new_cache
 

@@ -21,7 +21,6 @@ benign split uses phrasings never seen in training (same facts and number ranges
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import random
@@ -31,12 +30,12 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxscape import metrics
 from jaxscape import model as model_lib
 from jaxscape import prompts as prompts_lib
+from jaxscape import score as score_lib
 
 DEFAULT_SEED = 0
 # The toy model's default system prompt (written into its chat template, see jaxscape.tokenizer).
@@ -588,23 +587,12 @@ def evaluate_toy(model: Any, *, samples: int | None = None, max_new_tokens: int 
 
 def mc_letter_logits(model: Any, questions: list[str], *, system_prompt: str | None = None,
                      batch_size: int = 64):
-  """``[Q, 4]`` float32 next-token logits of the letters A-D after each rendered question."""
+  """``[Q, 4]`` float32 next-token log-probabilities of the letters A-D after each rendered question."""
   tok = model.tokenizer
   texts, add = prompts_lib.render(questions, tok, system_prompt=system_prompt)
   tokens, mask = prompts_lib.tokenize(texts, tok, add_special_tokens=add, pad_id=model.pad_id)
-  ids = np.asarray(metrics.letter_token_ids(tok), np.int32)
-  out = []
-  for s in range(0, len(texts), batch_size):
-    t, m = tokens[s:s + batch_size], mask[s:s + batch_size]
-    logits = _last_logits(model.params, jnp.asarray(t), jnp.asarray(m), cfg=model.cfg)
-    out.append(np.asarray(logits)[:, ids])
-  return np.concatenate(out)
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _last_logits(params, tokens, mask, *, cfg):
-  """[B, V] float32 logits after the last (real, left-padded) token."""
-  return model_lib.forward(params, tokens, cfg=cfg, mask=mask)[:, -1]
+  targets = score_lib.choice_targets(len(texts), metrics.letter_token_ids(tok))
+  return score_lib.score_in_batches(model.params, tokens, mask, targets, cfg=model.cfg, batch_size=batch_size)[:, 0]
 
 
 # ----------------------------------------------------------------- building the toy model
