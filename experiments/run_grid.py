@@ -40,13 +40,7 @@ flags.DEFINE_string("directions", None, "scan along directions saved by an earli
 flags.DEFINE_bool("save_directions", None, "write directions to OUT/directions (default: random ones only)")
 flags.DEFINE_bool("stop_when_decided", False, "stop decoding a prompt once its text holds a refusal keyword "
                   "(the keyword ASR is exactly that of the full decode; generations.jsonl marks truncated ones)")
-flags.DEFINE_integer("chunk_tokens", 32, "with --stop_when_decided and --engine=slices: tokens decoded between checks")
-flags.DEFINE_enum("engine", "slices", ["slices", "continuous"],
-                  "slices: every row of a slice decodes until its last ends, caches growing by phases; "
-                  "continuous: (point, prompt) rows stream through fixed decode slots, a finished row's slot "
-                  "refilled within --refill_interval steps (slower on CPU so far: BENCHMARKS.md, session 9)")
-flags.DEFINE_integer("decode_slots", 0, "continuous engine: decode slots per device (0: auto)")
-flags.DEFINE_integer("refill_interval", 4, "continuous engine: decode steps between refills (1-8)")
+flags.DEFINE_integer("chunk_tokens", 32, "with --stop_when_decided: tokens decoded between checks")
 flags.DEFINE_bool("resume", True, "reuse finished points of a compatible run in --out")
 flags.DEFINE_string("out", None, "results directory")
 flags.DEFINE_string("mesh", None, "device mesh, e.g. points:4,model:2 (default: all devices on points)")
@@ -124,13 +118,12 @@ def main(argv):
              if FLAGS.kind == "2d_interpolation" else None)
   load_s = time.perf_counter() - t0
   dirs = directions_lib.load_directions(FLAGS.directions, model.params) if FLAGS.directions else None
-  summary = jaxscape.run_landscape(
-      model, prompts, spec, out_dir=FLAGS.out, decode=decode, model_b=model_b, model_c=model_c,
-      capability_set=capability, metric=FLAGS.metric, strategy=FLAGS.strategy,
-      slice_size=FLAGS.slice_size, memory_budget=budget, resume=FLAGS.resume,
-      flags=_flag_values(), t_start=_T_START, load_s=load_s, mesh=mesh,
-      directions=dirs, save_directions=FLAGS.save_directions, engine=FLAGS.engine,
-      decode_slots=FLAGS.decode_slots, refill_interval=FLAGS.refill_interval)
+  options = jaxscape.ScanOptions(metric=FLAGS.metric, strategy=FLAGS.strategy, slice_size=FLAGS.slice_size,
+                                 memory_budget=budget, resume=FLAGS.resume, mesh=mesh,
+                                 save_directions=FLAGS.save_directions, flags=_flag_values(), t_start=_T_START,
+                                 load_s=load_s)
+  summary = jaxscape.run_landscape(model, prompts, spec, out_dir=FLAGS.out, decode=decode, options=options,
+                                   model_b=model_b, model_c=model_c, capability_set=capability, directions=dirs)
   import jax
   if jax.process_index():
     return

@@ -25,27 +25,35 @@ __version__ = "0.1.0"
 # public name -> submodule that defines it, imported on first access (see __getattr__)
 _LAZY = {
     "Model": "convert", "load_hf": "convert", "load_model": "convert", "save_hf": "convert",
-    "Generation": "decode", "generate_texts": "decode", "greedy_generate": "decode",
+    "Decoder": "decode", "Generation": "decode", "Sampling": "decode", "generate": "decode",
+    "generate_texts": "decode", "greedy_generate": "decode",
+    "InputError": "errors",
     "TrainConfig": "finetune", "load_chat_records": "finetune", "run_finetune": "finetune",
-    "DecodeSpec": "landscape", "LandscapeSpec": "landscape", "make_grid": "landscape",
+    "DecodeSpec": "landscape", "LandscapeSpec": "landscape", "ScanOptions": "landscape", "make_grid": "landscape",
     "run_landscape": "landscape",
     "ModelConfig": "model", "forward": "model", "init_params": "model",
-    "decode_slice": "scan", "plan_scan": "scan",
+    "plan_scan": "plan",
+    "compile_scan": "scan", "decode_slice": "scan",
+    "continuation_logprobs": "score",
     "StudySpec": "study", "run_study": "study",
 }
-_SUBMODULES = ("aligndata", "checkpoint", "compilation_cache", "convert", "decode", "directions", "engine", "findings",
-               "finetune", "gguf_io", "htmlreport", "judge", "landscape", "metrics", "model", "perturb", "plot", "prompts",
-               "report", "results", "scan", "sharding", "study", "taskdata", "testing", "tokenizer", "toydata")
+_SUBMODULES = ("aligndata", "checkpoint", "compilation_cache", "convert", "decode", "directions", "errors", "findings",
+               "finetune", "gguf_io", "htmlreport", "judge", "landscape", "metrics", "model", "perturb", "plan", "plot",
+               "prompts", "report", "results", "scan", "score", "sharding", "study", "taskdata", "testing", "tokenizer",
+               "toydata")
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
   from jaxscape.convert import Model, load_hf, load_model, save_hf  # noqa: F401
-  from jaxscape.decode import Generation, generate_texts, greedy_generate  # noqa: F401
+  from jaxscape.decode import Decoder, Generation, Sampling, generate, generate_texts, greedy_generate  # noqa: F401
+  from jaxscape.errors import InputError  # noqa: F401
   from jaxscape.finetune import TrainConfig, load_chat_records, run_finetune  # noqa: F401
-  from jaxscape.landscape import DecodeSpec, LandscapeSpec, make_grid, run_landscape  # noqa: F401
+  from jaxscape.landscape import DecodeSpec, LandscapeSpec, ScanOptions, make_grid, run_landscape  # noqa: F401
   from jaxscape.model import ModelConfig, forward, init_params  # noqa: F401
-  from jaxscape.scan import decode_slice, plan_scan  # noqa: F401
+  from jaxscape.plan import plan_scan  # noqa: F401
+  from jaxscape.scan import compile_scan, decode_slice  # noqa: F401
+  from jaxscape.score import continuation_logprobs  # noqa: F401
   from jaxscape.study import StudySpec, run_study  # noqa: F401
 
 

@@ -1,9 +1,23 @@
-"""Batched greedy decoding: prefill, then a KV-cached ``lax.while_loop``, all in one jitted call."""
+"""Batched decoding: prefill, then a KV-cached ``lax.while_loop``, all in one jitted call.
+
+The one decoder of jaxscape. A :class:`Decoder` (frozen, hashable: a static argument of ``jit``)
+holds what shapes the program (model config, output length, EOS ids, prompt length groups,
+sampling); its methods are the pieces every decode is made of:
+
+- :meth:`Decoder.prefill`: prompts (and a shared prefix) -> :class:`DecodeState` with token 0 emitted;
+- :meth:`Decoder.advance`: one model step of the rows' last tokens -> logits and the grown cache;
+- :meth:`Decoder.run_loop` / :meth:`Decoder.run_phases`: steps under ``lax.while_loop`` until a
+  limit or every row has stopped -> :class:`Generation`.
+
+``jaxscape.scan`` runs the same pieces with an ``advance`` ``vmap``ped over grid points; a plain
+batch of one model is :func:`generate`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.struct
 import jax
@@ -12,25 +26,47 @@ import numpy as np
 
 from jaxscape import model as model_lib
 from jaxscape import prompts as prompts_lib
+from jaxscape.errors import InputError
 
 PyTree = Any
 
 
 @flax.struct.dataclass
 class Generation:
-  """Output of :func:`greedy_generate`.
+  """What a decode returns, for one batch or a whole slice of grid points (leading ``[...]`` = [P]).
 
   Attributes:
-    tokens: [B, N] int32 new tokens; after a row's first EOS, ``pad_id``.
-    lengths: [B] int32 tokens generated per row, up to and including the first EOS.
-    nonfinite: [B] bool, True if a row met NaN/Inf logits before it stopped.
+    tokens: [..., B, N] int32 new tokens; after a row's first EOS, ``pad_id``.
+    lengths: [..., B] int32 tokens generated per row, up to and including the first EOS.
+    nonfinite: [..., B] bool, True if a row met NaN/Inf logits before it stopped.
+    truncated: [..., B] bool, True if a row was stopped early because its answer was already
+      decided (``scan.decode_until_decided``); False for rows that ran to EOS or the limit.
+    row_steps: int32 scalar, decoding work done: rows of the decoding batch x steps run, summed
+      over the calls that made this generation (prefill's first token excluded).
   """
   tokens: jax.Array
   lengths: jax.Array
   nonfinite: jax.Array
+  truncated: jax.Array
+  row_steps: jax.Array
 
 
-def _prefill_prefix(params: PyTree, prefix: jax.Array, *, cfg) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """How a token is chosen from the logits: greedy (``temperature == 0``, the default, exactly
+  transformers' ``do_sample=False``) or a sample of ``softmax(logits / temperature)`` drawn with
+  the decode's PRNG key, folded with the step (rows draw independently)."""
+  temperature: float = 0.0
+
+  def __post_init__(self):
+    if not self.temperature >= 0:
+      raise InputError(f"temperature must be >= 0, got {self.temperature}")
+
+
+GREEDY = Sampling()
+
+
+def prefill_prefix(params: PyTree, prefix: jax.Array, *, cfg) -> dict:
   """KV of the shared prefix [p], computed once (batch 1): ``{"k", "v": [L, K, p, E]}``."""
   p = prefix.shape[0]
   _, _, pre = model_lib.apply(params, prefix[None], jnp.arange(p, dtype=jnp.int32)[None],
@@ -66,6 +102,7 @@ class DecodeState:
     nonfinite: [..., B] bool, row met NaN/Inf logits.
     lengths: [..., B] int32 tokens emitted, up to and including the first EOS.
     out: [..., B, N] int32 emitted tokens (``pad_id`` after EOS and beyond the step).
+    key: PRNG key of a sampled decode (``Sampling.temperature > 0``), else None.
     prompt_slots: static tuple, per row group the cache slots of its prompts (their left-padded
       part after the prefix); the token fed at step ``i`` goes to slot ``prompt_slots[g] + i - 1``.
   """
@@ -78,6 +115,7 @@ class DecodeState:
   nonfinite: jax.Array
   lengths: jax.Array
   out: jax.Array
+  key: jax.Array | None = None
   prompt_slots: tuple = flax.struct.field(pytree_node=False, default=())
 
   @property
@@ -143,9 +181,9 @@ def merge_groups(state: DecodeState) -> DecodeState:
 def greedy_token(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
   """``(jnp.argmax(logits, -1), jnp.all(jnp.isfinite(logits), -1))`` for [..., V] float logits.
 
-  Written as plain max/min reductions, which XLA fuses into one pass over the logits: 8x
-  faster on CPU than argmax's variadic reduction (1.1 vs 8.6 ms for [1680, 2048]). Same
-  answer, ties and NaN included: the first maximum, or the first NaN (max propagates NaN).
+  Written as plain max/min reductions, which XLA fuses into one pass over the logits (argmax's
+  variadic reduction was several times slower on CPU). Same answer, ties and NaN included: the
+  first maximum, or the first NaN (max propagates NaN).
   """
   top = jnp.max(logits, axis=-1, keepdims=True)
   vocab = jnp.arange(logits.shape[-1], dtype=jnp.int32)
@@ -154,20 +192,8 @@ def greedy_token(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
   return tok, finite
 
 
-def _emit(state: DecodeState, logits: jax.Array, step: jax.Array, pad_id, eos: jax.Array) -> DecodeState:
-  """Greedy token for ``step`` from [..., B, V] logits; finished rows emit pad."""
-  best, finite = greedy_token(logits)
-  nonfinite = state.nonfinite | (~finite & ~state.done)
-  tok = jnp.where(state.done, pad_id, best)
-  out = jax.lax.dynamic_update_index_in_dim(state.out, tok, step, axis=state.out.ndim - 1)
-  lengths = state.lengths + (~state.done).astype(jnp.int32)
-  return state.replace(tok=tok, out=out, done=state.done | jnp.isin(tok, eos), nonfinite=nonfinite,
-                       lengths=lengths)
-
-
 # Decoding attends per group of rows; each group is one more attention block per layer and
-# phase to compile. On the toy scan with AdvBench prompts (4 prefill groups), 1/2/4 decode
-# groups measured scan 7.9/6.7/6.5 s and compile 4.8/5.8/7.9 s: 2 is the balance.
+# phase to compile: 2 balances compile time against attention over padding (BENCHMARKS.md).
 MAX_DECODE_GROUPS = 2
 
 
@@ -180,152 +206,192 @@ def decode_partition(groups: tuple[tuple[int, int, int], ...], max_groups: int) 
                                    max_groups)
 
 
-def _prefill(params: PyTree, tokens: jax.Array, mask: jax.Array, pad_id: jax.Array,
-             prefix: jax.Array | None = None, *, cfg: model_lib.ModelConfig, max_new_tokens: int,
-             eos_ids: tuple[int, ...], groups: tuple[tuple[int, int, int], ...] | None = None) -> DecodeState:
-  """Prefill the prompts (and the shared prefix) of one model and emit token 0.
+Advance = Callable[[DecodeState, jax.Array], tuple[jax.Array, tuple, tuple]]
 
-  ``groups``: static ``((row_start, row_end, length), ...)`` over rows sorted by prompt length
-  (see ``prompts.length_groups``): each group is prefilled over only its last ``length``
-  columns, so short prompts do not pay for the longest one's padding.
 
-  Each group's cache (``length`` prompt slots, plus room for the first phase of new tokens,
-  :func:`phase_ends`) is built from its own keys/values (writing them into a zero cache instead
-  is a scatter under ``vmap``, ~4x slower); for decoding, consecutive groups are joined into at
-  most :data:`MAX_DECODE_GROUPS` (:func:`decode_partition`).
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+  """The static description of a decode, passed to ``jit`` as a static argument.
+
+  Attributes:
+    cfg: model config.
+    max_new_tokens: N, the size of the output buffer.
+    eos_ids: a row stops at its first one of these; the loop exits once every row has stopped.
+    groups: optional ``((row_start, row_end, length), ...)`` over rows sorted by prompt length
+      (``prompts.length_groups``): each group is prefilled over only its last ``length`` columns
+      and decoded over a cache as long as its own prompts. Same tokens as without.
+    sampling: :class:`Sampling` (greedy by default).
   """
-  B, T = tokens.shape
-  N = max_new_tokens
-  P0 = 0 if prefix is None else prefix.shape[0]
-  room = phase_ends(N)[0] - 1  # slots for the first phase's new tokens (see run_phases)
-  # The shared prefix has its own cache; a group's cache holds the left-padded rest of its
-  # prompts (``length`` slots), then the new tokens' slots.
-  prefix_cache = _prefill_prefix(params, prefix, cfg=cfg) if P0 else None
-  positions = P0 + model_lib.positions_from_mask(mask)
-  groups = groups or ((0, B, T),)
-  last_hidden, parts, key_mask = [], [], []
-  for r0, r1, length in groups:
-    _, hidden, group_cache = model_lib.apply(
-        params, tokens[r0:r1, T - length:], positions[r0:r1, T - length:], None, jnp.int32(0),
-        mask[r0:r1, T - length:], cfg=cfg, logits_at="last_hidden", prefix_cache=prefix_cache)
-    parts.append({n: _pad_slots(group_cache[n], 2, 0, room) for n in ("k", "v")})
-    key_mask.append(_pad_slots(mask[r0:r1, T - length:], 1, 0, room))
-    last_hidden.append(hidden[:, -1])
-  # Decoding attends per group of prefill groups (fewer groups: less to compile, see
-  # decode_partition); a group's shorter members are left-padded to its longest.
-  cache, merged_mask, slots = [], [], []
-  for a, b in decode_partition(groups, MAX_DECODE_GROUPS):
-    longest = groups[a][2]
-    lpad = [longest - groups[j][2] for j in range(a, b)]
-    cache.append({n: jnp.concatenate([_pad_slots(parts[j][n], 2, lp, 0) for j, lp in zip(range(a, b), lpad)],
-                                     axis=1) for n in ("k", "v")})  # [L, B_g, K, S_g, E]: rows on axis 1
-    merged_mask.append(jnp.concatenate([_pad_slots(key_mask[j], 1, lp, 0) for j, lp in zip(range(a, b), lpad)]))
-    slots.append(longest)
-  cache = tuple(cache)
-  # The output head once for all rows: per group it was one more matmul each, and a one-row
-  # group's bfloat16 head fell off XLA:CPU's fast matmul onto a float32 copy of the whole head.
-  logits = model_lib.output_logits(params, jnp.concatenate(last_hidden, axis=0), cfg=cfg)
-  state = DecodeState(cache=cache, prefix_cache=prefix_cache, key_mask=tuple(merged_mask),
-                      tok=jnp.full((B,), pad_id, jnp.int32),
-                      next_pos=positions[:, -1] + 1,  # left padding: the last column is a real token
-                      done=jnp.zeros((B,), bool), nonfinite=jnp.zeros((B,), bool),
-                      lengths=jnp.zeros((B,), jnp.int32), out=jnp.full((B, N), pad_id, jnp.int32),
-                      prompt_slots=tuple(slots))
-  return _emit(state, logits, jnp.int32(0), pad_id, jnp.asarray(eos_ids, jnp.int32))
+  cfg: model_lib.ModelConfig
+  max_new_tokens: int
+  eos_ids: tuple[int, ...]
+  groups: tuple[tuple[int, int, int], ...] | None = None
+  sampling: Sampling = GREEDY
+
+  def prefill(self, params: PyTree, tokens: jax.Array, mask: jax.Array, pad_id: jax.Array,
+              prefix: jax.Array | None = None, key: jax.Array | None = None) -> DecodeState:
+    """Prefill the prompts (and the shared prefix) of one model and emit token 0.
+
+    Args:
+      tokens: [B, T] int32 left-padded prompts (rows sorted by length when ``groups`` is set);
+        mask: [B, T] bool, True for real tokens.
+      pad_id: int32 scalar written after a row's EOS.
+      prefix: optional [p] int32 tokens preceding every row, prefilled once (batch 1) and kept
+        once for all rows (``prompts.split_shared_prefix``).
+      key: PRNG key, needed when sampling.
+    Returns:
+      :class:`DecodeState` at step 1, with room in the cache for the first phase's tokens.
+    """
+    if self.sampling.temperature > 0 and key is None:
+      raise InputError("sampling with temperature > 0 needs a PRNG key")
+    B = tokens.shape[0]
+    P0 = 0 if prefix is None else prefix.shape[0]
+    prefix_cache = prefill_prefix(params, prefix, cfg=self.cfg) if P0 else None
+    positions = P0 + model_lib.positions_from_mask(mask)
+    last_hidden, cache, key_mask, slots = self._prefill_groups(params, tokens, mask, positions, prefix_cache)
+    # The output head once for all rows: per group it was one more matmul each, and a one-row
+    # group's bfloat16 head fell off XLA:CPU's fast matmul onto a float32 copy of the whole head.
+    logits = model_lib.output_logits(params, last_hidden, cfg=self.cfg)
+    state = DecodeState(cache=cache, prefix_cache=prefix_cache, key_mask=key_mask,
+                        tok=jnp.full((B,), pad_id, jnp.int32),
+                        next_pos=positions[:, -1] + 1,  # left padding: the last column is a real token
+                        done=jnp.zeros((B,), bool), nonfinite=jnp.zeros((B,), bool),
+                        lengths=jnp.zeros((B,), jnp.int32), out=jnp.full((B, self.max_new_tokens), pad_id, jnp.int32),
+                        key=key, prompt_slots=slots)
+    return self.emit(state, logits, jnp.int32(0), pad_id)
+
+  def _prefill_groups(self, params, tokens, mask, positions, prefix_cache):
+    """Each length group prefilled over its own columns, then joined into <= MAX_DECODE_GROUPS caches.
+
+    Each group's cache (its prompt slots plus room for the first phase) is built from its own
+    keys/values (writing them into a zero cache instead is a scatter under ``vmap``, slower);
+    a decode group's shorter members are left-padded to its longest.
+    Returns (last hidden [B, D], caches, key masks, prompt slots per decode group).
+    """
+    B, T = tokens.shape
+    room = phase_ends(self.max_new_tokens)[0] - 1  # slots for the first phase's new tokens
+    groups = self.groups or ((0, B, T),)
+    last_hidden, parts, masks = [], [], []
+    for r0, r1, length in groups:
+      _, hidden, group_cache = model_lib.apply(
+          params, tokens[r0:r1, T - length:], positions[r0:r1, T - length:], None, jnp.int32(0),
+          mask[r0:r1, T - length:], cfg=self.cfg, logits_at="last_hidden", prefix_cache=prefix_cache)
+      parts.append({n: _pad_slots(group_cache[n], 2, 0, room) for n in ("k", "v")})
+      masks.append(_pad_slots(mask[r0:r1, T - length:], 1, 0, room))
+      last_hidden.append(hidden[:, -1])
+    cache, key_mask, slots = [], [], []
+    for a, b in decode_partition(groups, MAX_DECODE_GROUPS):
+      longest = groups[a][2]
+      lpad = [longest - groups[j][2] for j in range(a, b)]
+      cache.append({n: jnp.concatenate([_pad_slots(parts[j][n], 2, lp, 0) for j, lp in zip(range(a, b), lpad)],
+                                       axis=1) for n in ("k", "v")})  # [L, B_g, K, S_g, E]: rows on axis 1
+      key_mask.append(jnp.concatenate([_pad_slots(masks[j], 1, lp, 0) for j, lp in zip(range(a, b), lpad)]))
+      slots.append(longest)
+    return jnp.concatenate(last_hidden, axis=0), tuple(cache), tuple(key_mask), tuple(slots)
+
+  def advance(self, params: PyTree, state: DecodeState, step: jax.Array) -> tuple[jax.Array, tuple, tuple]:
+    """Feed the token emitted at ``step - 1`` to one model: (logits [B, V], cache, key_mask)."""
+    slots = tuple(t + step - 1 for t in state.prompt_slots)  # scalars: every row of a group writes the same slot
+    key_mask = tuple(jax.lax.dynamic_update_slice(m, jnp.ones((m.shape[0], 1), bool), (0, slot))
+                     for m, slot in zip(state.key_mask, slots))
+    logits, _, cache = model_lib.apply(params, state.tok[:, None], (state.next_pos + step - 1)[:, None],
+                                       state.cache, slots, key_mask, cfg=self.cfg, prefix_cache=state.prefix_cache)
+    return logits[:, 0], cache, key_mask
+
+  def emit(self, state: DecodeState, logits: jax.Array, step: jax.Array, pad_id) -> DecodeState:
+    """The token for ``step`` from [..., B, V] logits (greedy or sampled); finished rows emit pad."""
+    best, finite = greedy_token(logits)
+    if self.sampling.temperature > 0:
+      best = jax.random.categorical(jax.random.fold_in(state.key, step), logits / self.sampling.temperature)
+      best = best.astype(jnp.int32)
+    nonfinite = state.nonfinite | (~finite & ~state.done)
+    tok = jnp.where(state.done, pad_id, best)
+    out = jax.lax.dynamic_update_index_in_dim(state.out, tok, step, axis=state.out.ndim - 1)
+    lengths = state.lengths + (~state.done).astype(jnp.int32)
+    done = state.done | jnp.isin(tok, jnp.asarray(self.eos_ids, jnp.int32))
+    return state.replace(tok=tok, out=out, done=done, nonfinite=nonfinite, lengths=lengths)
+
+  def run_loop(self, advance: Advance, state: DecodeState, step: jax.Array, limit: jax.Array,
+               pad_id: jax.Array) -> tuple[DecodeState, jax.Array]:
+    """Steps from ``step`` until ``limit`` (traced), the cache's room, or every row has stopped.
+
+    Args:
+      advance: ``advance(state, step) -> (logits [..., B, V], cache, key_mask)``: ``lambda st, i:
+        decoder.advance(params, st, i)`` for one model; ``jaxscape.scan`` ``vmap``s it over the
+        points of a slice with ``step`` shared.
+    Returns:
+      ``(state, step)`` after the loop.
+    """
+    limit = jnp.minimum(jnp.minimum(jnp.asarray(limit, jnp.int32), state.out.shape[-1]), state.room)
+
+    def body(carry):
+      st, i = carry
+      logits, cache, key_mask = advance(st, i)
+      return self.emit(st.replace(cache=cache, key_mask=key_mask), logits, i, pad_id), i + 1
+
+    return jax.lax.while_loop(lambda c: (c[1] < limit) & ~jnp.all(c[0].done), body,
+                              (state, jnp.asarray(step, jnp.int32)))
+
+  def run_phases(self, advance: Advance, state: DecodeState, step: jax.Array, limit: jax.Array,
+                 pad_id: jax.Array) -> Generation:
+    """Decoding in phases (:func:`phase_ends`) up to ``limit`` tokens: the rows' :class:`Generation`.
+
+    Before each phase the cache grows to hold its last step (:func:`grow`: a copy of the whole
+    cache). A phase after the first runs only while a row is still decoding (``lax.cond``), so a
+    slice whose rows all end early never grows its cache.
+    """
+    limit = jnp.minimum(jnp.asarray(limit, jnp.int32), state.out.shape[-1])
+    ends = phase_ends(self.max_new_tokens)
+    first = jnp.asarray(step, jnp.int32)
+
+    def results(st, i):
+      return Generation(tokens=st.out, lengths=st.lengths, nonfinite=st.nonfinite,
+                        truncated=jnp.zeros_like(st.done), row_steps=(i - first) * st.done.size)
+
+    def from_phase(carry, k):
+      st, i = self.run_loop(advance, grow(carry[0], ends[k]), carry[1], limit, pad_id)
+      if k == len(ends) - 1:
+        return results(st, i)
+      return jax.lax.cond((i < limit) & ~jnp.all(st.done), lambda c: from_phase(c, k + 1),
+                          lambda c: results(*c), (st, i))
+
+    return from_phase((state, first), 0)
+
+  def generate(self, params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.Array,
+               pad_id: jax.Array, prefix: jax.Array | None = None, key: jax.Array | None = None) -> Generation:
+    """Prefill and decode one model's batch (un-jitted: :func:`generate` is its jitted form)."""
+    state = self.prefill(params, tokens, mask, pad_id, prefix, key)
+    return self.run_phases(lambda st, i: self.advance(params, st, i), state, jnp.int32(1), max_steps, pad_id)
 
 
-def _advance(params: PyTree, state: DecodeState, step: jax.Array, *, cfg: model_lib.ModelConfig):
-  """Feed the token emitted at ``step - 1`` to one model: (logits [B, V], cache, key_mask)."""
-  slots = tuple(t + step - 1 for t in state.prompt_slots)  # scalars: every row of a group writes the same slot
-  key_mask = tuple(jax.lax.dynamic_update_slice(m, jnp.ones((m.shape[0], 1), bool), (0, slot))
-                   for m, slot in zip(state.key_mask, slots))
-  logits, _, cache = model_lib.apply(params, state.tok[:, None], (state.next_pos + step - 1)[:, None],
-                                     state.cache, slots, key_mask, cfg=cfg, prefix_cache=state.prefix_cache)
-  return logits[:, 0], cache, key_mask
-
-
-def run_loop(advance, state: DecodeState, step: jax.Array, limit: jax.Array, pad_id: jax.Array,
-             eos_ids: tuple[int, ...]) -> tuple[DecodeState, jax.Array]:
-  """Greedy steps from ``step`` until ``limit`` (traced), the cache's room, or every row has stopped.
-
-  Args:
-    advance: ``advance(state, step) -> (logits [..., B, V], cache, key_mask)``; for a slice of
-      grid points it ``vmap``s :func:`_advance` over the points with ``step`` shared.
-  Returns:
-    ``(state, step)`` after the loop.
-  """
-  eos = jnp.asarray(eos_ids, jnp.int32)
-  limit = jnp.minimum(jnp.minimum(jnp.asarray(limit, jnp.int32), state.out.shape[-1]), state.room)
-
-  def body(carry):
-    st, i = carry
-    logits, cache, key_mask = advance(st, i)
-    return _emit(st.replace(cache=cache, key_mask=key_mask), logits, i, pad_id, eos), i + 1
-
-  return jax.lax.while_loop(lambda c: (c[1] < limit) & ~jnp.all(c[0].done), body,
-                            (state, jnp.asarray(step, jnp.int32)))
-
-
-def run_phases(advance, state: DecodeState, step: jax.Array, limit: jax.Array, pad_id: jax.Array,
-               eos_ids: tuple[int, ...], ends: tuple[int, ...]) -> Generation:
-  """Greedy decoding in phases (:func:`phase_ends`) up to ``limit`` tokens: the rows' results.
-
-  Before each phase the cache grows to hold its last step (:func:`grow`: a copy of the whole
-  cache). A phase after the first runs only while a row is still decoding (``lax.cond``), so a
-  slice whose rows all end early never grows its cache: on the toy scan (every row done by step
-  17 of 64) that growth cost 0.17 s of a device's 4.6 s.
-  """
-  limit = jnp.minimum(jnp.asarray(limit, jnp.int32), state.out.shape[-1])
-  results = lambda st: Generation(tokens=st.out, lengths=st.lengths, nonfinite=st.nonfinite)
-
-  def from_phase(carry, k):
-    st, i = run_loop(advance, grow(carry[0], ends[k]), carry[1], limit, pad_id, eos_ids)
-    if k == len(ends) - 1:
-      return results(st)
-    return jax.lax.cond((i < limit) & ~jnp.all(st.done), lambda c: from_phase(c, k + 1),
-                        lambda c: results(c[0]), (st, i))
-
-  return from_phase((state, jnp.asarray(step, jnp.int32)), 0)
-
-
-def _greedy(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.Array, pad_id: jax.Array,
-            prefix: jax.Array | None = None, *, cfg: model_lib.ModelConfig, max_new_tokens: int,
-            eos_ids: tuple[int, ...], groups=None) -> Generation:
-  """Un-jitted body of :func:`greedy_generate`."""
-  state = _prefill(params, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
-                   groups=groups)
-  advance = functools.partial(_advance, params, cfg=cfg)
-  return run_phases(advance, state, jnp.int32(1), max_steps, pad_id, eos_ids, phase_ends(max_new_tokens))
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "groups"))
-def greedy_generate(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.Array,
-                    pad_id: jax.Array, prefix: jax.Array | None = None, *, cfg: model_lib.ModelConfig,
-                    max_new_tokens: int, eos_ids: tuple[int, ...],
-                    groups: tuple[tuple[int, int, int], ...] | None = None) -> Generation:
-  """Greedy decoding of a left-padded batch, exactly as ``transformers``' ``generate(do_sample=False)``.
+@functools.partial(jax.jit, static_argnames=("decoder",))
+def generate(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.Array, pad_id: jax.Array,
+             prefix: jax.Array | None = None, key: jax.Array | None = None, *, decoder: Decoder) -> Generation:
+  """Decode a left-padded batch in one jitted call; greedy, it is transformers' ``generate(do_sample=False)``.
 
   Args:
     params: params pytree.
     tokens: [B, T] int32 left-padded prompts; mask: [B, T] bool, True for real tokens.
-    max_steps: int32 scalar (traced): stop after this many tokens (<= ``max_new_tokens``).
+    max_steps: int32 scalar (traced): stop after this many tokens (<= ``decoder.max_new_tokens``).
     pad_id: int32 scalar written after a row's EOS.
     prefix: optional [p] int32 tokens that precede every row (chat template + system prompt):
-      prefilled once (batch 1); its KV is kept once and attended to by every row (not copied
-      per row), so ``tokens`` hold only the rest of each prompt (see
-      ``prompts.split_shared_prefix``). Same tokens as without it, up to float summation order.
-    cfg: model config (static).
-    max_new_tokens: size of the static output buffer (static).
-    eos_ids: tuple of EOS token ids (static); a row stops at its first one; the loop exits
-      early once every row has stopped.
-    groups: optional static length groups of rows sorted by length (``prompts.length_groups``):
-      each group is prefilled over only its own length. Same tokens as without.
+      prefilled once; its KV is kept once and attended to by every row, so ``tokens`` hold only
+      the rest of each prompt (see ``prompts.split_shared_prefix``). Same tokens as without it,
+      up to float summation order.
+    key: PRNG key (sampling only).
+    decoder: :class:`Decoder` (static).
   Returns:
     :class:`Generation`.
   """
-  return _greedy(params, tokens, mask, max_steps, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens,
-                 eos_ids=eos_ids, groups=groups)
+  return decoder.generate(params, tokens, mask, max_steps, pad_id, prefix, key)
 
+
+def greedy_generate(params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.Array, pad_id: jax.Array,
+                    prefix: jax.Array | None = None, *, cfg: model_lib.ModelConfig, max_new_tokens: int,
+                    eos_ids: tuple[int, ...], groups: tuple[tuple[int, int, int], ...] | None = None) -> Generation:
+  """:func:`generate` with a greedy :class:`Decoder` made of these keywords."""
+  return generate(params, tokens, mask, max_steps, pad_id, prefix,
+                  decoder=Decoder(cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=tuple(eos_ids), groups=groups))
 
 def decode_text(tokenizer, row: np.ndarray, eos_ids: tuple[int, ...]) -> str:
   """New tokens up to the first EOS, decoded with ``skip_special_tokens=True``."""
@@ -338,9 +404,10 @@ def decode_text(tokenizer, row: np.ndarray, eos_ids: tuple[int, ...]) -> str:
 
 
 def generate_texts(model, prompts: list[str], *, max_new_tokens: int, prompt_format: str = "chat",
-                   system_prompt: str | None = None, batch_size: int = 64,
-                   truncate_prompts: bool = False) -> list[str]:
-  """Greedy generations for ``prompts`` with a loaded :class:`jaxscape.convert.Model`.
+                   system_prompt: str | None = None, batch_size: int = 64, truncate_prompts: bool = False,
+                   temperature: float = 0.0, key: jax.Array | None = None) -> list[str]:
+  """Generations for ``prompts`` with a loaded :class:`jaxscape.convert.Model`: greedy, or sampled
+  at ``temperature`` > 0 with the PRNG ``key`` (batch k draws with ``fold_in(key, k)``).
 
   Prompts are formatted per ``prompt_format``/``system_prompt`` (see
   :func:`jaxscape.prompts.render`), tokenized into batches of ``batch_size`` (the last one
@@ -348,7 +415,9 @@ def generate_texts(model, prompts: list[str], *, max_new_tokens: int, prompt_for
   input order.
   """
   if max_new_tokens <= 0:
-    raise ValueError(f"max_new_tokens must be > 0, got {max_new_tokens}")
+    raise InputError(f"max_new_tokens must be > 0, got {max_new_tokens}")
+  decoder = Decoder(cfg=model.cfg, max_new_tokens=max_new_tokens, eos_ids=tuple(model.eos_ids),
+                    sampling=Sampling(temperature))
   texts, add_special = prompts_lib.render(prompts, model.tokenizer, prompt_format=prompt_format,
                                           system_prompt=system_prompt)
   tokens, mask = prompts_lib.tokenize(texts, model.tokenizer, add_special_tokens=add_special,
@@ -363,8 +432,9 @@ def generate_texts(model, prompts: list[str], *, max_new_tokens: int, prompt_for
     if n_real < B:  # pad the batch with copies of its first row; their outputs are dropped
       tok = np.concatenate([tok, np.repeat(tok[:1], B - n_real, 0)])
       msk = np.concatenate([msk, np.repeat(msk[:1], B - n_real, 0)])
-    gen = greedy_generate(model.params, tok, msk, np.int32(max_new_tokens), np.int32(model.pad_id),
-                          cfg=model.cfg, max_new_tokens=max_new_tokens, eos_ids=model.eos_ids)
+    batch_key = None if key is None else jax.random.fold_in(key, start // B)
+    gen = generate(model.params, tok, msk, np.int32(max_new_tokens), np.int32(model.pad_id), None, batch_key,
+                   decoder=decoder)
     rows = np.asarray(gen.tokens)[:n_real]
     out += [decode_text(model.tokenizer, r, model.eos_ids) for r in rows]
   return out

@@ -26,15 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscape import decode as decode_lib
-from jaxscape import engine as engine_lib
 from jaxscape import directions as directions_lib
 from jaxscape import htmlreport
 from jaxscape import metrics
-from jaxscape import perturb
 from jaxscape import prompts as prompts_lib
 from jaxscape import results
 from jaxscape import scan
+from jaxscape import score
 from jaxscape import sharding as sharding_lib
+from jaxscape.errors import InputError
 
 KINDS = ("1d_random", "2d_random", "1d_interpolation", "2d_interpolation", "2d_interpolation_random")
 
@@ -85,7 +85,7 @@ def make_grid(spec: LandscapeSpec) -> Grid:
   pts = np.asarray(directions_lib.grid_coords(axes), np.float64)  # [K, ndim]
   if spec.num_directions > 1:
     if spec.kind != "1d_random":
-      raise ValueError(f"--num_directions > 1 needs kind 1d_random, got {spec.kind}")
+      raise InputError(f"--num_directions > 1 needs kind 1d_random, got {spec.kind}")
     n, K = spec.num_directions, len(pts)
     coeffs = np.zeros((n * K, n))
     for k in range(n):
@@ -93,7 +93,7 @@ def make_grid(spec: LandscapeSpec) -> Grid:
     return Grid(coeffs=coeffs.astype(np.float32), coords=[[float(c)] for c in pts[:, 0]] * n,
                 direction=[k for k in range(n) for _ in range(K)], axes=axes)
   if spec.num_directions < 1:
-    raise ValueError(f"num_directions must be >= 1, got {spec.num_directions}")
+    raise InputError(f"num_directions must be >= 1, got {spec.num_directions}")
   return Grid(coeffs=pts.astype(np.float32), coords=[[float(c) for c in p] for p in pts],
               direction=[0] * len(pts), axes=axes)
 
@@ -120,318 +120,245 @@ def _return_freed_memory() -> None:
     pass
 
 
-def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: str,
-                  decode: DecodeSpec = DecodeSpec(), model_b=None, model_c=None,
-                  capability_set: list[dict] | None = None, metric: str = "safety",
-                  strategy: str = "auto", slice_size: int = 0, memory_budget: int | None = None,
-                  resume: bool = True, progress: bool = True, flags: dict | None = None,
-                  mesh: jax.sharding.Mesh | None = None,
-                  directions: tuple[list, list] | None = None, save_directions: bool | None = None,
-                  t_start: float | None = None, load_s: float | None = None, engine: str = "slices",
-                  decode_slots: int = 0, refill_interval: int = 4) -> dict:
-  """Scan a landscape and write its results dir; returns the summary dict.
+@dataclasses.dataclass(frozen=True)
+class ScanOptions:
+  """How a landscape job runs, as opposed to what it scans (:class:`LandscapeSpec`) or decodes (:class:`DecodeSpec`).
 
-  Args:
-    model: a loaded ``jaxscape.convert.Model`` (θ_a).
-    prompts: harmful prompts (safety metric).
-    spec: grid and directions; ``model_b``/``model_c`` for interpolation kinds.
-    capability_set: multiple-choice items ``{"question", "options": [4], "answer": "A".."D"}``
-      for ``metric`` "capability" or "both".
-    strategy: "auto" (from the memory plan: materialize, factored or hybrid), "materialize", "factored" or
-      "hybrid" (materialized prefill, factored decoding; ``scan.phase_strategies``).
+  Attributes:
+    metric: "safety" (decode and score refusals), "capability" (multiple-choice accuracy) or "both".
+    strategy: "auto" (from the memory plan), "materialize", "factored" or "hybrid" (materialized
+      prefill, factored decoding; ``plan.phase_strategies``).
     slice_size: points per jitted call (0: from the memory plan).
     memory_budget: bytes per device (None: detected).
     resume: reuse the finished points of a compatible run already in ``out_dir``.
-    flags: the entry point's flags, recorded in summary.json.
+    progress: a progress bar over grid points.
     mesh: ('points', 'model') mesh (default: every device on 'points'). Points are split over
-      'points', params and directions over 'model'. Every process runs this function; only
-      process 0 writes files (the results dir must be on a shared file system to resume).
+      'points', params and directions over 'model'. Every process runs the job; only process 0
+      writes files (the results dir must be on a shared file system to resume).
+    save_directions: write the directions to ``out_dir/directions`` (default: random ones only,
+      as their recipes; interpolation ones are model-sized, so only when True).
+    flags: the entry point's flags, recorded in summary.json.
+    t_start, load_s: process start (``time.perf_counter``) and model load time, for timings.
+  """
+  metric: str = "safety"
+  strategy: str = "auto"
+  slice_size: int = 0
+  memory_budget: int | None = None
+  resume: bool = True
+  progress: bool = True
+  mesh: jax.sharding.Mesh | None = None
+  save_directions: bool | None = None
+  flags: dict | None = None
+  t_start: float | None = None
+  load_s: float | None = None
+
+
+def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: str, decode: DecodeSpec = DecodeSpec(),
+                  options: ScanOptions = ScanOptions(), model_b=None, model_c=None,
+                  capability_set: list[dict] | None = None, directions: tuple[list, list] | None = None) -> dict:
+  """Scan a landscape and write its results dir; returns the summary dict.
+
+  Args:
+    model: a loaded ``jaxscape.convert.Model`` (θ_a); ``model_b``/``model_c`` for interpolation kinds.
+    prompts: harmful prompts (safety metric).
+    spec: grid and directions; decode: prompt format and decoding; options: :class:`ScanOptions`.
+    capability_set: multiple-choice items ``{"question", "options": [4], "answer": "A".."D"}``
+      for metric "capability" or "both".
     directions: ``(direction trees, recipes)`` to scan along instead of generating them from
       ``spec`` (e.g. from ``directions.load_directions``); validated against the model.
-    save_directions: write the directions to ``out_dir/directions`` (default: random ones
-      only, as their recipes; interpolation ones are model-sized, so only when True).
-    t_start, load_s: process start (``time.perf_counter``) and model load time, for timings.
-    engine: "slices" (every row of a slice decodes until the slice's last row ends, the caches
-      growing by phases: ``scan.decode_slice``) or "continuous" (``jaxscape.engine``: the
-      (point, prompt) rows of a slice stream through fixed decode slots, each refilled within
-      ``refill_interval`` steps of its row's end; decoding is factored per slot, prefill per
-      ``strategy``). On CPU the continuous engine measured slower (BENCHMARKS.md, session 9).
-    decode_slots: the continuous engine's slots (0: ``engine.plan_engine``).
   """
-  if engine not in ("continuous", "slices"):
-    raise ValueError(f"unknown engine {engine!r}; expected continuous or slices")
-  t_start = t_start or time.perf_counter()
-  if spec.kind not in KINDS:
-    raise ValueError(f"unknown kind {spec.kind!r}; expected one of {', '.join(KINDS)}")
-  if metric not in ("safety", "capability", "both"):
-    raise ValueError(f"unknown metric {metric!r}; expected safety, capability or both")
-  if decode.max_new_tokens <= 0:
-    raise ValueError(f"max_new_tokens must be > 0, got {decode.max_new_tokens}")
-  want_safety = metric in ("safety", "both")
-  want_capability = metric in ("capability", "both")
-  if want_capability and not capability_set:
-    raise ValueError("metric capability needs a multiple-choice set")
-  cfg, tok = model.cfg, model.tokenizer
+  t_start = options.t_start or time.perf_counter()
+  _check_request(spec, decode, options, capability_set)
   grid = make_grid(spec)
-
-  # Directions (random ones are regenerated from their recipe; interpolation needs models b/c).
   t0 = time.perf_counter()
-  if directions is not None:
-    dirs, recipes = directions
-    for d in dirs:
-      directions_lib.check_matches(model.params, d)
-    if len(dirs) != grid.coeffs.shape[1]:
-      raise ValueError(f"kind {spec.kind} with {spec.num_directions} direction(s) needs {grid.coeffs.shape[1]} "
-                       f"direction(s), {len(dirs)} were given")
-  else:
-    dirs, recipes = directions_lib.directions_for(
-        spec.kind, model.params, params_b=model_b.params if model_b else None,
-        params_c=model_c.params if model_c else None, seed=spec.seed, norm=spec.norm,
-        exclude=tuple(spec.exclude), orthogonal=spec.orthogonal, num_directions=spec.num_directions)
-  dirs = list(dirs)  # ours to empty once stacked (a caller's list stays as it was)
-  n_dirs = len(dirs)
+  dirs, recipes = _directions(model, spec, grid, model_b, model_c, directions)
   directions_s = time.perf_counter() - t0
-
-  # Prompts, tokenized once for every point.
-  texts, add_special = prompts_lib.render(prompts, tok, prompt_format=decode.prompt_format,
-                                          system_prompt=decode.system_prompt)
-  max_len = cfg.max_position_embeddings - decode.max_new_tokens
-  tokens, mask = prompts_lib.tokenize(texts, tok, add_special_tokens=add_special, pad_id=model.pad_id,
-                                      max_length=max_len, truncate=decode.truncate_prompts)
-  full_mask = mask
-  # The prefix every prompt shares (template + system prompt) is prefilled once per point.
-  prefix, tokens, mask = (prompts_lib.split_shared_prefix(tokens, mask, pad_id=model.pad_id)
-                          if decode.share_prefix else (None, tokens, mask))
-  # Rows sorted by length, prefilled in length groups; ``unsort`` restores the prompt order.
-  order, groups = prompts_lib.length_groups(mask)
-  # Columns left of the longest group are padding in every row: dropped, so the decode cache
-  # (prompt slots + new tokens) has no slot that is never filled (64 -> 40 on the default scan).
-  width = groups[0][2]
-  tokens, mask, unsort = tokens[order, -width:], mask[order, -width:], np.argsort(order)
-  if want_capability:
-    mc_texts = [prompts_lib.format_choice_question(item) for item in capability_set]
-    mc_rendered, mc_add = prompts_lib.render(mc_texts, tok, prompt_format=decode.prompt_format,
-                                             system_prompt=decode.system_prompt)
-    mc_tokens, mc_mask = prompts_lib.tokenize(mc_rendered, tok, add_special_tokens=mc_add, pad_id=model.pad_id,
-                                              max_length=cfg.max_position_embeddings,
-                                              truncate=decode.truncate_prompts)
-    choice_ids = np.asarray(metrics.letter_token_ids(tok), np.int32)
-    answers = np.asarray(["ABCD".index(item["answer"]) for item in capability_set])
-
-  identity = {
-      "model": _fingerprint(model.params),
-      "model_b": _fingerprint(model_b.params) if model_b else None,
-      "model_c": _fingerprint(model_c.params) if model_c else None,
-      "directions": results.fingerprint_json([r.to_json() for r in recipes if r is not None])
-      if recipes and all(r is not None for r in recipes) else _fingerprint(dirs),
-      "grid": results.fingerprint_json({"coeffs": grid.coeffs.tolist(), "kind": spec.kind}),
-      "prompts": results.fingerprint_json(texts),
-      "capability_set": results.fingerprint_json(capability_set) if want_capability else None,
-      "decoding": results.fingerprint_json({"max_new_tokens": decode.max_new_tokens,
-                                            "eos": list(model.eos_ids), "dtype": cfg.compute_dtype,
-                                            "stop_when_decided": decode.stop_when_decided,
-                                            "metric": metric}),
-  }
-  mesh = mesh or sharding_lib.make_mesh()
-  cfg = sharding_lib.config_for_mesh(cfg, mesh)
+  rows, texts = _prompt_rows(model, prompts, decode)
+  choices = _choice_rows(model, capability_set, decode) if options.metric != "safety" else None
+  identity = _identity(model, model_b, model_c, dirs, recipes, grid, spec, texts, capability_set, decode,
+                       options.metric)
+  mesh = options.mesh or sharding_lib.make_mesh()
   writer = jax.process_index() == 0
-  reuse = results.prepare_run(out_dir, identity, resume=resume, write=writer)
-  all_random = all(r is not None for r in recipes)
-  if (save_directions if save_directions is not None else all_random) and not reuse:
+  reuse = results.prepare_run(out_dir, identity, resume=options.resume, write=writer)
+  if (options.save_directions if options.save_directions is not None else all(recipes)) and not reuse:
     directions_lib.save_directions(os.path.join(out_dir, "directions"), dirs, recipes, overwrite=True)
   t0 = time.perf_counter()
   stacked = _stack_owned(dirs)
   _return_freed_memory()  # loading's and the directions' transients
   directions_s += time.perf_counter() - t0
   done = results.load_points(out_dir, clean=writer) if reuse else {}
-  n_points = len(grid.coeffs)
-  todo = [i for i in range(n_points) if i not in done]
-
-  seq_len = tokens.shape[1] + (0 if prefix is None else len(prefix)) + decode.max_new_tokens
-  plan = scan.plan_scan(cfg, n_points=max(1, len(todo)), n_dirs=n_dirs, batch=len(texts), seq_len=seq_len,
-                        budget=memory_budget,
-                        strategy=strategy, slice_size=slice_size, point_shards=mesh.shape["points"],
-                        model_shards=mesh.shape["model"])
-  continuous = engine == "continuous" and want_safety
-  plan_engine = lambda plan: engine_lib.plan_engine(plan.slice_size // mesh.shape["points"] * len(texts), len(texts),
-                                                    strategy=plan.strategy, slots=decode_slots, interval=refill_interval)
-  espec = plan_engine(plan) if continuous else None
-  if writer:
-    print(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} device(s), {jax.process_count()} process(es)",
-          file=sys.stderr)
-    print(plan.describe(), file=sys.stderr)
-    if continuous:
-      print(espec.describe(), file=sys.stderr)
+  todo = [i for i in range(len(grid.coeffs)) if i not in done]
+  log = (lambda line: print(line, file=sys.stderr)) if writer else (lambda line: None)
+  log(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} device(s), {jax.process_count()} process(es)")
   if done:
-    print(f"resuming: {len(done)} of {n_points} points already in {out_dir}", file=sys.stderr)
-
-  P = plan.slice_size
-  rep = sharding_lib.replicated(mesh)
-  params = sharding_lib.put(model.params, sharding_lib.param_shardings(model.params, mesh))
-  stacked = sharding_lib.put(stacked, sharding_lib.direction_shardings(model.params, mesh))
-  tokens_d, mask_d = sharding_lib.put((tokens, mask), (rep, rep))
-  prefix_d = None if prefix is None else sharding_lib.put(prefix, rep)
-  if want_capability:
-    mc_tokens, mc_mask, choice_ids = sharding_lib.put((mc_tokens, mc_mask, choice_ids), (rep, rep, rep))
-  points_sharding = sharding_lib.points_sharding(mesh)
-  points_sharding_nd = lambda ndim: sharding_lib.points_sharding(mesh, ndim)
-  max_steps, pad_id = np.int32(decode.max_new_tokens), np.int32(model.pad_id)
-  static = dict(cfg=cfg, strategy=plan.strategy)
-
-  # Compile once, ahead of time, so compile_s and scan_s are measured apart. The compiled calls
-  # state the device bytes XLA assigned them; a plan whose slice turns out larger than the
-  # budget (the estimate is a model, XLA's buffers are the fact) is shrunk and compiled again.
-  t0 = time.perf_counter()
-  shrunk = False
-  while True:
-    example = jax.ShapeDtypeStruct((P, n_dirs), jnp.float32, sharding=points_sharding)
-    gen_fn = mc_fn = chunk_fn = interval_fn = None
-    espec = plan_engine(plan) if continuous else None
-    engine_args = (params, stacked, example, tokens_d, mask_d, pad_id, prefix_d)
-    if continuous and todo:
-      run_p, start_p, interval_p = engine_lib.programs(mesh, cfg=cfg, spec=espec, max_new_tokens=decode.max_new_tokens,
-                                                       eos_ids=model.eos_ids)
-      if not decode.stop_when_decided:
-        gen_fn = run_p.lower(*engine_args).compile()
-      else:  # the host-checked scan's two programs: its start and one refill interval
-        gen_fn = start_p.lower(*engine_args).compile()
-        per_device = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=points_sharding_nd(x.ndim))
-        state_shape, pre_shape = jax.tree.map(per_device, jax.eval_shape(start_p, *engine_args))
-        stop_shape = per_device(jax.ShapeDtypeStruct((mesh.shape["points"], espec.slots), jnp.bool_))
-        interval_fn = interval_p.lower(state_shape, stop_shape, *engine_args[:-1], pre_shape).compile()
-    elif want_safety and todo and not decode.stop_when_decided:
-      gen_fn = scan.decode_slice.lower(params, stacked, example, tokens_d, mask_d, max_steps, pad_id, prefix_d,
-                                       max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids,
-                                       groups=groups, **static).compile()
-    if (want_safety and todo and decode.stop_when_decided and not continuous
-        and (shrunk or plan.bytes_per_device > plan.budget // 2)):
-      # The chunked programs compile during the scan; near the budget (or once XLA has shrunk
-      # the plan), check the largest one now: a compile the scan does not reuse, so far below
-      # the budget it is skipped.
-      chunk_fn = scan.largest_chunk_compiled(
-          params, stacked, example, tokens_d, mask_d, pad_id, prefix_d, max_new_tokens=decode.max_new_tokens,
-          eos_ids=model.eos_ids, groups=groups, state_sharding=lambda nd: sharding_lib.points_sharding(mesh, nd),
-          **static)
-    if want_capability and todo:
-      mc_fn = scan.choice_logits_slice.lower(params, stacked, example, mc_tokens, mc_mask, choice_ids,
-                                             **static).compile()
-    compiled = [b for b in (scan.compiled_bytes(f) for f in (gen_fn, chunk_fn, mc_fn, interval_fn) if f is not None)
-                if b is not None]
-    del chunk_fn  # only its size was needed
-    compiled_bytes = max(compiled) if compiled else None
-    smaller = P // mesh.shape["points"] // 2 * mesh.shape["points"]  # halve the points per device
-    if compiled_bytes is None or compiled_bytes <= plan.budget:
-      break
-    if slice_size or smaller <= 0:  # a forced slice, or one point per device already
-      if writer:
-        print(f"warning: the compiled slice needs {compiled_bytes / (1 << 30):.2f} GiB per device, over the "
-              f"budget of {plan.budget / (1 << 30):.2f} GiB", file=sys.stderr)
-      break
-    plan = scan.replan_slice(plan, cfg, slice_size=smaller, point_shards=mesh.shape["points"], n_dirs=n_dirs,
-                             batch=len(texts), seq_len=seq_len, model_shards=mesh.shape["model"])
-    P, shrunk = plan.slice_size, True
-    if writer:
-      print(f"compiled slice needs {compiled_bytes / (1 << 30):.2f} GiB per device, over the budget: "
-            f"{plan.describe()}", file=sys.stderr)
-  if writer and compiled_bytes is not None:
-    print(f"compiled: {compiled_bytes / (1 << 30):.2f} GiB per device (XLA's buffers for one slice: "
-          f"params, directions, activations, KV cache)", file=sys.stderr)
-  compile_s = time.perf_counter() - t0
+    log(f"resuming: {len(done)} of {len(grid.coeffs)} points already in {out_dir}")
+  setup = scan.ScanSetup(
+      decoder=decode_lib.Decoder(cfg=sharding_lib.config_for_mesh(model.cfg, mesh), max_new_tokens=decode.max_new_tokens,
+                                 eos_ids=tuple(model.eos_ids), groups=rows.groups),
+      rows=rows if options.metric != "capability" else None, choices=choices, pad_id=model.pad_id,
+      is_decided=_refusal_is_decided(model) if decode.stop_when_decided else None, chunk_tokens=decode.chunk_tokens)
+  compiled = scan.compile_scan(model.params, stacked, setup, mesh=mesh, n_points=len(todo), strategy=options.strategy,
+                               slice_size=options.slice_size, memory_budget=options.memory_budget, log=log)
   _return_freed_memory()  # the compiler's
-
-  def is_decided(row: np.ndarray) -> bool:
-    # A refusal keyword, once in the text, stays there whatever follows: the keyword verdict is final.
-    return not metrics.is_jailbroken(decode_lib.decode_text(tok, row, model.eos_ids))
-
-  def step(coeffs):
-    c = sharding_lib.put(coeffs, points_sharding)
-    mc = mc_fn(params, stacked, c, mc_tokens, mc_mask, choice_ids) if mc_fn else None
-    if continuous:
-      gen = engine_lib.decode_rows(
-          params, stacked, c, tokens_d, mask_d, model.pad_id, prefix_d, cfg=cfg, spec=espec,
-          max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids,
-          is_decided=is_decided if decode.stop_when_decided else None, to_host=sharding_lib.to_host, mesh=mesh,
-          compiled=(None, gen_fn, interval_fn) if decode.stop_when_decided else (gen_fn, None, None))
-    elif want_safety and decode.stop_when_decided:
-      toks, lens, nonfin, truncated, row_steps_run = scan.decode_until_decided(
-          params, stacked, coeffs, tokens_d, mask_d, model.pad_id, prefix_d, cfg=cfg,
-          max_new_tokens=decode.max_new_tokens, eos_ids=model.eos_ids, strategy=plan.strategy,
-          is_decided=is_decided, chunk=decode.chunk_tokens, point_multiple=mesh.shape["points"],
-          put=lambda x: sharding_lib.put(x, sharding_lib.points_sharding(mesh, np.ndim(x))),
-          to_host=sharding_lib.to_host, groups=groups)
-      gen = {"tokens": toks, "lengths": lens, "nonfinite": nonfin, "truncated": truncated,
-             "decode_row_steps": row_steps_run}
-    elif gen_fn:
-      g = gen_fn(params, stacked, c, tokens_d, mask_d, max_steps, pad_id, prefix_d)
-      gen = {"tokens": g.tokens, "lengths": g.lengths, "nonfinite": g.nonfinite}
-    else:
-      gen = None
-    return gen, mc
+  row_steps = [0]
 
   def on_result(ids, out):
-    gen, mc = out
-    records = {}
-    host = sharding_lib.to_host
-    toks = host(gen["tokens"])[:, unsort] if gen is not None else None  # back to prompt order
-    lens = host(gen["lengths"])[:, unsort] if gen is not None else None
-    nonfin = host(gen["nonfinite"]) if gen is not None else None
-    mc_logits = host(mc) if mc is not None else None
-    for j, pid in enumerate(ids):
-      rec = {"point": pid}
-      if toks is not None:
-        if j == 0 and "decode_row_steps" in gen:
-          row_steps[0] += int(gen["decode_row_steps"])
-        elif j == 0 and "truncated" not in gen:  # slices: every row of the slice ran until its longest ended
-          row_steps[0] += lens.size * (int(lens.max()) - 1)
-        gens = [decode_lib.decode_text(tok, row, model.eos_ids) for row in toks[j]]
-        rec.update(generations=gens, lengths=lens[j].tolist(), asr=metrics.asr(gens),
-                   nonfinite=bool(nonfin[j].any()))
-        if "truncated" in gen:
-          rec["truncated"] = gen["truncated"][j][unsort].tolist()
-      if mc_logits is not None:
-        finite = bool(np.isfinite(mc_logits[j]).all())
-        rec["capability"] = metrics.multiple_choice_accuracy(np.nan_to_num(mc_logits[j], nan=-np.inf), answers)
-        rec["nonfinite"] = rec.get("nonfinite", False) or not finite
-      records[pid] = rec
+    records, steps = _slice_records(ids, out, model, rows, choices)
+    row_steps[0] += steps
     if writer:
       results.save_slice(out_dir, records)
     done.update(records)
 
-  row_steps = [0]  # decoding row-steps: batch rows (slots, or a slice's points x prompts) x steps run
-  slices = [todo[i:i + P] for i in range(0, len(todo), P)]
   t0 = time.perf_counter()
-  scan.run_slices(step, slices, grid.coeffs, slice_size=P, on_result=on_result, progress=progress and writer)
-  scan_s = time.perf_counter() - t0
+  P = compiled.plan.slice_size
+  scan.run_slices(compiled, [todo[i:i + P] for i in range(0, len(todo), P)], grid.coeffs, slice_size=P,
+                  on_result=on_result, progress=options.progress and writer)
+  timings = dict(load_s=options.load_s, directions_s=directions_s, compile_s=compiled.compile_s,
+                 scan_s=time.perf_counter() - t0, decode_row_steps=row_steps[0])
+  meta = _scan_meta(model, spec, decode, options, grid, texts, recipes, identity, compiled, mesh, out_dir,
+                    _work_timings(model.cfg, rows, done, todo, len(grid.coeffs), timings))
+  return _finish(out_dir, meta, done, prompts, grid, t_start, write=writer)
 
-  summary = _summarize(grid, spec, done, want_safety, want_capability)
-  lengths, prefix_len = [done[i].get("lengths") for i in todo], 0 if prefix is None else len(prefix)
-  summary["timings"] = {"total_s": None, "load_s": load_s, "directions_s": directions_s, "compile_s": compile_s,
-                        "scan_s": scan_s, "points_computed": len(todo), "points": n_points,
-                        "tokens_generated": int(sum(sum(done[i].get("lengths", [])) for i in todo)),
-                        # rows of the decoding batch x decoding steps run
-                        "decode_row_steps": row_steps[0],
-                        "prompt_tokens": int(full_mask.sum()) * len(todo),
-                        "useful_flops": _useful_flops(cfg, full_mask.sum(1), lengths, prefix_len),
-                        "useful_kv_bytes": _useful_kv_bytes(cfg, full_mask.sum(1), lengths, prefix_len)}
-  summary.update(
-      fingerprints=identity, plan={"strategy": plan.strategy, "slice_size": plan.slice_size, "engine": engine,
-                                   **(dataclasses.asdict(espec) if continuous else {})},
+
+def _check_request(spec: LandscapeSpec, decode: DecodeSpec, options: ScanOptions, capability_set) -> None:
+  """Raise InputError for a request that cannot run."""
+  if spec.kind not in KINDS:
+    raise InputError(f"unknown kind {spec.kind!r}; expected one of {', '.join(KINDS)}")
+  if options.metric not in ("safety", "capability", "both"):
+    raise InputError(f"unknown metric {options.metric!r}; expected safety, capability or both")
+  if decode.max_new_tokens <= 0:
+    raise InputError(f"max_new_tokens must be > 0, got {decode.max_new_tokens}")
+  if options.metric != "safety" and not capability_set:
+    raise InputError("metric capability needs a multiple-choice set")
+
+
+def _directions(model, spec: LandscapeSpec, grid: Grid, model_b, model_c, directions) -> tuple[list, list]:
+  """The scan's directions (a list the scan may empty) and their recipes (None for interpolation ones):
+  the given ones, checked against the model, or drawn from ``spec``."""
+  if directions is not None:
+    dirs, recipes = directions
+    for d in dirs:
+      directions_lib.check_matches(model.params, d)
+    if len(dirs) != grid.coeffs.shape[1]:
+      raise InputError(f"kind {spec.kind} with {spec.num_directions} direction(s) needs {grid.coeffs.shape[1]} "
+                       f"direction(s), {len(dirs)} were given")
+  else:
+    dirs, recipes = directions_lib.directions_for(
+        spec.kind, model.params, params_b=model_b.params if model_b else None,
+        params_c=model_c.params if model_c else None, seed=spec.seed, norm=spec.norm,
+        exclude=tuple(spec.exclude), orthogonal=spec.orthogonal, num_directions=spec.num_directions)
+  return list(dirs), list(recipes)  # ours to empty once stacked (a caller's list stays as it was)
+
+
+def _prompt_rows(model, prompts: list[str], decode: DecodeSpec) -> tuple[scan.ScanRows, list[str]]:
+  """The prompts rendered (as the model sees them) and laid out for decoding."""
+  texts, add_special = prompts_lib.render(prompts, model.tokenizer, prompt_format=decode.prompt_format,
+                                          system_prompt=decode.system_prompt)
+  tokens, mask = prompts_lib.tokenize(texts, model.tokenizer, add_special_tokens=add_special, pad_id=model.pad_id,
+                                      max_length=model.cfg.max_position_embeddings - decode.max_new_tokens,
+                                      truncate=decode.truncate_prompts)
+  return scan.layout_rows(tokens, mask, pad_id=model.pad_id, share_prefix=decode.share_prefix), texts
+
+
+def _choice_rows(model, capability_set: list[dict], decode: DecodeSpec) -> scan.ChoiceRows:
+  """Multiple-choice questions rendered and tokenized, with the answer letters' token ids."""
+  tok = model.tokenizer
+  questions = [prompts_lib.format_choice_question(item) for item in capability_set]
+  rendered, add = prompts_lib.render(questions, tok, prompt_format=decode.prompt_format,
+                                     system_prompt=decode.system_prompt)
+  tokens, mask = prompts_lib.tokenize(rendered, tok, add_special_tokens=add, pad_id=model.pad_id,
+                                      max_length=model.cfg.max_position_embeddings, truncate=decode.truncate_prompts)
+  return scan.ChoiceRows(tokens=tokens, mask=mask, targets=score.choice_targets(len(tokens), metrics.letter_token_ids(tok)),
+                         answers=np.asarray(["ABCD".index(item["answer"]) for item in capability_set]))
+
+
+def _identity(model, model_b, model_c, dirs, recipes, grid: Grid, spec: LandscapeSpec, texts: list[str],
+              capability_set, decode: DecodeSpec, metric: str) -> dict:
+  """Fingerprints of everything that makes two runs' points comparable (``results.prepare_run``)."""
+  return {
+      "model": _fingerprint(model.params),
+      "model_b": _fingerprint(model_b.params) if model_b else None,
+      "model_c": _fingerprint(model_c.params) if model_c else None,
+      "directions": results.fingerprint_json([r.to_json() for r in recipes])
+      if recipes and all(recipes) else _fingerprint(dirs),
+      "grid": results.fingerprint_json({"coeffs": grid.coeffs.tolist(), "kind": spec.kind}),
+      "prompts": results.fingerprint_json(texts),
+      "capability_set": results.fingerprint_json(capability_set) if metric != "safety" else None,
+      "decoding": results.fingerprint_json({"max_new_tokens": decode.max_new_tokens,
+                                            "eos": list(model.eos_ids), "dtype": model.cfg.compute_dtype,
+                                            "stop_when_decided": decode.stop_when_decided,
+                                            "metric": metric}),
+  }
+
+
+def _refusal_is_decided(model):
+  """``is_decided(tokens)`` of early stopping: a refusal keyword, once in the text, stays there
+  whatever follows, so the keyword verdict is final."""
+  return lambda row: not metrics.is_jailbroken(decode_lib.decode_text(model.tokenizer, row, model.eos_ids))
+
+
+def _slice_records(ids: list[int], out: scan.SliceOutput, model, rows: scan.ScanRows,
+                   choices: scan.ChoiceRows | None) -> tuple[dict[int, dict], int]:
+  """A finished slice's point records (generations in prompt order, ASR, capability) and its decode row-steps."""
+  host = sharding_lib.to_host
+  gen = out.generation
+  if gen is not None:
+    toks, lens = host(gen.tokens)[:, rows.unsort], host(gen.lengths)[:, rows.unsort]  # back to prompt order
+    nonfin, cut = host(gen.nonfinite), host(gen.truncated)[:, rows.unsort]
+  logp = host(out.choice_logprobs) if out.choice_logprobs is not None else None
+  records = {}
+  for j, pid in enumerate(ids):
+    rec = {"point": pid}
+    if gen is not None:
+      gens = [decode_lib.decode_text(model.tokenizer, row, model.eos_ids) for row in toks[j]]
+      rec.update(generations=gens, lengths=lens[j].tolist(), asr=metrics.asr(gens), nonfinite=bool(nonfin[j].any()))
+      if cut.any():
+        rec["truncated"] = cut[j].tolist()
+    if logp is not None:
+      rec["capability"] = metrics.multiple_choice_accuracy(np.nan_to_num(logp[j], nan=-np.inf), choices.answers)
+      rec["nonfinite"] = rec.get("nonfinite", False) or not bool(np.isfinite(logp[j]).all())
+    records[pid] = rec
+  return records, (int(host(gen.row_steps)) if gen is not None else 0)
+
+
+def _work_timings(cfg, rows: scan.ScanRows, done: dict, todo: list[int], n_points: int, timings: dict) -> dict:
+  """The run's timings with the work it did: points, tokens, useful FLOPs and KV-cache bytes."""
+  lengths = [done[i].get("lengths") for i in todo]
+  return {"total_s": None, **timings, "points_computed": len(todo), "points": n_points,
+          "tokens_generated": int(sum(sum(done[i].get("lengths", [])) for i in todo)),
+          "prompt_tokens": int(rows.prompt_lengths.sum()) * len(todo),
+          "useful_flops": _useful_flops(cfg, rows.prompt_lengths, lengths, rows.prefix_len),
+          "useful_kv_bytes": _useful_kv_bytes(cfg, rows.prompt_lengths, lengths, rows.prefix_len)}
+
+
+def _scan_meta(model, spec: LandscapeSpec, decode: DecodeSpec, options: ScanOptions, grid: Grid, texts, recipes,
+               identity: dict, compiled: scan.CompiledScan, mesh, out_dir: str, timings: dict) -> dict:
+  """What summary.json says about the run beyond its per-point metrics."""
+  plan = compiled.plan
+  return dict(
+      timings=timings, fingerprints=identity, plan={"strategy": plan.strategy, "slice_size": plan.slice_size},
       n_prompts=len(texts), max_new_tokens=decode.max_new_tokens, prompt_format=decode.prompt_format,
-      system_prompt=decode.system_prompt, model_type=cfg.model_type, compute_dtype=cfg.compute_dtype,
+      system_prompt=decode.system_prompt, model_type=model.cfg.model_type, compute_dtype=model.cfg.compute_dtype,
       directions=[r.to_json() if r is not None else {"kind": "interpolation"} for r in recipes],
-      versions=_versions(), flags=flags or {},
+      versions=_versions(), flags=options.flags or {},
       host={"hostname": socket.gethostname(), "devices": [str(d) for d in jax.devices()],
             "out_dir": os.path.abspath(out_dir),
             # The budget is detected from this machine's free memory, so it lives with the host.
             "memory_plan": {"bytes_per_device": plan.bytes_per_device, "budget": plan.budget,
-                            "reason": plan.reason, "compiled_bytes_per_device": compiled_bytes}})
-  summary["mesh"] = dict(mesh.shape)
-  if writer:
-    write_results(out_dir, summary, done, prompts, grid, report=False)
-  summary["timings"]["total_s"] = time.perf_counter() - t_start  # whole process, writing included
-  if writer:
-    results.atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
-    htmlreport.write_report(out_dir)  # after total_s, so the page's timings are complete
+                            "reason": plan.reason, "compiled_bytes_per_device": compiled.compiled_bytes}},
+      mesh=dict(mesh.shape), metric=options.metric,
+      spec={k: getattr(spec, k) for k in ("kind", "steps", "multiplier", "extra_steps", "seed", "num_directions")})
+
+
+def _finish(out_dir: str, meta: dict, done: dict, prompts, grid: Grid, t_start: float, *, write: bool) -> dict:
+  """The summary (per-point metrics + ``meta``), its views written once on the writing process."""
+  spec = LandscapeSpec(**{k: meta["spec"][k] for k in ("kind", "steps", "multiplier", "extra_steps", "seed",
+                                                       "num_directions")})
+  summary = {**_summarize(grid, spec, done, meta["metric"] != "capability", meta["metric"] != "safety"),
+             **{k: v for k, v in meta.items() if k not in ("spec", "metric")}}
+  summary["timings"]["total_s"] = time.perf_counter() - t_start  # the whole process, up to writing the views
+  if write:
+    write_results(out_dir, summary, done, prompts, grid)
   return summary
 
 

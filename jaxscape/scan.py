@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,57 +21,42 @@ import numpy as np
 
 from jaxscape import decode as decode_lib
 from jaxscape import perturb
-from jaxscape.model import ModelConfig, apply, kv_dtype, positions_from_mask
+from jaxscape import plan as plan_lib
+from jaxscape import prompts as prompts_lib
+from jaxscape import score
+from jaxscape import sharding as sharding_lib
+from jaxscape.errors import InputError
+from jaxscape.model import ModelConfig
+from jaxscape.plan import phase_strategies
 
 PyTree = Any
-STRATEGIES = ("materialize", "factored", "hybrid")
-
-
-def phase_strategies(strategy: str) -> tuple[str, str]:
-  """(prefill, decoding) strategy of ``strategy``: "hybrid" is materialize's prefill and factored's decoding.
-
-  Prefill multiplies many rows per point, where materialized weights cost 1x the FLOPs against
-  factored's (1 + n)x; a decoding step multiplies few rows per point, where reading one weight
-  copy per point costs more than factored's 1 + n shared copies. On the 100M benchmark model
-  (5 points x 16 prompts, one device, Intel CPU, BENCHMARKS.md session 7), float32: prefill 4.4 s
-  materialized vs 6.9 s factored, a decoding step 318 vs 211 ms. Tokens equal either strategy's
-  up to float summation order.
-  """
-  if strategy == "hybrid":
-    return "materialize", "factored"
-  if strategy not in STRATEGIES:
-    raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
-  return strategy, strategy
-
-
 # ----------------------------------------------------------------- jitted slices
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "strategy", "groups"))
+@functools.partial(jax.jit, static_argnames=("decoder", "strategy"))
 def decode_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens: jax.Array,
                  mask: jax.Array, max_steps: jax.Array, pad_id: jax.Array, prefix: jax.Array | None = None,
-                 *, cfg: ModelConfig, max_new_tokens: int, eos_ids: tuple[int, ...],
-                 strategy: str, groups: tuple[tuple[int, int, int], ...] | None = None) -> decode_lib.Generation:
-  """Greedy generations of all prompts at every point of a slice.
+                 *, decoder: decode_lib.Decoder, strategy: str) -> decode_lib.Generation:
+  """Generations of all prompts at every point of a slice.
 
   Args:
     params: params pytree θ.
     stacked_dirs: directions, leaves ``[n, *S]`` (``perturb.stack_directions``).
     coeffs: [P, n] float32 coordinates of the slice's points.
     tokens, mask: [B, T] left-padded prompts (shared by every point).
-    max_steps, pad_id: int32 scalars (see ``decode.greedy_generate``).
+    max_steps, pad_id: int32 scalars (see ``decode.generate``).
     prefix: optional [p] int32 prompt prefix shared by every prompt, prefilled once per point.
+    decoder: ``decode.Decoder`` (static).
     strategy: "materialize", "factored" or "hybrid" (static; see :func:`phase_strategies`).
-    groups: static length groups of rows sorted by length (``prompts.length_groups``).
   Returns:
-    ``Generation`` with a leading points axis: tokens [P, B, N], lengths/nonfinite [P, B].
+    ``Generation`` with a leading points axis: tokens [P, B, N], lengths/nonfinite/truncated [P, B].
   """
   pre, dec = phase_strategies(strategy)
-  state = _prefill_points(_per_point(params, stacked_dirs, coeffs, pre, cfg.dtype), tokens, mask, pad_id, prefix,
-                          cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids, groups=groups)
+  state = _prefill_points(_per_point(params, stacked_dirs, coeffs, pre, decoder.cfg.dtype), decoder, tokens, mask,
+                          pad_id, prefix)
   # With "hybrid" the materialized weights are dead once prefill is done: XLA frees them.
-  return decode_lib.run_phases(_advance_points(_per_point(params, stacked_dirs, coeffs, dec, cfg.dtype), cfg=cfg),
-                               state, jnp.int32(1), max_steps, pad_id, eos_ids, decode_lib.phase_ends(max_new_tokens))
+  advance = _advance_points(_per_point(params, stacked_dirs, coeffs, dec, decoder.cfg.dtype), decoder)
+  return decoder.run_phases(advance, state, jnp.int32(1), max_steps, pad_id)
 
 
 def _per_point(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, strategy: str, compute_dtype=jnp.float32):
@@ -95,67 +80,61 @@ def _per_point(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, strategy
   if strategy == "factored":
     return lambda fn, *batched: jax.vmap(lambda c, *b: fn(perturb.factored(params, stacked_dirs, c), *b))(
         coeffs, *batched)
-  raise ValueError(f"unknown strategy {strategy!r}; expected 'materialize' or 'factored'")
+  raise InputError(f"unknown strategy {strategy!r}; expected 'materialize' or 'factored'")
 
 
-def _prefill_points(run, tokens, mask, pad_id, prefix, *, cfg, max_new_tokens, eos_ids, groups=None):
+def _prefill_points(run, decoder: decode_lib.Decoder, tokens, mask, pad_id, prefix):
   """Prefill at every point; the returned state has a leading [P] axis and is at step 1."""
-  return run(lambda w: decode_lib._prefill(w, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens,
-                                           eos_ids=eos_ids, groups=groups))
+  return run(lambda w: decoder.prefill(w, tokens, mask, pad_id, prefix))
 
 
-def _advance_points(run, *, cfg):
-  """``advance(state, step)`` of all points: one greedy step vmapped over the points (a scalar step shared by all)."""
+def _advance_points(run, decoder: decode_lib.Decoder):
+  """``advance(state, step)`` of all points: one step vmapped over the points (a scalar step shared by all)."""
   def advance(st, i):
-    return run(lambda w, s: decode_lib._advance(w, s, i, cfg=cfg), st)
+    return run(lambda w, s: decoder.advance(w, s, i), st)
   return advance
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "strategy"))
-def choice_logits_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens: jax.Array,
-                        mask: jax.Array, choice_ids: jax.Array, *, cfg: ModelConfig,
-                        strategy: str) -> jax.Array:
-  """Next-token logits of the answer letters after each multiple-choice prompt.
+def choice_logprobs_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens: jax.Array,
+                          mask: jax.Array, targets: jax.Array, *, cfg: ModelConfig, strategy: str) -> jax.Array:
+  """Log-probabilities of the answer letters after each multiple-choice prompt, at every point.
 
   Args:
-    tokens, mask: [Q, T] left-padded questions; choice_ids: [C] int32 letter token ids.
+    tokens, mask: [Q, T] left-padded questions; targets: [Q, 1, C] int32 letter token ids
+      (``score.choice_targets``).
   Returns:
-    [P, Q, C] float32.
+    [P, Q, C] float32 (``score.continuation_logprobs`` at each point).
   """
-  Q = tokens.shape[0]
-
   def one_point(weights):
-    logits, _, _ = apply(weights, tokens, positions_from_mask(mask), None, jnp.int32(0), mask,
-                         cfg=cfg, logits_at="last")
-    return logits[:, -1, :][:, choice_ids]
+    return score.continuation_logprobs(weights, tokens, mask, targets, cfg=cfg)[:, 0]
   return _per_point(params, stacked_dirs, coeffs, phase_strategies(strategy)[0], cfg.dtype)(one_point)
 
 
 # ----------------------------------------------------------------- chunked decoding
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "strategy", "groups"))
+@functools.partial(jax.jit, static_argnames=("decoder", "strategy"))
 def prefill_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens: jax.Array, mask: jax.Array,
-                  pad_id: jax.Array, prefix: jax.Array | None = None, *, cfg: ModelConfig, max_new_tokens: int,
-                  eos_ids: tuple[int, ...], strategy: str, groups=None) -> decode_lib.DecodeState:
+                  pad_id: jax.Array, prefix: jax.Array | None = None, *, decoder: decode_lib.Decoder,
+                  strategy: str) -> decode_lib.DecodeState:
   """Prefill every prompt at every point of a slice: a ``DecodeState`` with leading [P] axis (step 1)."""
-  run = _per_point(params, stacked_dirs, coeffs, phase_strategies(strategy)[0], cfg.dtype)
-  return _prefill_points(run, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
-                         groups=groups)
+  run = _per_point(params, stacked_dirs, coeffs, phase_strategies(strategy)[0], decoder.cfg.dtype)
+  return _prefill_points(run, decoder, tokens, mask, pad_id, prefix)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "eos_ids", "strategy"), donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=("decoder", "strategy"), donate_argnames=("state",))
 def extend_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, state: decode_lib.DecodeState,
-                 step: jax.Array, stop: jax.Array, limit: jax.Array, pad_id: jax.Array, *, cfg: ModelConfig,
-                 eos_ids: tuple[int, ...], strategy: str) -> tuple[decode_lib.DecodeState, jax.Array]:
-  """Continue greedy decoding of a slice's states [P, B, ...] from ``step`` up to ``limit`` tokens.
+                 step: jax.Array, stop: jax.Array, limit: jax.Array, pad_id: jax.Array, *,
+                 decoder: decode_lib.Decoder, strategy: str) -> tuple[decode_lib.DecodeState, jax.Array]:
+  """Continue decoding a slice's states [P, B, ...] from ``step`` up to ``limit`` tokens.
 
   ``stop`` [P, B] bool marks rows to stop now (their answer is known). The cache must already
   hold the slots of step ``limit - 1`` (:data:`grow_state`). Returns (state, step).
   """
   state = state.replace(done=state.done | stop)
-  run = _per_point(params, stacked_dirs, coeffs, phase_strategies(strategy)[1], cfg.dtype)
-  return decode_lib.run_loop(_advance_points(run, cfg=cfg), state, step, limit, pad_id, eos_ids)
+  run = _per_point(params, stacked_dirs, coeffs, phase_strategies(strategy)[1], decoder.cfg.dtype)
+  return decoder.run_loop(_advance_points(run, decoder), state, step, limit, pad_id)
 
 
 grow_state = jax.jit(decode_lib.grow, static_argnums=1)
@@ -209,68 +188,73 @@ COMPACT_SAVING = 0.15
 ROW_STEPS = 10  # rows per point are rounded up to a multiple of B // ROW_STEPS: <= ~10 row counts
 
 
-def largest_chunk_compiled(params: PyTree, stacked_dirs: PyTree, coeffs: jax.ShapeDtypeStruct, tokens, mask,
-                           pad_id: jax.Array, prefix, *, cfg: ModelConfig, max_new_tokens: int,
-                           eos_ids: tuple[int, ...], strategy: str, groups=None, state_sharding=None):
-  """The largest program :func:`decode_until_decided` can run, compiled ahead of time (for its memory analysis).
-
-  That is a decoding chunk of the whole, uncompacted slice with the cache grown for
-  ``max_new_tokens``: compaction only shrinks the state, and earlier phases hold fewer slots.
-  ``coeffs`` is the slice's abstract [P, n] coordinates; ``state_sharding(ndim)`` places the
-  [P, ...] state leaves (default: as XLA likes).
-  """
-  state = jax.eval_shape(lambda c: decode_lib.grow(
-      prefill_slice(params, stacked_dirs, c, tokens, mask, pad_id, prefix, cfg=cfg, max_new_tokens=max_new_tokens,
-                    eos_ids=eos_ids, strategy=strategy, groups=groups), max_new_tokens), coeffs)
-  place = (lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=state_sharding(x.ndim))) if state_sharding else (
-      lambda x: x)
-  state = jax.tree.map(place, state)
-  stop = place(jax.ShapeDtypeStruct(state.done.shape, jnp.bool_))
-  step = np.int32(1)
-  return extend_slice.lower(params, stacked_dirs, coeffs, state, step, stop, np.int32(max_new_tokens), pad_id,
-                            cfg=cfg, eos_ids=eos_ids, strategy=strategy).compile()
-
-
 def _round_up(n: int, multiple: int, cap: int) -> int:
   """``n`` rounded up to a multiple of ``multiple``, at most ``cap``."""
   return min(-(-n // multiple) * multiple, cap)
 
 
+@dataclasses.dataclass
+class _Rows:
+  """Host bookkeeping of :func:`decode_until_decided`: which slice point and prompt each state row holds."""
+  point_of: np.ndarray  # [P'] state point -> slice point
+  row_of: np.ndarray  # [P', B'] state row -> prompt row
+  valid: np.ndarray  # [P', B'] bool, a real (not filler) row still in the batch
+
+
+def _compaction(rows: _Rows, running: np.ndarray, devices: int, batch: int):
+  """``(local [D, P'd], ridx [P', B'], keep [P', B'])`` of a compaction that cuts the batch by at least
+  :data:`COMPACT_SAVING`, or None.
+
+  Points stay on their device (see :func:`compact_state`): each keeps its own live points, as
+  many per device as the busiest device has; a device with fewer repeats its first live point
+  (or point 0 of its block) as filler. Rows per point are rounded up to a multiple of
+  ``batch // ROW_STEPS`` so few shapes get compiled.
+  """
+  block = len(rows.point_of) // devices
+  live = [np.nonzero(running[d * block:(d + 1) * block].any(1))[0] for d in range(devices)]
+  new_block = max(1, max(len(l) for l in live))
+  new_P = devices * new_block
+  new_B = _round_up(int(running.sum(1).max()), max(1, batch // ROW_STEPS), cap=rows.row_of.shape[1])
+  if new_P * new_B > (1 - COMPACT_SAVING) * rows.row_of.size:
+    return None
+  local = np.stack([np.concatenate([l, np.full(new_block - len(l), l[0] if len(l) else 0)]) for l in live])
+  pidx = (local + block * np.arange(devices)[:, None]).reshape(-1)  # state point indices, [P']
+  ridx = np.zeros((new_P, new_B), np.int32)
+  keep = np.zeros((new_P, new_B), bool)
+  for k, p in enumerate(pidx):
+    if k % new_block < len(live[k // new_block]):  # a live point, not filler
+      kept = np.nonzero(running[p])[0]
+      ridx[k, :len(kept)] = kept
+      keep[k, :len(kept)] = True
+  return local.astype(np.int32), ridx, keep
+
+
 def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarray, tokens, mask, pad_id: int,
-                         prefix, *, cfg: ModelConfig, max_new_tokens: int, eos_ids: tuple[int, ...], strategy: str,
+                         prefix, *, decoder: decode_lib.Decoder, strategy: str,
                          is_decided: Callable[[np.ndarray], bool], chunk: int = 32, point_multiple: int = 1,
-                         put: Callable = lambda x: x, to_host: Callable = np.asarray, groups=None):
-  """Chunked greedy decoding of one slice that stops rows whose answer is already known.
+                         put: Callable = lambda x: x, to_host: Callable = np.asarray) -> decode_lib.Generation:
+  """Chunked decoding of one slice that stops rows whose answer is already known.
 
   After every ``chunk`` tokens the host checks each running row with ``is_decided(tokens)``
   (e.g. "the text holds a refusal keyword", which more tokens cannot undo); decided rows stop,
   and once the running rows fit in a batch at least :data:`COMPACT_SAVING` smaller, the states
-  are compacted (fewer points and/or prompts; rows per point rounded up to a multiple of
-  ``B // ROW_STEPS`` so few shapes get compiled; with the points split over ``point_multiple``
-  devices, each device keeps its own points, as many as the busiest device) and decoding goes
-  on. Tokens of a row that ended by EOS or at ``max_new_tokens`` are exactly those of
-  :func:`decode_slice`; a decided row keeps the tokens it had.
+  are compacted (:func:`_compaction`; with the points split over ``point_multiple`` devices,
+  each device keeps its own points) and decoding goes on. Tokens of a row that ended by EOS or
+  at ``max_new_tokens`` are exactly those of :func:`decode_slice`; a decided row keeps the
+  tokens it had.
 
   Returns:
-    (tokens [P, B, N] int32, lengths [P, B], nonfinite [P, B] bool, truncated [P, B] bool,
-    decode_row_steps): the last is the rows of the decoding batch x the steps each chunk ran, summed
-    over the chunks (compaction shrinks the batch; rows already stopped but not compacted away count).
+    ``Generation`` of numpy arrays [P, B, ...]; ``row_steps`` sums, over the chunks, the rows of
+    the decoding batch x the steps the chunk ran (compaction shrinks the batch; rows already
+    stopped but not compacted away count).
   """
-  P, n = coeffs.shape
-  B = tokens.shape[0]
-  N = max_new_tokens
-  out_tokens = np.full((P, B, N), pad_id, np.int32)
-  out_lengths = np.zeros((P, B), np.int32)
-  out_nonfinite = np.zeros((P, B), bool)
-  truncated = np.zeros((P, B), bool)
-  state = prefill_slice(params, stacked_dirs, put(coeffs), tokens, mask, np.int32(pad_id), prefix, cfg=cfg,
-                        max_new_tokens=N, eos_ids=eos_ids, strategy=strategy, groups=groups)
-  point_of = np.arange(P)  # state point index -> slice point
-  row_of = np.tile(np.arange(B), (P, 1))  # state [p, b] -> prompt row
-  valid = np.ones((P, B), bool)
-  stop = np.zeros((P, B), bool)
-  limit, step = 0, np.int32(1)
-  row_steps = 0
+  P, B, N = coeffs.shape[0], tokens.shape[0], decoder.max_new_tokens
+  gen = decode_lib.Generation(tokens=np.full((P, B, N), pad_id, np.int32), lengths=np.zeros((P, B), np.int32),
+                              nonfinite=np.zeros((P, B), bool), truncated=np.zeros((P, B), bool), row_steps=0)
+  state = prefill_slice(params, stacked_dirs, put(coeffs), tokens, mask, np.int32(pad_id), prefix, decoder=decoder,
+                        strategy=strategy)
+  rows = _Rows(point_of=np.arange(P), row_of=np.tile(np.arange(B), (P, 1)), valid=np.ones((P, B), bool))
+  limit, step, row_steps = 0, 1, 0
   ends = decode_lib.phase_ends(N)
   while True:
     limit = min(limit + chunk, N)
@@ -278,218 +262,242 @@ def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarra
     end = next(e for e in ends if e >= limit)
     if end > state.room:
       state = grow_state(state, end)
-    before = step
-    state, step = extend_slice(params, stacked_dirs, put(coeffs[point_of]), state, step, put(stop),
-                               np.int32(limit), np.int32(pad_id), cfg=cfg, eos_ids=eos_ids, strategy=strategy)
+    state, new_step = extend_slice(params, stacked_dirs, put(coeffs[rows.point_of]), state, np.int32(step),
+                                   put(~rows.valid), np.int32(limit), np.int32(pad_id), decoder=decoder,
+                                   strategy=strategy)
     out, done, lengths, nonfinite = (to_host(x) for x in (state.out, state.done, state.lengths, state.nonfinite))
-    row_steps += (int(step) - int(before)) * valid.size  # valid: [P', B'], the shape of the decoding batch
-    step = int(step)
-    running = np.zeros_like(valid)
-    for p, b in zip(*np.nonzero(valid)):
-      sp, sb = point_of[p], row_of[p, b]
+    row_steps += (int(new_step) - step) * rows.valid.size  # the shape of the decoding batch
+    step = int(new_step)
+    running = np.zeros_like(rows.valid)
+    for p, b in zip(*np.nonzero(rows.valid)):
+      sp, sb = rows.point_of[p], rows.row_of[p, b]
       finished = done[p, b] or step >= N
       decided = not finished and is_decided(out[p, b, :step])
       if finished or decided:
-        out_tokens[sp, sb], out_lengths[sp, sb] = out[p, b], lengths[p, b]
-        out_nonfinite[sp, sb], truncated[sp, sb] = nonfinite[p, b], decided
+        gen.tokens[sp, sb], gen.lengths[sp, sb] = out[p, b], lengths[p, b]
+        gen.nonfinite[sp, sb], gen.truncated[sp, sb] = nonfinite[p, b], decided
       else:
         running[p, b] = True
     if not running.any():
-      return out_tokens, out_lengths, out_nonfinite, truncated, row_steps
-    # Points stay on their device (see compact_state): each keeps its own live points, as many
-    # per device as the busiest device has.
-    D = point_multiple
-    block = len(point_of) // D
-    live = [np.nonzero(running[d * block:(d + 1) * block].any(1))[0] for d in range(D)]
-    new_block = max(1, max(len(l) for l in live))
-    new_P = D * new_block
-    new_B = _round_up(int(running.sum(1).max()), max(1, B // ROW_STEPS), cap=row_of.shape[1])
-    if new_P * new_B <= (1 - COMPACT_SAVING) * len(point_of) * row_of.shape[1]:
-      # A device with fewer live points repeats its first one (or point 0 of its block) as filler.
-      local = np.stack([np.concatenate([l, np.full(new_block - len(l), l[0] if len(l) else 0)]) for l in live])
-      pidx = (local + block * np.arange(D)[:, None]).reshape(-1)  # state point indices, [P']
-      ridx = np.zeros((new_P, new_B), np.int32)
-      keep = np.zeros((new_P, new_B), bool)
-      for k, p in enumerate(pidx):
-        if k % new_block < len(live[k // new_block]):  # a live point, not filler
-          rows = np.nonzero(running[p])[0]
-          ridx[k, :len(rows)] = rows
-          keep[k, :len(rows)] = True
-      state = compact_state(state, put(local.astype(np.int32)), put(ridx), put(keep))
-      new_point_of = point_of[pidx]
-      row_of = np.take_along_axis(row_of[pidx], ridx, axis=1)
-      point_of, valid = new_point_of, keep
-    else:
-      valid = running
-    stop = ~valid
+      return gen.replace(row_steps=row_steps)
+    cut = _compaction(rows, running, point_multiple, B)
+    if cut is None:
+      rows.valid = running
+      continue
+    local, ridx, keep = cut
+    state = compact_state(state, put(local), put(ridx), put(keep))
+    pidx = (local + len(rows.point_of) // point_multiple * np.arange(point_multiple)[:, None]).reshape(-1)
+    rows = _Rows(point_of=rows.point_of[pidx], row_of=np.take_along_axis(rows.row_of[pidx], ridx, axis=1), valid=keep)
 
 
-# ----------------------------------------------------------------- memory plan
+# ----------------------------------------------------------------- the compiled scan
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
-  """How a scan runs: strategy, points per slice and the estimated peak bytes per device."""
-  strategy: str
-  slice_size: int
-  bytes_per_device: int
-  budget: int
-  reason: str
+class ScanRows:
+  """The prompts every point of a scan decodes, laid out for decoding.
 
-  def describe(self) -> str:
-    gib = 1 << 30
-    return (f"plan: strategy={self.strategy} slice_size={self.slice_size} "
-            f"est_peak={self.bytes_per_device / gib:.2f} GiB of budget {self.budget / gib:.2f} GiB "
-            f"({self.reason})")
-
-
-def detect_memory_budget() -> int:
-  """Bytes usable on one device: the accelerator's limit, or half the host's available RAM on CPU."""
-  dev = jax.local_devices()[0]
-  try:
-    stats = dev.memory_stats() or {}
-  except Exception:  # CPU backends may not implement memory_stats
-    stats = {}
-  if "bytes_limit" in stats:
-    return int(stats["bytes_limit"] * 0.9)
-  try:
-    import psutil
-    avail = psutil.virtual_memory().available
-  except ImportError:
-    avail = 8 << 30
-  return int(avail * 0.5 / max(1, jax.local_device_count()))
-
-
-def estimate_bytes(cfg: ModelConfig, *, strategy: str, points: int, n_dirs: int, batch: int,
-                   seq_len: int, model_shards: int = 1) -> int:
-  """Rough peak bytes per device for a slice of ``points`` points (weights + KV cache + activations)."""
-  f32 = 4
-  weights = cfg.num_params() * f32 // model_shards
-  resident = weights * (1 + n_dirs)  # θ and the directions
-  kv = _kv_cache_bytes(cfg, batch=batch, seq_len=seq_len) // model_shards
-  logits = batch * cfg.vocab_size * f32 * 2
-  acts = batch * max(cfg.intermediate_size, cfg.hidden_size) * f32 * 8
-  per_point = kv + logits + acts
-  pre, dec = phase_strategies(strategy)
-  if pre == "materialize":
-    per_point += _point_weight_bytes(cfg) // model_shards
-  if dec == "factored":
-    per_point += n_dirs * (logits + acts)  # one extra activation set per direction
-  # Prefill holds [B, T, ...] activations and [B, H, T, T] scores once.
-  prefill = batch * seq_len * (cfg.intermediate_size * 3 + cfg.num_heads * seq_len) * f32
-  return int(resident + points * (per_point + prefill // 4))
-
-
-def _kv_cache_bytes(cfg: ModelConfig, *, batch: int, seq_len: int) -> int:
-  """Bytes of one point's KV cache: ``batch`` rows of ``seq_len`` slots."""
-  return 2 * cfg.num_layers * batch * seq_len * cfg.num_kv_heads * cfg.head_dim * np.dtype(kv_dtype(cfg)).itemsize
-
-
-def _point_weight_bytes(cfg: ModelConfig) -> int:
-  """Bytes of one materialized point θ(c), stored in the compute dtype."""
-  return cfg.num_params() * min(4, np.dtype(cfg.dtype).itemsize)
-
-
-def decoding_reads_weights_most(cfg: ModelConfig, *, points_per_device: int, n_dirs: int, batch: int,
-                                seq_len: int) -> bool:
-  """Whether factored decoding beats materialized decoding: the weights a materialized point reads
-  each step outweigh its KV cache, and a device holds more than ``1 + n_dirs`` points (factored
-  reads 1 + n shared copies a step, materialize one per point, at (1 + n)x fewer FLOPs).
-
-  Measured on CPU (BENCHMARKS.md, session 8), 100M model (0.39 GB of float32 weights a point),
-  5 points on one device, 136 cache slots, scan of hybrid against materialize: float32, 16 prompts
-  (KV cache 0.41 of the weight bytes) 13.2 vs 16.7 s, 32 prompts (0.82) 22.1 vs 26.7 s, 64 prompts
-  (1.65) 43.9 vs 43.6 s; bfloat16 (weights half the bytes), 16 prompts (0.82) 8.3 vs 10.8 s, 64
-  prompts (3.3) 33.5 vs 26.3 s; toy model, 80 prompts (KV cache 8.9x the weights) 6.6 vs 6.3 s.
+  Attributes:
+    tokens: [B, W] int32 left-padded prompts without their shared prefix, rows sorted by length
+      (longest first) and cut to the longest row's width.
+    mask: [B, W] bool, True for real tokens.
+    prefix: [p] int32 tokens every prompt starts with (chat template + system prompt), prefilled
+      once per point; None when not shared.
+    groups: static length groups of the sorted rows (``prompts.length_groups``).
+    unsort: [B] int, ``sorted_rows[unsort]`` is in prompt order.
+    prompt_lengths: [B] int, real tokens of each prompt (prefix included), in prompt order.
   """
-  return (points_per_device > 1 + n_dirs
-          and _point_weight_bytes(cfg) > _kv_cache_bytes(cfg, batch=batch, seq_len=seq_len))
+  tokens: np.ndarray
+  mask: np.ndarray
+  prefix: np.ndarray | None
+  groups: tuple[tuple[int, int, int], ...]
+  unsort: np.ndarray
+  prompt_lengths: np.ndarray
+
+  @property
+  def prefix_len(self) -> int:
+    return 0 if self.prefix is None else len(self.prefix)
 
 
-def plan_scan(cfg: ModelConfig, *, n_points: int, n_dirs: int, batch: int, seq_len: int,
-              budget: int | None = None, strategy: str = "auto", slice_size: int = 0,
-              point_shards: int = 1, model_shards: int = 1) -> Plan:
-  """Choose strategy and slice size that fit ``budget`` bytes per device.
+def layout_rows(tokens: np.ndarray, mask: np.ndarray, *, pad_id: int, share_prefix: bool = True) -> ScanRows:
+  """:class:`ScanRows` of tokenized, left-padded prompts [B, T] (``prompts.tokenize``)."""
+  prompt_lengths = mask.sum(1)
+  prefix, tokens, mask = (prompts_lib.split_shared_prefix(tokens, mask, pad_id=pad_id) if share_prefix
+                          else (None, tokens, mask))
+  order, groups = prompts_lib.length_groups(mask)
+  # Columns left of the longest group are padding in every row: dropped, so the decode cache
+  # (prompt slots + new tokens) has no slot that is never filled.
+  width = groups[0][2]
+  return ScanRows(tokens=tokens[order, -width:], mask=mask[order, -width:], prefix=prefix, groups=groups,
+                  unsort=np.argsort(order), prompt_lengths=prompt_lengths)
 
-  Slices are multiples of ``point_shards`` (devices along the points axis). ``auto`` takes the
-  strategy whose slice covers the most points, materialize (fewer FLOPs) before factored on a tie;
-  then, when hybrid's slice is as large as materialize's and decoding is bound by reading each
-  point's weights (:func:`decoding_reads_weights_most`), materialize becomes hybrid (see
-  :func:`phase_strategies`). Raises ValueError when no plan fits.
+
+@dataclasses.dataclass(frozen=True)
+class ChoiceRows:
+  """Multiple-choice questions scored at every point: [Q, T] left-padded ``tokens``/``mask``,
+  ``targets`` [Q, 1, C] answer-letter ids (``score.choice_targets``), ``answers`` [Q] correct indices."""
+  tokens: np.ndarray
+  mask: np.ndarray
+  targets: np.ndarray
+  answers: np.ndarray
+
+
+class SliceOutput(NamedTuple):
+  """One slice's results on the devices: its generations (None without decoding) and the
+  answer-letter log-probabilities [P, Q, C] (None without multiple choice)."""
+  generation: decode_lib.Generation | None
+  choice_logprobs: jax.Array | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanSetup:
+  """What a scan runs, beyond the model: the decoder, its rows and choices, and how early stopping works.
+
+  ``is_decided(tokens [n]) -> bool`` turns on chunked decoding that stops decided rows
+  (:func:`decode_until_decided`, every ``chunk_tokens`` tokens); None decodes every row to its end.
   """
-  budget = budget or detect_memory_budget()
-  candidates = STRATEGIES if strategy == "auto" else (strategy,)
-  if strategy not in STRATEGIES + ("auto",):
-    raise ValueError(f"unknown strategy {strategy!r}; expected auto or one of {', '.join(STRATEGIES)}")
-  fits = {}
-  per_shard_points = -(-n_points // point_shards)
-  for s in candidates:
-    est = functools.partial(estimate_bytes, cfg, strategy=s, n_dirs=n_dirs, batch=batch, seq_len=seq_len,
-                            model_shards=model_shards)
-    if slice_size:
-      want = -(-slice_size // point_shards)
-      if est(points=want) <= budget:
-        cand = (want, s)
-      else:
-        continue
-    else:
-      fit = 0
-      lo, hi = 1, per_shard_points
-      while lo <= hi:  # largest per-device slice that fits
-        mid = (lo + hi) // 2
-        if est(points=mid) <= budget:
-          fit, lo = mid, mid + 1
-        else:
-          hi = mid - 1
-      if not fit:
-        continue
-      # Even slices: as few as possible, equally sized, so the last one is not mostly padding.
-      n_slices = -(-per_shard_points // fit)
-      cand = (-(-per_shard_points // n_slices), s)
-    fits[s] = cand[0]
-  best = None
-  for s in ("materialize", "factored") if strategy == "auto" else (strategy,):
-    if s in fits and (best is None or fits[s] > best[0]):
-      best = (fits[s], s)
-  if (strategy == "auto" and best is not None and best[1] == "materialize" and fits.get("hybrid") == best[0]
-      and decoding_reads_weights_most(cfg, points_per_device=best[0], n_dirs=n_dirs, batch=batch, seq_len=seq_len)):
-    best = (best[0], "hybrid")
-    reason = f"auto; decoding reads weights more than KV cache: {1 + n_dirs} shared copies, not {best[0]}"
-  else:
-    reason = "forced" if strategy != "auto" else "auto"
-  if best is None:
-    need = min(estimate_bytes(cfg, strategy=s, points=1, n_dirs=n_dirs, batch=batch, seq_len=seq_len,
-                              model_shards=model_shards) for s in candidates)
-    raise ValueError(f"no scan plan fits the memory budget: one point needs ~{need / (1 << 30):.2f} GiB "
-                     f"per device, budget is {budget / (1 << 30):.2f} GiB (raise --memory_budget, use fewer "
-                     f"prompts or --mesh with a model axis)")
-  per_dev, s = best
-  size = per_dev * point_shards
-  return Plan(strategy=s, slice_size=size, budget=budget, reason=reason,
-              bytes_per_device=estimate_bytes(cfg, strategy=s, points=per_dev, n_dirs=n_dirs, batch=batch,
-                                              seq_len=seq_len, model_shards=model_shards))
+  decoder: decode_lib.Decoder
+  rows: ScanRows | None
+  choices: ChoiceRows | None
+  pad_id: int
+  is_decided: Callable[[np.ndarray], bool] | None = None
+  chunk_tokens: int = 32
 
 
-def replan_slice(plan: Plan, cfg: ModelConfig, *, slice_size: int, point_shards: int, n_dirs: int, batch: int,
-                 seq_len: int, model_shards: int = 1) -> Plan:
-  """``plan`` with a smaller slice (a multiple of ``point_shards``) and its estimate, same strategy."""
-  per_dev = max(1, slice_size // point_shards)
-  return dataclasses.replace(
-      plan, slice_size=per_dev * point_shards, reason=f"{plan.reason}, slice shrunk to fit after compiling",
-      bytes_per_device=estimate_bytes(cfg, strategy=plan.strategy, points=per_dev, n_dirs=n_dirs, batch=batch,
-                                      seq_len=seq_len, model_shards=model_shards))
+class CompiledScan:
+  """A scan's programs, compiled once for its plan; ``scan(coeffs [P, n])`` runs one slice.
+
+  Build it with :func:`compile_scan`, which owns the memory check. Calls dispatch
+  asynchronously (except chunked early stopping, which checks rows on the host between chunks).
+  """
+
+  def __init__(self, setup: ScanSetup, plan: plan_lib.Plan, mesh, placed: dict, programs: dict,
+               compiled_bytes: int | None, compile_s: float):
+    self.setup, self.plan, self.mesh = setup, plan, mesh
+    self.compiled_bytes, self.compile_s = compiled_bytes, compile_s
+    self._placed, self._programs = placed, programs
+
+  def _put_points(self, x):
+    return sharding_lib.put(x, sharding_lib.points_sharding(self.mesh, np.ndim(x)))
+
+  def __call__(self, coeffs: np.ndarray) -> SliceOutput:
+    s, d, progs = self.setup, self._placed, self._programs
+    c = self._put_points(coeffs)
+    choice = progs["choices"](d["params"], d["stacked"], c, *d["choices"]) if "choices" in progs else None
+    gen = None
+    if s.rows is not None and s.is_decided is not None:
+      gen = decode_until_decided(
+          d["params"], d["stacked"], coeffs, d["tokens"], d["mask"], s.pad_id, d["prefix"], decoder=s.decoder,
+          strategy=self.plan.strategy, is_decided=s.is_decided, chunk=s.chunk_tokens,
+          point_multiple=self.mesh.shape[sharding_lib.POINTS], put=self._put_points, to_host=sharding_lib.to_host)
+    elif s.rows is not None:
+      gen = progs["decode"](d["params"], d["stacked"], c, d["tokens"], d["mask"],
+                            np.int32(s.decoder.max_new_tokens), np.int32(s.pad_id), d["prefix"])
+    return SliceOutput(gen, choice)
 
 
-def compiled_bytes(compiled) -> int | None:
-  """Device bytes XLA assigned a compiled call, per device: arguments + outputs + temporaries,
-  less what donation aliases. None when the backend does not report it."""
-  try:
-    m = compiled.memory_analysis()
-  except Exception:  # not every backend implements it
-    return None
-  if m is None:
-    return None
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+def _place(params, stacked, setup: ScanSetup, mesh) -> dict:
+  """The scan's inputs on the mesh: params and directions by their shardings, prompts replicated."""
+  rep = sharding_lib.replicated(mesh)
+  placed = {"params": sharding_lib.put(params, sharding_lib.param_shardings(params, mesh)),
+            "stacked": sharding_lib.put(stacked, sharding_lib.direction_shardings(params, mesh)),
+            "tokens": None, "mask": None, "prefix": None}
+  if setup.rows is not None:
+    r = setup.rows
+    placed.update(tokens=sharding_lib.put(r.tokens, rep), mask=sharding_lib.put(r.mask, rep),
+                  prefix=None if r.prefix is None else sharding_lib.put(r.prefix, rep))
+  if setup.choices is not None:
+    ch = setup.choices
+    placed["choices"] = sharding_lib.put((ch.tokens, ch.mask, ch.targets), (rep, rep, rep))
+  return placed
+
+
+def _compile_programs(setup: ScanSetup, plan: plan_lib.Plan, mesh, placed: dict, n_dirs: int,
+                      check_chunk: bool) -> tuple[dict, int | None]:
+  """The slice programs of ``plan``, compiled ahead of time, and the most device bytes one needs.
+
+  With early stopping the chunk programs compile during the scan; ``check_chunk`` compiles its
+  largest one (the whole slice, cache grown to ``max_new_tokens``) only to read its size.
+  """
+  d, dec = placed, setup.decoder
+  coeffs = jax.ShapeDtypeStruct((plan.slice_size, n_dirs), jnp.float32, sharding=sharding_lib.points_sharding(mesh))
+  programs, sizes = {}, []
+  if setup.rows is not None and setup.is_decided is None:
+    programs["decode"] = decode_slice.lower(
+        d["params"], d["stacked"], coeffs, d["tokens"], d["mask"], np.int32(dec.max_new_tokens),
+        np.int32(setup.pad_id), d["prefix"], decoder=dec, strategy=plan.strategy).compile()
+  if setup.rows is not None and setup.is_decided is not None and check_chunk:
+    sizes.append(plan_lib.compiled_bytes(_largest_chunk(setup, plan, mesh, d, coeffs)))
+  if setup.choices is not None:
+    programs["choices"] = choice_logprobs_slice.lower(d["params"], d["stacked"], coeffs, *d["choices"],
+                                                      cfg=dec.cfg, strategy=plan.strategy).compile()
+  sizes += [plan_lib.compiled_bytes(p) for p in programs.values()]
+  sizes = [b for b in sizes if b is not None]
+  return programs, (max(sizes) if sizes else None)
+
+
+def _largest_chunk(setup: ScanSetup, plan: plan_lib.Plan, mesh, d: dict, coeffs: jax.ShapeDtypeStruct):
+  """The largest program :func:`decode_until_decided` can run, compiled (for its memory analysis):
+  a chunk of the whole, uncompacted slice with the cache grown for ``max_new_tokens`` (compaction
+  only shrinks the state, and earlier phases hold fewer slots)."""
+  dec = setup.decoder
+  state = jax.eval_shape(lambda c: decode_lib.grow(
+      prefill_slice(d["params"], d["stacked"], c, d["tokens"], d["mask"], np.int32(setup.pad_id), d["prefix"],
+                    decoder=dec, strategy=plan.strategy), dec.max_new_tokens), coeffs)
+  place = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_lib.points_sharding(mesh, x.ndim))
+  state = jax.tree.map(place, state)
+  stop = place(jax.ShapeDtypeStruct(state.done.shape, jnp.bool_))
+  return extend_slice.lower(d["params"], d["stacked"], coeffs, state, np.int32(1), stop,
+                            np.int32(dec.max_new_tokens), np.int32(setup.pad_id), decoder=dec,
+                            strategy=plan.strategy).compile()
+
+
+def compile_scan(params: PyTree, stacked_dirs: PyTree, setup: ScanSetup, *, mesh, n_points: int,
+                 strategy: str = "auto", slice_size: int = 0, memory_budget: int | None = None,
+                 log: Callable[[str], None] = lambda line: None) -> CompiledScan:
+  """Plan a scan of ``n_points`` points, place its inputs on ``mesh`` and compile its programs.
+
+  The plan (``plan.plan_scan``) estimates the bytes of a slice; the compiled programs state the
+  bytes XLA assigned them. A slice whose programs need more than the budget is halved and
+  compiled again (a forced ``slice_size`` only warns). Far below the budget the chunk program of
+  early stopping is not compiled just to be measured.
+
+  Args:
+    params: θ (layers stacked); stacked_dirs: directions with leaves [n, *S].
+    setup: :class:`ScanSetup`; its decoder's config must already be the mesh's
+      (``sharding.config_for_mesh``).
+    mesh: ('points', 'model') mesh.
+    log: called with each line worth telling the user (the plan, a shrink, the compiled size).
+  """
+  cfg = setup.decoder.cfg
+  n_dirs = jax.tree.leaves(stacked_dirs)[0].shape[0]
+  point_shards, model_shards = mesh.shape[sharding_lib.POINTS], mesh.shape[sharding_lib.MODEL]
+  rows = setup.rows
+  batch = len(rows.tokens) if rows is not None else len(setup.choices.tokens)
+  width = (rows.tokens.shape[1] + rows.prefix_len) if rows is not None else setup.choices.tokens.shape[1]
+  size = dict(n_dirs=n_dirs, batch=batch, seq_len=width + setup.decoder.max_new_tokens, model_shards=model_shards)
+  plan = plan_lib.plan_scan(cfg, n_points=max(1, n_points), budget=memory_budget, strategy=strategy,
+                            slice_size=slice_size, point_shards=point_shards, **size)
+  log(plan.describe())
+  placed = _place(params, stacked_dirs, setup, mesh)
+  t0 = time.perf_counter()
+  shrunk = False
+  while True:
+    check_chunk = shrunk or plan.bytes_per_device > plan.budget // 2
+    programs, needed = _compile_programs(setup, plan, mesh, placed, n_dirs, check_chunk)
+    smaller = plan.slice_size // point_shards // 2 * point_shards  # halve the points per device
+    if needed is None or needed <= plan.budget:
+      break
+    if slice_size or smaller <= 0:  # a forced slice, or one point per device already
+      log(f"warning: the compiled slice needs {needed / (1 << 30):.2f} GiB per device, over the budget of "
+          f"{plan.budget / (1 << 30):.2f} GiB")
+      break
+    plan, shrunk = plan_lib.replan_slice(plan, cfg, slice_size=smaller, point_shards=point_shards, **size), True
+    log(f"compiled slice needs {needed / (1 << 30):.2f} GiB per device, over the budget: {plan.describe()}")
+  if needed is not None:
+    log(f"compiled: {needed / (1 << 30):.2f} GiB per device (XLA's buffers for one slice: params, directions, "
+        f"activations, KV cache)")
+  return CompiledScan(setup, plan, mesh, placed, programs, needed, time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------- the loop
@@ -500,11 +508,11 @@ def pad_slice(ids: list[int], size: int) -> list[int]:
   return ids + [ids[-1]] * (size - len(ids))
 
 
-def run_slices(step_fn: Callable[[np.ndarray], tuple], slices: list[list[int]], coeffs: np.ndarray, *,
+def run_slices(scan: Callable[[np.ndarray], Any], slices: list[list[int]], coeffs: np.ndarray, *,
                slice_size: int, on_result: Callable[[list[int], Any], None], progress: bool = True) -> None:
   """Dispatch slice k+1 before pulling slice k to the host; ``on_result(ids, device_out)`` per slice.
 
-  ``step_fn(coeffs[P, n])`` returns device arrays (asynchronously); ``on_result`` is the
+  ``scan(coeffs[P, n])`` returns device arrays (asynchronously); ``on_result`` is the
   only place a host sync happens.
   """
   from tqdm import tqdm
@@ -512,7 +520,7 @@ def run_slices(step_fn: Callable[[np.ndarray], tuple], slices: list[list[int]], 
              disable=not progress, dynamic_ncols=True)
   pending = None
   for ids in slices:
-    out = step_fn(coeffs[pad_slice(ids, slice_size)])
+    out = scan(coeffs[pad_slice(ids, slice_size)])
     if pending is not None:
       on_result(*pending)
       bar.update(len(pending[0]))

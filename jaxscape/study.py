@@ -188,7 +188,7 @@ def _landscape(model, spec: StudySpec, kind: str, out_dir: str, *, model_b=None,
                                seed=spec.direction_seed)
   summary = landscape.run_landscape(model, prompts, ls, out_dir=out_dir, model_b=model_b,
                                     decode=landscape.DecodeSpec(max_new_tokens=spec.landscape_new_tokens),
-                                    progress=progress)
+                                    options=landscape.ScanOptions(progress=progress))
   return {"coords": summary["coords"], "asr": summary["asr"], "visage": summary["visage"]}
 
 
@@ -438,7 +438,8 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
     prompts = [r["prompt"] for r in toydata.load_builtin("harmful_test")[:spec.landscape_prompts]]
     ls = landscape.LandscapeSpec(kind="2d_interpolation_random", steps=spec.surface_steps,
                                  multiplier=spec.visage_multiplier, extra_steps=1, seed=spec.direction_seed)
-    s = landscape.run_landscape(base, prompts, ls, out_dir=surf_dir, model_b=tuned, progress=progress,
+    s = landscape.run_landscape(base, prompts, ls, out_dir=surf_dir, model_b=tuned,
+                                options=landscape.ScanOptions(progress=progress),
                                 decode=landscape.DecodeSpec(max_new_tokens=spec.landscape_new_tokens))
     surface = {"run": spec.surface_run, "dir": "surface_2d", "visage": s["visage"]}
     if judge is not None:

@@ -99,7 +99,8 @@ def scan_dir(tiny_model, tmp_path_factory):
     if name not in cache:
       out = str(tmp_path_factory.mktemp("scan") / name)
       landscape.run_landscape(tiny_model("llama"), SCAN_PROMPTS, landscape.LandscapeSpec(**SCANS[name]), out_dir=out,
-                              decode=landscape.DecodeSpec(max_new_tokens=6), progress=False)
+                              decode=landscape.DecodeSpec(max_new_tokens=6),
+                              options=landscape.ScanOptions(progress=False))
       cache[name] = out
     return cache[name]
 

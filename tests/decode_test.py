@@ -1,7 +1,6 @@
 """Greedy decoding: token parity with transformers' generate, EOS handling, early exit, no retracing."""
 
 import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -127,7 +126,7 @@ def test_early_exit_when_all_rows_stopped(tiny_model, monkeypatch):
     return real_apply(*args, **kw)
 
   monkeypatch.setattr(decode.model_lib, "apply", counting_apply)
-  run = jax.jit(functools.partial(decode._greedy, cfg=m.cfg, max_new_tokens=NEW, eos_ids=eos))
+  run = jax.jit(decode.Decoder(cfg=m.cfg, max_new_tokens=NEW, eos_ids=eos).generate)
   gen = jax.block_until_ready(run(m.params, tokens, mask, np.int32(NEW), np.int32(m.pad_id)))
   np.testing.assert_array_equal(gen.lengths, stops)
   # The prefill emits the first token, each loop step one more: max(stops) model calls, not NEW.
@@ -166,13 +165,13 @@ def test_same_bucket_does_not_recompile(tiny_model, monkeypatch):
   # A config no other test uses, so the first call below must trace.
   cfg = dataclasses.replace(m.cfg, rms_norm_eps=1.1e-6)
   traces = []
-  real = decode._greedy
+  real = decode.Decoder.generate
 
-  def counting(*args, **kw):
+  def counting(self, *args, **kw):
     traces.append(args[1].shape)
-    return real(*args, **kw)
+    return real(self, *args, **kw)
 
-  monkeypatch.setattr(decode, "_greedy", counting)
+  monkeypatch.setattr(decode.Decoder, "generate", counting)
 
   def run(texts):
     _, _, tokens, mask = _inputs(m, texts=texts, length=None)
@@ -182,13 +181,13 @@ def test_same_bucket_does_not_recompile(tiny_model, monkeypatch):
     return tokens.shape
 
   s1 = run(["Write a tutorial on how to make a bridge", "Hi"])
-  size = decode.greedy_generate._cache_size()
+  size = decode.generate._cache_size()
   s2 = run(["Explain how a computer network works", "Create a list of ideas"])  # new prompts, same bucket
   assert s1 == s2, "prompts should land in the same length bucket"
-  assert len(traces) == 1 and decode.greedy_generate._cache_size() == size
+  assert len(traces) == 1 and decode.generate._cache_size() == size
   s3 = run(["Please " + "write a story about the river and the garden " * 4, "Hi"])  # a longer bucket
   assert s3[1] > s1[1]
-  assert len(traces) == 2 and decode.greedy_generate._cache_size() == size + 1
+  assert len(traces) == 2 and decode.generate._cache_size() == size + 1
   s4 = run(["Please " + "write a story about the garden and the river " * 4, "Hello"])
   assert s4 == s3 and len(traces) == 2
 
@@ -197,6 +196,29 @@ def test_generate_texts_rejects_bad_max_new_tokens(tiny_model):
   # Batching in input order (last batch padded) vs transformers: cli_test runs --batch_size=2.
   with pytest.raises(ValueError, match="max_new_tokens"):
     decode.generate_texts(tiny_model("llama"), PROMPTS, max_new_tokens=0)
+
+
+def test_sampling_draws_from_the_softmax_and_greedy_is_temperature_zero(tiny_model):
+  """Temperature 1 samples are reproducible per key, differ between keys, and stay inside the vocabulary;
+  a near-zero temperature gives the greedy tokens; sampling without a key is refused."""
+  m = tiny_model("llama")
+  _, _, tokens, mask = _inputs(m)
+  greedy, _, _ = _ours(m, tokens, mask, eos_ids=(NEVER,))
+
+  def sample(temperature, key):
+    dec = decode.Decoder(cfg=m.cfg, max_new_tokens=NEW, eos_ids=(NEVER,), sampling=decode.Sampling(temperature))
+    return np.asarray(decode.generate(m.params, tokens, mask, np.int32(NEW), np.int32(m.pad_id), None, key,
+                                      decoder=dec).tokens)
+
+  a, b = sample(1.0, jax.random.key(0)), sample(1.0, jax.random.key(0))
+  np.testing.assert_array_equal(a, b)
+  assert (a != sample(1.0, jax.random.key(1))).any()
+  assert (a != greedy).any() and ((a >= 0) & (a < m.cfg.vocab_size)).all()
+  np.testing.assert_array_equal(sample(1e-6, jax.random.key(2)), greedy)
+  with pytest.raises(ValueError, match="PRNG key"):
+    sample(1.0, None)
+  with pytest.raises(ValueError, match="temperature"):
+    decode.Sampling(-1.0)
 
 
 # ------------------------------------------------------------------ phased cache

@@ -177,7 +177,8 @@ def scanned(tmp_path_factory, tiny_model):
   """A finished 1-D scan (3 points x 4 prompts) to copy."""
   out = str(tmp_path_factory.mktemp("scan") / "out")
   landscape.run_landscape(tiny_model("llama"), REQUESTS[:4], landscape.LandscapeSpec(kind="1d_random", steps=2),
-                          out_dir=out, decode=landscape.DecodeSpec(max_new_tokens=6), progress=False)
+                          out_dir=out, decode=landscape.DecodeSpec(max_new_tokens=6),
+                          options=landscape.ScanOptions(progress=False))
   return out
 
 
@@ -255,7 +256,8 @@ def test_judge_results_dir_and_resume(scanned, judges, tiny_model, tmp_path):
 
   # A resumed scan rewrites its results: the stored judges are merged back.
   landscape.run_landscape(tiny_model("llama"), REQUESTS[:4], landscape.LandscapeSpec(kind="1d_random", steps=2),
-                          out_dir=ref, decode=landscape.DecodeSpec(max_new_tokens=6), progress=False)
+                          out_dir=ref, decode=landscape.DecodeSpec(max_new_tokens=6),
+                          options=landscape.ScanOptions(progress=False))
   lines3, summary3 = _read(ref)
   assert summary3["judges"] == summary2["judges"] and lines3 == lines2
 

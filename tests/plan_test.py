@@ -2,7 +2,7 @@
 
 import pytest
 
-from jaxscape import scan
+from jaxscape import plan as scan  # the planner (it was part of jaxscape.scan)
 from jaxscape.model import ModelConfig
 
 LLAMA_100M = ModelConfig(model_type="llama", vocab_size=8000, hidden_size=768, intermediate_size=2048, num_layers=12,
@@ -97,8 +97,9 @@ def test_slice_over_budget_after_compiling_is_shrunk(tmp_path, monkeypatch, caps
   monkeypatch.setattr(scan, "compiled_bytes", fake)
   spec = landscape.LandscapeSpec(kind="1d_random", steps=2)
   summary = landscape.run_landscape(model, ["Hi", "Write a poem"], spec, out_dir=str(tmp_path / "out"),
-                                    decode=landscape.DecodeSpec(max_new_tokens=3), memory_budget=budget,
-                                    mesh=sharding.make_mesh(None, jax.devices()[:1]), progress=False)
+                                    decode=landscape.DecodeSpec(max_new_tokens=3),
+                                    options=landscape.ScanOptions(memory_budget=budget, progress=False,
+                                                                  mesh=sharding.make_mesh(None, jax.devices()[:1])))
   assert summary["plan"]["slice_size"] == 1  # 3 points fit the budget's estimate, the "compiled" 3 did not
   assert "shrunk" in summary["host"]["memory_plan"]["reason"]
   assert len(sizes) == 2
@@ -137,8 +138,9 @@ def test_stop_when_decided_checks_its_largest_chunk_near_the_budget(tmp_path, mo
   monkeypatch.setattr(scan, "compiled_bytes", fake)
   run = lambda out, budget: landscape.run_landscape(  # noqa: E731
       model, ["Hi", "Write a poem"], landscape.LandscapeSpec(kind="1d_random", steps=2), out_dir=str(tmp_path / out),
-      decode=landscape.DecodeSpec(max_new_tokens=40, stop_when_decided=True), memory_budget=budget,
-      mesh=sharding.make_mesh(None, jax.devices()[:1]), progress=False, engine="slices")
+      decode=landscape.DecodeSpec(max_new_tokens=40, stop_when_decided=True),
+      options=landscape.ScanOptions(memory_budget=budget, mesh=sharding.make_mesh(None, jax.devices()[:1]),
+                                    progress=False))
   summary = run("near", budget)
   assert summary["plan"]["slice_size"] == 1 and "shrunk" in summary["host"]["memory_plan"]["reason"]
   assert len(sizes) == 2 and 0 < sizes[1] <= budget

@@ -242,7 +242,7 @@ def test_nan_direction_is_flagged_not_fatal(tmp_path):
   spec = landscape.LandscapeSpec(kind="1d_random", steps=2)
   summary = landscape.run_landscape(model, PROMPTS[:3], spec, out_dir=str(tmp_path / "out"),
                                     decode=landscape.DecodeSpec(max_new_tokens=4), directions=([huge], [None]),
-                                    progress=False)
+                                    options=landscape.ScanOptions(progress=False))
   assert summary["nonfinite"] == [True, False, True]
   assert summary["nonfinite_points"] == [0, 2]
   assert len(summary["asr"]) == 3

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscape import convert, decode, directions, perturb, prompts, scan, testing
+from jaxscape import convert, decode, directions, perturb, plan, prompts, scan, testing
 
 ANCHOR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench", "anchor_loop.py")
 PROMPTS = ["Write a tutorial on how to make a bridge", "Hi", "Develop a plan for the garden",
@@ -28,10 +28,13 @@ def _inputs(model):
   return prompts.tokenize(texts, model.tokenizer, add_special_tokens=add, pad_id=model.pad_id)
 
 
+def _decoder(model, cfg=None):
+  return decode.Decoder(cfg=cfg or model.cfg, max_new_tokens=NEW, eos_ids=model.eos_ids)
+
+
 def _decode(model, stacked, coeffs, tokens, mask, strategy, prefix=None):
   gen = scan.decode_slice(model.params, stacked, jnp.asarray(coeffs, jnp.float32), tokens, mask, np.int32(NEW),
-                          np.int32(model.pad_id), prefix, cfg=model.cfg, max_new_tokens=NEW,
-                          eos_ids=model.eos_ids, strategy=strategy)
+                          np.int32(model.pad_id), prefix, decoder=_decoder(model), strategy=strategy)
   return np.asarray(gen.tokens)
 
 
@@ -79,16 +82,16 @@ def test_hybrid_prefills_materialized_and_decodes_factored(tiny):
   coeffs = np.array([[-0.7], [0.0], [0.6]], np.float32)
   hybrid = _decode(tiny, stacked, coeffs, tokens, mask, "hybrid")
   np.testing.assert_array_equal(hybrid[..., 0], _decode(tiny, stacked, coeffs, tokens, mask, "materialize")[..., 0])
-  toks, lens, _, truncated, row_steps = scan.decode_until_decided(
-      tiny.params, stacked, coeffs, tokens, mask, tiny.pad_id, None, cfg=tiny.cfg, max_new_tokens=NEW,
-      eos_ids=tiny.eos_ids, strategy="hybrid", is_decided=lambda row: False, chunk=4)
+  gen = scan.decode_until_decided(tiny.params, stacked, coeffs, tokens, mask, tiny.pad_id, None,
+                                  decoder=_decoder(tiny), strategy="hybrid", is_decided=lambda row: False, chunk=4)
+  toks, lens, truncated, row_steps = gen.tokens, gen.lengths, gen.truncated, gen.row_steps
   assert not truncated.any()
   # every decoded token took a row-step; at most every row ran every step after the first token
   assert (lens - 1).clip(0).sum() <= row_steps <= lens.size * (NEW - 1)
   np.testing.assert_array_equal(toks, hybrid)
-  assert scan.phase_strategies("hybrid") == ("materialize", "factored")
+  assert plan.phase_strategies("hybrid") == ("materialize", "factored")
   with pytest.raises(ValueError, match="unknown strategy"):
-    scan.phase_strategies("fast")
+    plan.phase_strategies("fast")
 
 
 def test_origin_reproduces_base_model_and_shared_prefix_is_exact(tiny):
@@ -105,7 +108,7 @@ def test_origin_reproduces_base_model_and_shared_prefix_is_exact(tiny):
   prefix, rest_t, rest_m = prompts.split_shared_prefix(full_t, full_m, pad_id=tiny.pad_id)
   assert prefix is not None and len(prefix) >= 8
   coeffs = np.array([[-0.4], [0.0], [0.5]])
-  for strategy in scan.STRATEGIES:
+  for strategy in plan.STRATEGIES:
     np.testing.assert_array_equal(_decode(tiny, stacked, coeffs, full_t, full_m, strategy),
                                   _decode(tiny, stacked, coeffs, rest_t, rest_m, strategy, prefix))
 
@@ -122,8 +125,7 @@ def test_bfloat16_materialize_stores_compute_dtype_and_matches_each_point(tiny):
   assert dtypes["layers"]["mlp"]["up"]["kernel"].dtype == jnp.bfloat16
   assert dtypes["layers"]["attn_norm"]["scale"].dtype == jnp.float32  # vectors keep float32
   got = scan.decode_slice(tiny.params, stacked, jnp.asarray(coeffs), tokens, mask, np.int32(NEW),
-                          np.int32(tiny.pad_id), cfg=cfg16, max_new_tokens=NEW, eos_ids=tiny.eos_ids,
-                          strategy="materialize")
+                          np.int32(tiny.pad_id), decoder=_decoder(tiny, cfg16), strategy="materialize")
   for p, c in enumerate(coeffs):
     weights = perturb.materialize(tiny.params, stacked, jnp.asarray(c))  # float32, cast at each use
     want = decode.greedy_generate(weights, tokens, mask, np.int32(NEW), np.int32(tiny.pad_id), cfg=cfg16,

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscape import convert, directions, landscape, perturb, prompts, scan, sharding, testing
+from jaxscape import convert, decode, directions, landscape, perturb, prompts, scan, sharding, testing
 from jaxscape import model as model_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,8 +72,9 @@ def _decode_on(tiny, mesh, strategy):
   c = sharding.put(coeffs, sharding.points_sharding(mesh))
   rep = sharding.replicated(mesh)
   gen = scan.decode_slice(params, stacked, c, *sharding.put((tokens, mask), (rep, rep)), np.int32(NEW),
-                          np.int32(tiny.pad_id), cfg=sharding.config_for_mesh(tiny.cfg, mesh), max_new_tokens=NEW,
-                          eos_ids=tiny.eos_ids, strategy=strategy)
+                          np.int32(tiny.pad_id), strategy=strategy,
+                          decoder=decode.Decoder(cfg=sharding.config_for_mesh(tiny.cfg, mesh), max_new_tokens=NEW,
+                                                 eos_ids=tiny.eos_ids))
   if mesh.shape["model"] > 1:  # the params really are split over the model axis
     q = params["layers"]["attn"]["q"]["kernel"]  # [L, D, H*E]: columns split, the layer axis whole
     assert q.sharding.shard_shape(q.shape) == (q.shape[0], q.shape[1], q.shape[2] // mesh.shape["model"])
@@ -113,8 +114,9 @@ def test_model_split_keeps_fused_projections_on_their_shards(tiny):
   tokens, mask = sharding.put((tokens, mask), (rep, rep))
 
   def compiled(cfg):
-    return scan.decode_slice.lower(params, stacked, c, tokens, mask, np.int32(NEW), np.int32(tiny.pad_id), cfg=cfg,
-                                   max_new_tokens=NEW, eos_ids=tiny.eos_ids, strategy="materialize").compile()
+    return scan.decode_slice.lower(params, stacked, c, tokens, mask, np.int32(NEW), np.int32(tiny.pad_id),
+                                   decoder=decode.Decoder(cfg=cfg, max_new_tokens=NEW, eos_ids=tiny.eos_ids),
+                                   strategy="materialize").compile()
 
   split, unaware = compiled(sharding.config_for_mesh(tiny.cfg, mesh)), compiled(tiny.cfg)
   assert "collective-permute" in unaware.as_text()  # what a plain concatenation along the split axis costs
@@ -129,7 +131,8 @@ def test_landscape_same_summary_on_one_and_eight_devices(tiny, tmp_path):
   outs = {}
   for name, mesh in (("one", sharding.make_mesh(None, jax.devices()[:1])), ("p8", sharding.make_mesh("points:8"))):
     out = str(tmp_path / name)
-    s = landscape.run_landscape(tiny, PROMPTS, spec, out_dir=out, decode=dec, mesh=mesh, progress=False)
+    s = landscape.run_landscape(tiny, PROMPTS, spec, out_dir=out, decode=dec,
+                                options=landscape.ScanOptions(mesh=mesh, progress=False))
     outs[name] = (s["asr"], s["visage"], open(os.path.join(out, "generations.jsonl"), "rb").read())
   assert outs["one"] == outs["p8"]
 
