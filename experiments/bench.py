@@ -49,6 +49,10 @@ flags.DEFINE_list("plan_check_budgets", [],
                   "instead of the speed workloads: run jaxscape alone on the 100M model once per budget "
                   "(e.g. auto,1G) and report the plan (strategy, est. peak) against the measured peak RSS")
 flags.DEFINE_list("jaxscape_flags", [], "extra flags for every jaxscape run, e.g. --compute_dtype=bfloat16")
+flags.DEFINE_string("baseline", None, "instead of the reference: another jaxscape checkout (e.g. a git worktree of an "
+                    "earlier commit); each workload runs --repeats times per side, alternating, each run on an empty "
+                    "compilation cache, and the medians of compile_s and scan_s are compared")
+flags.DEFINE_integer("repeats", 3, "with --baseline: runs per side and workload")
 FLAGS = flags.FLAGS
 
 REF_BATCH_SIZE = 4  # the reference's usual batch; each workload also runs it at its best batch
@@ -421,8 +425,59 @@ def print_tables(rows: list[dict]) -> None:
           f"| {r['ours_scan_s'] / r['bound_s']:.1f}x | {r['bound_speedup']:.0f}x | {r['bound_speedup_best']:.0f}x |")
 
 
+def version_check(workdir: str) -> list[dict]:
+  """jaxscape of this checkout against --baseline's, alternating runs of each workload (see --baseline)."""
+  import statistics
+  sides = {"baseline": os.path.abspath(FLAGS.baseline), "this": os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__)))}
+  rows = []
+  for name in FLAGS.workloads:
+    w = WORKLOADS[name]
+    model_dir = os.path.abspath(build_model(w.checkpoint, workdir))
+    runs = {side: [] for side in sides}
+    for k in range(FLAGS.repeats):
+      for side, root in sides.items():
+        out_dir = os.path.join(workdir, f"{name}_{side}_{k}")
+        cmd = jaxscape_cmd(model_dir, w, workload_multiplier(name, FLAGS.multiplier), out_dir,
+                           fresh_cache_dir(workdir, f"{name}_{side}"))
+        cmd = [os.path.abspath(c) if c == FLAGS.prompts else c for c in cmd]
+        print(f"[{name}] {side} run {k + 1} of {FLAGS.repeats} ...", file=sys.stderr, flush=True)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        run_child(["env", "--chdir", root, f"PYTHONPATH={root}"] + cmd)
+        with open(os.path.join(out_dir, "summary.json"), encoding="utf-8") as f:
+          summ = json.load(f)
+        runs[side].append({key: summ["timings"][key] for key in ("compile_s", "scan_s", "total_s")} |
+                          {"asr": summ.get("asr")})
+    med = {side: {key: statistics.median(r[key] for r in rs) for key in ("compile_s", "scan_s", "total_s")}
+           for side, rs in runs.items()}
+    rows.append({"workload": name, "runs": runs, "median": med,
+                 "same_asr": all(r["asr"] == runs["baseline"][0]["asr"] for rs in runs.values() for r in rs),
+                 "ratio": {key: med["this"][key] / med["baseline"][key] for key in ("compile_s", "scan_s", "total_s")}})
+  print(f"| workload | runs per side | compile_s baseline / this | scan_s baseline / this | total_s baseline / this "
+        f"| same ASR |\n|---|---|---|---|---|---|")
+  for r in rows:
+    m, q = r["median"], r["ratio"]
+    print(f"| {r['workload']} | {FLAGS.repeats} | " + " | ".join(
+        f"{m['baseline'][k]:.2f} / {m['this'][k]:.2f} ({q[k]:.2f}x)" for k in ("compile_s", "scan_s", "total_s"))
+        + f" | {r['same_asr']} |")
+  return rows
+
+
 def main(argv):
   del argv
+  if FLAGS.baseline:
+    if not os.path.isdir(os.path.join(FLAGS.baseline, "experiments")):
+      raise common.UserError(f"--baseline={FLAGS.baseline} is not a jaxscape checkout (no experiments/ in it)")
+    if not FLAGS.prompts or not os.path.isfile(FLAGS.prompts):
+      raise common.UserError(f"--prompts={FLAGS.prompts} does not exist")
+    workdir = os.path.abspath(FLAGS.workdir or tempfile.mkdtemp(prefix="jaxscape_bench_"))
+    os.makedirs(workdir, exist_ok=True)
+    rows = version_check(workdir)
+    if FLAGS.out:
+      with open(FLAGS.out, "w", encoding="utf-8") as f:
+        json.dump({"machine": machine_limits(), "baseline": os.path.abspath(FLAGS.baseline), "rows": rows}, f,
+                  indent=1)
+    return
   if not FLAGS.anchor:
     raise common.UserError("--anchor=PATH/anchor_loop.py is required (the reference loop to compare with)")
   if not os.path.isfile(FLAGS.anchor):
