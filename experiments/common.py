@@ -1,16 +1,24 @@
-"""Shared absl flags and the entry-point runner: one-line errors with exit code 2, quiet libraries.
+"""Shared absl flags and the entry-point runner: one-line errors for bad input, tracebacks for bugs.
 
-Every entry point in ``experiments/`` calls :func:`run`. Bad input (flag errors, missing
-files, malformed data, anything the library reports as ``ValueError``/``OSError``) becomes
-one line ``error: ...`` on stderr and exit code 2, never a traceback. :func:`run` also turns on
-JAX's persistent compilation cache (``jaxscape.compilation_cache``) before ``main`` compiles
-anything: ``--compilation_cache_dir=DIR`` moves it, ``--nocompilation_cache`` turns it off.
+Every entry point in ``experiments/`` calls :func:`run`. Bad input becomes one line
+``error: ...`` on stderr and exit code 2 (:data:`EXIT_BAD_INPUT`): flag errors, what the code
+reports as :class:`jaxscape.errors.InputError` (a bad flag value, a malformed data file, an
+unknown name, incompatible settings), and ``FileNotFoundError`` / ``PermissionError`` /
+``IsADirectoryError`` / ``NotADirectoryError`` (a user path that cannot be used), and a full,
+over-quota or read-only disk (``OSError`` with errno ``ENOSPC``/``EDQUOT``/``EROFS``). Any other
+exception, a plain ``ValueError`` or ``KeyError`` included, is a bug: it propagates with its
+traceback and exit code 1 (in a thread: the thread's traceback, as Python prints it).
+
+:func:`run` also turns on JAX's persistent compilation cache (``jaxscape.compilation_cache``)
+before ``main`` compiles anything: ``--compilation_cache_dir=DIR`` moves it,
+``--nocompilation_cache`` turns it off.
 
 Nothing heavy is imported here: ``--help`` and bad flags answer before JAX or transformers load.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -27,6 +35,8 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from absl import app, flags, logging  # noqa: E402
 
+from jaxscape.errors import InputError  # noqa: E402 - light: jaxscape's package import loads no JAX
+
 FLAGS = flags.FLAGS
 EXIT_BAD_INPUT = 2
 DEFAULT_MODEL = "checkpoints/toy-chat"
@@ -37,8 +47,18 @@ flags.DEFINE_string("compilation_cache_dir", None, "directory of the compilation
                     "$JAX_COMPILATION_CACHE_DIR if set, else $XDG_CACHE_HOME/jaxscape/xla or ~/.cache/jaxscape/xla)")
 
 
-class UserError(ValueError):
-  """Bad input detected in an entry point."""
+# The name entry points raise bad input under; the same class the library raises.
+UserError = InputError
+# What :func:`run` reports as one ``error:`` line: bad input, and OS errors on user paths.
+USER_ERRORS = (InputError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# Storage the user pointed at that is full or read-only: a plain OSError (no subclass of its own),
+# which the user fixes (free space, another --out), not a bug.
+_STORAGE_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EROFS") if hasattr(errno, n))
+
+
+def is_user_error(e: BaseException) -> bool:
+  """Whether :func:`run` reports ``e`` as one ``error:`` line (bad input) rather than as a bug."""
+  return isinstance(e, USER_ERRORS) or (isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS)
 
 
 def _one_line(msg: str) -> str:
@@ -65,9 +85,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _thread_hook(args) -> None:
-  if isinstance(args.exc_value, (ValueError, OSError)):
+  if is_user_error(args.exc_value):
     fail(f"{args.exc_value}")
-  threading.__excepthook__(args)
+  threading.__excepthook__(args)  # anything else is a bug: Python's own report, with the traceback
 
 
 def setup_compilation_cache() -> str | None:
@@ -86,7 +106,8 @@ def setup_compilation_cache() -> str | None:
 
 
 def run(main, *, compiles: bool = True) -> None:
-  """``app.run(main)`` with one-line errors for flag parsing and bad input.
+  """``app.run(main)`` with one-line errors for flag parsing and bad input (:func:`is_user_error`);
+  any other exception keeps its traceback (absl prints it and exits 1).
 
   ``compiles``: the entry point runs JAX programs, so the persistent compilation cache is set up
   before ``main`` (``False`` for entry points that never import JAX, e.g. ``experiments.plot``).
@@ -99,7 +120,9 @@ def run(main, *, compiles: bool = True) -> None:
       if compiles:
         setup_compilation_cache()
       return main(argv)
-    except (ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - sorted here; bugs are raised again unchanged
+      if not is_user_error(e):
+        raise
       fail(f"{e}")
     except KeyboardInterrupt:
       fail("interrupted")
@@ -145,7 +168,7 @@ def judge_from_flags():
   """The ``jaxscape.judge.Judge`` the judge flags name, loaded; None for ``--judge=keyword``.
 
   Bad input (an unknown format, a label word that is not one token, an unsupported family, a
-  missing dir) raises ValueError, which :func:`run` turns into one ``error:`` line.
+  missing dir) raises InputError, which :func:`run` turns into one ``error:`` line.
   """
   if FLAGS.judge in (None, "", "keyword"):
     if FLAGS.judge_format is not None:

@@ -34,6 +34,7 @@ import random
 import sys
 
 from jaxscape import metrics, toydata
+from jaxscape.errors import InputError
 
 DEFAULT_SEED = 0
 SET_NAMES = ("train", "heldout_harmful", "heldout_benign")
@@ -683,7 +684,7 @@ def write_sets(out_dir: str | None = None, seed: int = DEFAULT_SEED) -> dict[str
 def load_set(name: str) -> list[dict]:
   """Records of the shipped set ``NAME`` (same as ``prompts.load_jsonl("builtin:align/NAME")``)."""
   if name not in SET_NAMES:
-    raise ValueError(f"no alignment set {name!r}; expected one of {', '.join(SET_NAMES)}")
+    raise InputError(f"no alignment set {name!r}; expected one of {', '.join(SET_NAMES)}")
   return toydata.load_builtin(f"align/{name}")
 
 

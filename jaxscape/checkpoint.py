@@ -8,6 +8,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxscape.errors import InputError
+
 PyTree = Any
 
 
@@ -19,7 +21,7 @@ def save_params(path: str | os.PathLike, params: PyTree, *, overwrite: bool = Fa
   """
   path = os.path.abspath(os.fspath(path))
   if os.path.exists(path) and not overwrite:
-    raise ValueError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
+    raise InputError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(path, params, force=overwrite)
     ckptr.wait_until_finished()
@@ -34,7 +36,7 @@ def restore_params(path: str | os.PathLike, abstract: PyTree | None = None) -> P
   """
   path = os.path.abspath(os.fspath(path))
   if not os.path.isdir(path):
-    raise ValueError(f"no orbax checkpoint at {path}")
+    raise InputError(f"no orbax checkpoint at {path}")
   with ocp.StandardCheckpointer() as ckptr:
     if abstract is None:
       return ckptr.restore(path)
@@ -45,7 +47,7 @@ def saved_tree(path: str | os.PathLike) -> PyTree:
   """The tree saved at ``path`` by :func:`save_params`, leaves orbax metadata (shape, dtype); reads no values."""
   path = os.path.abspath(os.fspath(path))
   if not os.path.isdir(path):
-    raise ValueError(f"no orbax checkpoint at {path}")
+    raise InputError(f"no orbax checkpoint at {path}")
   with ocp.StandardCheckpointer() as ckptr:
     meta = ckptr.metadata(path)
   tree = getattr(meta, "item_metadata", meta)

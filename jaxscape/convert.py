@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jaxscape import checkpoint
+from jaxscape.errors import InputError
 from jaxscape.model import ModelConfig, init_params
 
 PyTree = Any
@@ -175,28 +176,36 @@ def read_config(model_dir: str, *, compute_dtype: str = "float32") -> ModelConfi
   """ModelConfig from ``model_dir/config.json``."""
   path = os.path.join(model_dir, "config.json")
   if not os.path.isfile(path):
-    raise ValueError(f"{model_dir}: no config.json (is this a model directory?)")
+    raise InputError(f"{model_dir}: no config.json (is this a model directory?)")
   try:
     with open(path, encoding="utf-8") as f:
       d = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"{path}: unreadable config ({e})") from None
+  except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8
+    raise InputError(f"{path}: unreadable config ({e})") from None
+  if not isinstance(d, dict):
+    raise InputError(f"{path}: expected a JSON object, got {type(d).__name__}")
   try:
     return ModelConfig.from_hf_dict(d, compute_dtype=compute_dtype)
   except KeyError as e:
-    raise ValueError(f"{path}: missing key {e}") from None
+    raise InputError(f"{path}: missing key {e}") from None
+  except (TypeError, ValueError, ZeroDivisionError) as e:  # a bad field value; InputErrors get the path too
+    raise InputError(f"{path}: {e}") from None
 
 
 def _weight_files(model_dir: str) -> list[str]:
   index = os.path.join(model_dir, SAFETENSORS_INDEX)
   if os.path.isfile(index):
-    with open(index, encoding="utf-8") as f:
-      files = sorted(set(json.load(f)["weight_map"].values()))
+    try:
+      with open(index, encoding="utf-8") as f:
+        files = sorted(set(json.load(f)["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # bad JSON, no weight_map, wrong types
+      raise InputError(f"{index}: malformed index, expected {{\"weight_map\": {{tensor: file}}}} "
+                       f"({type(e).__name__}: {e})") from None
     return [os.path.join(model_dir, f) for f in files]
   single = os.path.join(model_dir, SAFETENSORS)
   if os.path.isfile(single):
     return [single]
-  raise ValueError(f"{model_dir}: no {SAFETENSORS} or {SAFETENSORS_INDEX}")
+  raise InputError(f"{model_dir}: no {SAFETENSORS} or {SAFETENSORS_INDEX}")
 
 
 class SafetensorsReader(collections.abc.Mapping):
@@ -218,7 +227,7 @@ class SafetensorsReader(collections.abc.Mapping):
     try:
       return safe_open(path, framework="np")
     except Exception as e:  # safetensors raises its own error types for corrupt headers/data
-      raise ValueError(f"{path}: corrupt or truncated safetensors file ({type(e).__name__}: {e})") from None
+      raise InputError(f"{path}: corrupt or truncated safetensors file ({type(e).__name__}: {e})") from None
 
   def __getitem__(self, name: str) -> np.ndarray:
     path = self._where[name]
@@ -226,7 +235,7 @@ class SafetensorsReader(collections.abc.Mapping):
       try:
         return f.get_tensor(name)
       except Exception as e:
-        raise ValueError(f"{path}: corrupt or truncated safetensors file ({type(e).__name__}: {e})") from None
+        raise InputError(f"{path}: corrupt or truncated safetensors file ({type(e).__name__}: {e})") from None
 
   def __iter__(self):
     return iter(self._where)
@@ -254,7 +263,7 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, *, dtype=n
   table = name_table(cfg)
   missing = [n for n in table if n not in tensors]
   if missing:
-    raise ValueError(f"checkpoint lacks {len(missing)} tensor(s) for {cfg.model_type}, e.g. {missing[0]}")
+    raise InputError(f"checkpoint lacks {len(missing)} tensor(s) for {cfg.model_type}, e.g. {missing[0]}")
   stacks: dict[tuple, list] = {}  # stacked leaf path -> [(layer, HF name, transform)]
   for name, (path, to_ours, _) in table.items():
     if path[0] == "layers":
@@ -263,7 +272,7 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, *, dtype=n
     value = np.asarray(to_ours(tensors[name])).astype(dtype)
     want = _get(shapes, path).shape
     if value.shape != want:
-      raise ValueError(f"tensor {name} has shape {value.shape}, config.json implies {want}")
+      raise InputError(f"tensor {name} has shape {value.shape}, config.json implies {want}")
     _set(params, path, place(value))
   for rest, entries in stacks.items():
     want = _get(shapes["layers"], rest).shape
@@ -271,7 +280,7 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, *, dtype=n
     for i, name, to_ours in entries:
       value = np.asarray(to_ours(tensors[name]))
       if value.shape != want[1:]:
-        raise ValueError(f"tensor {name} has shape {value.shape}, config.json implies {want[1:]}")
+        raise InputError(f"tensor {name} has shape {value.shape}, config.json implies {want[1:]}")
       stacked[i] = value.astype(dtype)
     _set(params, ("layers",) + rest, place(stacked))
     del stacked
@@ -394,10 +403,13 @@ def eos_ids_of(model_dir: str) -> tuple[int, ...]:
   for name in ("generation_config.json", "config.json"):
     path = os.path.join(model_dir, name)
     if os.path.isfile(path):
-      with open(path, encoding="utf-8") as f:
-        eos = json.load(f).get("eos_token_id")
-      if eos is not None:
-        return tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]))
+      try:
+        with open(path, encoding="utf-8") as f:
+          eos = json.load(f).get("eos_token_id")
+        if eos is not None:
+          return tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]))
+      except (ValueError, TypeError, AttributeError) as e:  # bad JSON, not an object, non-integer ids
+        raise InputError(f"{path}: cannot read eos_token_id ({type(e).__name__}: {e})") from None
   return ()
 
 
@@ -421,7 +433,7 @@ def load_tokenizer(model_dir: str):
     else:
       tok = transformers.AutoTokenizer.from_pretrained(model_dir, padding_side="left")
   except Exception as e:
-    raise ValueError(f"{model_dir}: cannot load tokenizer ({type(e).__name__}: {e})") from None
+    raise InputError(f"{model_dir}: cannot load tokenizer ({type(e).__name__}: {e})") from None
   return tok
 
 
@@ -439,7 +451,7 @@ def load_model(model_dir: str, *, compute_dtype: str = "float32") -> Model:
   if gguf_file is not None:
     return _load_gguf(gguf_file, compute_dtype=compute_dtype)
   if not os.path.isdir(model_dir):
-    raise ValueError(f"model dir {model_dir} does not exist")
+    raise InputError(f"model dir {model_dir} does not exist")
   cfg = read_config(model_dir, compute_dtype=compute_dtype)
   if is_converted_dir(model_dir):
     params = restore_converted(os.path.join(model_dir, ORBAX_DIR), cfg)
@@ -449,7 +461,7 @@ def load_model(model_dir: str, *, compute_dtype: str = "float32") -> Model:
   tok = load_tokenizer(model_dir)
   eos = eos_ids_of(model_dir) or ((tok.eos_token_id,) if tok.eos_token_id is not None else ())
   if not eos:
-    raise ValueError(f"{model_dir}: no eos_token_id in generation_config.json, config.json or tokenizer")
+    raise InputError(f"{model_dir}: no eos_token_id in generation_config.json, config.json or tokenizer")
   pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
   return Model(cfg=cfg, params=params, tokenizer=tok, eos_ids=eos, pad_id=int(pad), path=model_dir)
 
@@ -462,7 +474,7 @@ def _load_gguf(path: str, *, compute_dtype: str) -> Model:
   params = hf_to_params(tensors, cfg, place=jax.device_put)
   eos = eos or ((tok.eos_token_id,) if tok.eos_token_id is not None else ())
   if not eos:
-    raise ValueError(f"{path}: no eos_token_id in the GGUF metadata")
+    raise InputError(f"{path}: no eos_token_id in the GGUF metadata")
   pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
   return Model(cfg=cfg, params=params, tokenizer=tok, eos_ids=eos, pad_id=int(pad), path=path)
 
@@ -474,22 +486,34 @@ def restore_converted(path: str, cfg: ModelConfig) -> PyTree:
   stacked on load, one leaf at a time; re-run ``experiments.convert`` to store it stacked.
   """
   abstract = abstract_params(dataclasses.replace(cfg, param_dtype="float32"))
-  if not checkpoint.saved_layers_are_list(path):
+  saved = checkpoint.saved_tree(path)
+  if not (isinstance(saved, dict) and isinstance(saved.get("layers"), (list, tuple))):
+    # orbax restores the saved shapes whatever ``abstract`` says: a config.json edited after
+    # conversion would otherwise run a model other than the one it describes.
+    _check_saved_shapes(path, _leaf_shapes(saved), _leaf_shapes(abstract))
     return checkpoint.restore_params(path, abstract)
   old = checkpoint.restore_params(path)  # as saved: numpy, the former per-layer layout
   layers = old.pop("layers")
-  got = [(jax.tree_util.keystr(p), tuple(np.shape(x)))
-         for p, x in jax.tree_util.tree_flatten_with_path(unstack_layers({**old, "layers": layers}))[0]]
-  want = [(jax.tree_util.keystr(p), tuple(x.shape))
-          for p, x in jax.tree_util.tree_flatten_with_path(unstack_layers(abstract))[0]]
-  if got != want:
-    w, g = next(((w, g) for w, g in zip(want, got) if w != g), (len(want), len(got)))
-    raise ValueError(f"{path}: the saved params do not match config.json (config: {w}, saved: {g})")
+  _check_saved_shapes(path, _leaf_shapes(unstack_layers({**old, "layers": layers})),
+                      _leaf_shapes(unstack_layers(abstract)))
   stacked = jax.tree.map(lambda _: None, abstract["layers"], is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
   paths = [tuple(_key(k) for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract["layers"])[0]]
   for rest in paths:  # one stacked leaf at a time, dropping its per-layer arrays as it is filled
     _set(stacked, rest, jax.device_put(_stack([_pop(layer, rest) for layer in layers]).astype(np.float32, copy=False)))
   return jax.tree.map(jax.device_put, {**old, "layers": stacked})
+
+
+def _leaf_shapes(tree: PyTree) -> list[tuple[str, tuple]]:
+  """``(path, shape)`` of every leaf: arrays, ``ShapeDtypeStruct`` or orbax metadata."""
+  flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+  return [(jax.tree_util.keystr(p), tuple(np.shape(x))) for p, x in flat]
+
+
+def _check_saved_shapes(path: str, got: list, want: list) -> None:
+  if got != want:
+    w, g = next(((w, g) for w, g in zip(want, got) if w != g), (len(want), len(got)))
+    raise InputError(f"{path}: the saved params do not match config.json (config: {w}, saved: {g}); "
+                     "convert the checkpoint again")
 
 
 def _key(k):
@@ -509,7 +533,7 @@ def convert(hf_dir: str, out_dir: str, *, overwrite: bool = False) -> str:
   """
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and not overwrite:
-    raise ValueError(f"{out_dir} already exists (pass --overwrite to replace it)")
+    raise InputError(f"{out_dir} already exists (pass --overwrite to replace it)")
   _, params = load_hf(hf_dir)
   tmp = out_dir + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)

@@ -79,6 +79,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxscape.errors import InputError
+
 PyTree = Any
 
 KINDS = ("1d_random", "2d_random", "1d_interpolation", "2d_interpolation", "2d_interpolation_random")
@@ -170,7 +172,7 @@ def check_matches(params: PyTree, direction: PyTree) -> None:
   """
   msg = _first_mismatch(_shapes(params), _shapes(direction), ("the model", "the direction"))
   if msg is not None:
-    raise ValueError(f"{_MODEL_MISMATCH}: {msg}")
+    raise InputError(f"{_MODEL_MISMATCH}: {msg}")
 
 
 # ------------------------------------------------------------------ random directions
@@ -179,28 +181,31 @@ def check_matches(params: PyTree, direction: PyTree) -> None:
 def _validate_exclude(exclude) -> tuple[str, ...]:
   if isinstance(exclude, str):  # a bare string would otherwise be iterated per character
     exclude = (exclude,)
-  exclude = tuple(exclude)
+  try:
+    exclude = tuple(exclude)
+  except TypeError:
+    raise InputError(f"exclude must be a list of regexes, got {exclude!r}") from None
   for pat in exclude:
     if not isinstance(pat, str):
-      raise ValueError(f"exclude patterns must be strings, got {pat!r}")
+      raise InputError(f"exclude patterns must be strings, got {pat!r}")
     try:
       re.compile(pat)
     except re.error as e:
-      raise ValueError(f"invalid exclude regex {pat!r}: {e}") from None
+      raise InputError(f"invalid exclude regex {pat!r}: {e}") from None
   return exclude
 
 
 def _validate_int(name: str, value, *, minimum: int | None = None) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ValueError(f"{name} must be an integer, got {value!r}")
+    raise InputError(f"{name} must be an integer, got {value!r}")
   if minimum is not None and value < minimum:
-    raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    raise InputError(f"{name} must be >= {minimum}, got {value}")
   return int(value)
 
 
 def _validate_norm(norm: str) -> str:
   if norm not in NORMS:
-    raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
+    raise InputError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
   return norm
 
 
@@ -519,7 +524,7 @@ def interpolation_direction(params_a: PyTree, params_b: PyTree) -> PyTree:
   """
   msg = _first_mismatch(_shapes(params_a), _shapes(params_b), ("model a", "model b"))
   if msg is not None:
-    raise ValueError(f"{_ARCH_MISMATCH}: {msg}")
+    raise InputError(f"{_ARCH_MISMATCH}: {msg}")
   return _subtract(params_a, params_b)
 
 
@@ -576,7 +581,7 @@ class RandomRecipe:
     if self.orthogonalize_to is not None:
       o = _validate_int("orthogonalize_to", self.orthogonalize_to, minimum=0)
       if o == self.index:
-        raise ValueError(f"orthogonalize_to must differ from index, got {o}")
+        raise InputError(f"orthogonalize_to must differ from index, got {o}")
       object.__setattr__(self, "orthogonalize_to", o)
 
   def to_json(self) -> dict:
@@ -588,17 +593,20 @@ class RandomRecipe:
   def from_json(cls, obj: dict | str) -> "RandomRecipe":
     """Inverse of :meth:`to_json` (a dict or its JSON string)."""
     if isinstance(obj, str):
-      obj = json.loads(obj)
+      try:
+        obj = json.loads(obj)
+      except json.JSONDecodeError as e:
+        raise InputError(f"a random recipe must be JSON ({e})") from None
     if not isinstance(obj, dict):
-      raise ValueError(f"a random recipe must be a JSON object, got {obj!r}")
+      raise InputError(f"a random recipe must be a JSON object, got {obj!r}")
     obj = dict(obj)
     kind = obj.pop("kind", "random")
     if kind != "random":
-      raise ValueError(f"not a random-direction recipe (kind {kind!r})")
+      raise InputError(f"not a random-direction recipe (kind {kind!r})")
     unknown = set(obj) - {f.name for f in dataclasses.fields(cls)}
     if unknown or "seed" not in obj:
-      raise ValueError(f"bad random recipe {obj!r} (unknown fields {sorted(unknown)}; seed is required)")
-    if "exclude" in obj:
+      raise InputError(f"bad random recipe {obj!r} (unknown fields {sorted(unknown)}; seed is required)")
+    if isinstance(obj.get("exclude"), list):
       obj["exclude"] = tuple(obj["exclude"])
     return cls(**obj)
 
@@ -635,19 +643,19 @@ def directions_for(kind: str, params: PyTree, *, params_b: PyTree | None = None,
     :class:`RandomRecipe` (random) or None (interpolation).
   """
   if kind not in KINDS:
-    raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    raise InputError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
   num_directions = _validate_int("num_directions", num_directions, minimum=1)
   if num_directions > 1 and kind != "1d_random":
-    raise ValueError(f"num_directions > 1 needs kind 1d_random, got {kind!r} with {num_directions}")
+    raise InputError(f"num_directions > 1 needs kind 1d_random, got {kind!r} with {num_directions}")
   if orthogonal and kind != "2d_random":
-    raise ValueError(f"orthogonal is only supported for kind 2d_random, got {kind!r}")
+    raise InputError(f"orthogonal is only supported for kind 2d_random, got {kind!r}")
   needs_b = "interpolation" in kind
   needs_c = kind == "2d_interpolation"
   for name, value, needed in (("params_b", params_b, needs_b), ("params_c", params_c, needs_c)):
     if needed and value is None:
-      raise ValueError(f"kind {kind!r} needs {name} (a second model to interpolate to)")
+      raise InputError(f"kind {kind!r} needs {name} (a second model to interpolate to)")
     if not needed and value is not None:
-      raise ValueError(f"kind {kind!r} does not use {name}; pass it only for interpolation kinds")
+      raise InputError(f"kind {kind!r} does not use {name}; pass it only for interpolation kinds")
 
   exclude = _validate_exclude(exclude)
   if kind == "1d_random":
@@ -691,17 +699,17 @@ def grid_axes(kind: str, *, steps: int, multiplier: float = 1.0, extra_steps: in
     One array per axis: ``[steps+1]`` (random) or ``[steps+2e+1]`` (interpolation).
   """
   if kind not in KINDS:
-    raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    raise InputError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
   if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps <= 0:
-    raise ValueError(f"steps must be > 0, got {steps!r}")
+    raise InputError(f"steps must be > 0, got {steps!r}")
   if isinstance(extra_steps, bool) or not isinstance(extra_steps, (int, np.integer)) or extra_steps < 0:
-    raise ValueError(f"extra_steps must be an integer >= 0, got {extra_steps!r}")
+    raise InputError(f"extra_steps must be an integer >= 0, got {extra_steps!r}")
   try:
     m = float(multiplier)
   except (TypeError, ValueError):
-    raise ValueError(f"multiplier must be a number, got {multiplier!r}") from None
+    raise InputError(f"multiplier must be a number, got {multiplier!r}") from None
   if m == 0 or not math.isfinite(m):
-    raise ValueError(f"multiplier must be finite and nonzero, got {multiplier!r}")
+    raise InputError(f"multiplier must be finite and nonzero, got {multiplier!r}")
   steps, e = int(steps), int(extra_steps)
   axes = []
   for axis_kind in _axis_kinds(kind):
@@ -752,7 +760,7 @@ def save_directions(path: str | os.PathLike, directions: Sequence[PyTree],
     raise ValueError(f"{len(directions)} directions but {len(recipes)} recipes")
   path = os.path.abspath(os.fspath(path))
   if os.path.exists(os.path.join(path, MANIFEST)) and not overwrite:
-    raise ValueError(f"{path} already holds directions (pass overwrite=True to replace them)")
+    raise InputError(f"{path} already holds directions (pass overwrite=True to replace them)")
   os.makedirs(path, exist_ok=True)
   entries = []
   for i, (d, r) in enumerate(zip(directions, recipes)):
@@ -808,23 +816,32 @@ def load_directions(path: str | os.PathLike, params: PyTree) -> tuple[list[PyTre
   path = os.path.abspath(os.fspath(path))
   manifest = os.path.join(path, MANIFEST)
   if not os.path.isfile(manifest):
-    raise ValueError(f"no {MANIFEST} in {path}")
-  with open(manifest, encoding="utf-8") as f:
-    meta = json.load(f)
-  if meta.get("format") != "jaxscape.directions" or meta.get("version") != _FORMAT_VERSION:
-    raise ValueError(f"{manifest} is not a jaxscape directions manifest of version {_FORMAT_VERSION}")
+    raise InputError(f"no {MANIFEST} in {path}")
+  try:
+    with open(manifest, encoding="utf-8") as f:
+      meta = json.load(f)
+  except ValueError as e:  # bad JSON or not UTF-8
+    raise InputError(f"{manifest}: not valid JSON ({e})") from None
+  if (not isinstance(meta, dict) or meta.get("format") != "jaxscape.directions"
+      or meta.get("version") != _FORMAT_VERSION or not isinstance(meta.get("directions"), list)):
+    raise InputError(f"{manifest} is not a jaxscape directions manifest of version {_FORMAT_VERSION}")
   expected = _shapes(params)
   directions, recipes = [], []
   for i, entry in enumerate(meta["directions"]):
-    kind = entry.get("kind")
+    kind = entry.get("kind") if isinstance(entry, dict) else None
     if kind == "random":
-      recipe = RandomRecipe.from_json(entry)
+      try:
+        recipe = RandomRecipe.from_json(entry)
+      except InputError as e:
+        raise InputError(f"{manifest}: direction {i}: {e}") from None
       directions.append(recipe.generate(params))
       recipes.append(recipe)
     elif kind == "interpolation":
+      if not isinstance(entry.get("orbax"), str):
+        raise InputError(f"{manifest}: direction {i} names no orbax checkpoint (\"orbax\": DIR)")
       ckpt = os.path.join(path, entry["orbax"])
       if not os.path.isdir(ckpt):
-        raise ValueError(f"direction {i}: no orbax checkpoint at {ckpt}")
+        raise InputError(f"direction {i}: no orbax checkpoint at {ckpt}")
       with ocp.StandardCheckpointer() as ckptr:
         saved = _saved_shapes(ckpt, ckptr)
         if _layout(saved) == "list" and _layout(expected) == "stacked":
@@ -836,11 +853,11 @@ def load_directions(path: str | os.PathLike, params: PyTree) -> tuple[list[PyTre
         else:
           msg = _first_mismatch(expected, saved, ("the model", f"stored direction {i}"))
           if msg is not None:
-            raise ValueError(f"{_MODEL_MISMATCH}: {msg}")
+            raise InputError(f"{_MODEL_MISMATCH}: {msg}")
           d = ckptr.restore(ckpt, _abstract_f32(params))
       check_matches(params, d)
       directions.append(d)
       recipes.append(None)
     else:
-      raise ValueError(f"direction {i} in {manifest} has unknown kind {kind!r}")
+      raise InputError(f"direction {i} in {manifest} has unknown kind {kind!r}")
   return directions, recipes

@@ -34,6 +34,7 @@ import optax
 
 from jaxscape import model as model_lib
 from jaxscape.convert import save_model  # noqa: F401 - written here first; callers use finetune.save_model
+from jaxscape.errors import InputError
 
 PyTree = Any
 MergeFn = Callable[[PyTree, PyTree], PyTree]
@@ -72,14 +73,14 @@ class TrainConfig:
 
   def __post_init__(self):
     if self.num_steps <= 0:
-      raise ValueError(f"num_steps must be > 0, got {self.num_steps}")
+      raise InputError(f"num_steps must be > 0, got {self.num_steps}")
     if self.micro_batches <= 0 or self.batch_size <= 0 or self.batch_size % self.micro_batches:
-      raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of micro_batches "
+      raise InputError(f"batch_size ({self.batch_size}) must be a positive multiple of micro_batches "
                        f"({self.micro_batches})")
     if not self.buckets or any(b <= 1 for b in self.buckets) or list(self.buckets) != sorted(set(self.buckets)):
-      raise ValueError(f"buckets must be increasing lengths > 1, got {self.buckets}")
+      raise InputError(f"buckets must be increasing lengths > 1, got {self.buckets}")
     if self.learning_rate <= 0 or not 0 <= self.warmup_steps <= self.num_steps:
-      raise ValueError(f"need learning_rate > 0 and 0 <= warmup_steps <= num_steps, got learning_rate="
+      raise InputError(f"need learning_rate > 0 and 0 <= warmup_steps <= num_steps, got learning_rate="
                        f"{self.learning_rate}, warmup_steps={self.warmup_steps}, num_steps={self.num_steps}")
 
   @property
@@ -97,18 +98,22 @@ class Example(NamedTuple):
 
 
 def _render(tokenizer, messages, *, generation_prompt: bool) -> str:
-  return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+  import jinja2  # noqa: PLC0415 - light; transformers has imported it already
+  try:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+  except jinja2.TemplateError as e:  # the template's raise_exception, e.g. a role it does not take
+    raise InputError(f"the tokenizer's chat template refuses this chat ({e})") from None
 
 
 def _check_messages(messages: Any, where: str) -> None:
   if not isinstance(messages, list) or not messages:
-    raise ValueError(f"{where}: \"messages\" must be a non-empty list, got {messages!r:.80}")
+    raise InputError(f"{where}: \"messages\" must be a non-empty list, got {messages!r:.80}")
   for m in messages:
     if not (isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
             and isinstance(m.get("content"), str)):
-      raise ValueError(f"{where}: bad message {m!r:.80} (need role system/user/assistant and string content)")
+      raise InputError(f"{where}: bad message {m!r:.80} (need role system/user/assistant and string content)")
   if not any(m["role"] == "assistant" for m in messages):
-    raise ValueError(f"{where}: no assistant message to learn from")
+    raise InputError(f"{where}: no assistant message to learn from")
 
 
 def encode_chat(tokenizer, messages: list[dict], *, max_length: int | None = None) -> Example:
@@ -136,7 +141,7 @@ def encode_chat(tokenizer, messages: list[dict], *, max_length: int | None = Non
     before = _render(tokenizer, messages[:k], generation_prompt=True) if k else ""
     upto = _render(tokenizer, messages[:k + 1], generation_prompt=False)
     if not (upto.startswith(before) and text.startswith(upto)):
-      raise ValueError("the chat template does not render conversations as prefixes of each other; cannot "
+      raise InputError("the chat template does not render conversations as prefixes of each other; cannot "
                        f"locate assistant turn {k}")
     spans.append((len(before), len(upto)))
   enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -157,11 +162,11 @@ def encode_chats(tokenizer, records: list[dict], *, max_length: int) -> list[Exa
   out, truncated, dropped = [], 0, 0
   for n, r in enumerate(records):
     if not isinstance(r, dict) or "messages" not in r:
-      raise ValueError(f"record {n}: expected {{\"messages\": [...]}}, got {str(r)[:80]!r}")
+      raise InputError(f"record {n}: expected {{\"messages\": [...]}}, got {str(r)[:80]!r}")
     try:
       ex = encode_chat(tokenizer, r["messages"])
-    except ValueError as e:
-      raise ValueError(f"record {n}: {e}") from None
+    except InputError as e:
+      raise InputError(f"record {n}: {e}") from None
     if len(ex.ids) > max_length:
       truncated += 1
       ex = Example(ex.ids[:max_length], ex.loss_mask[:max_length])
@@ -173,7 +178,7 @@ def encode_chats(tokenizer, records: list[dict], *, max_length: int) -> list[Exa
     _log.warning("%d of %d conversations truncated to %d tokens, %d dropped (no assistant token left)",
                  truncated, len(records), max_length, dropped)
   if not out:
-    raise ValueError("no trainable conversations (every one lost its assistant tokens)")
+    raise InputError("no trainable conversations (every one lost its assistant tokens)")
   return out
 
 
@@ -192,29 +197,32 @@ def load_chat_records(source: str) -> list[dict]:
 
   path = prompts.resolve(source)
   if not os.path.isfile(path):
-    raise ValueError(f"data file {path} does not exist")
+    raise InputError(f"data file {path} does not exist")
   records = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{n}"
-      try:
-        r = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-      if isinstance(r, dict) and "messages" not in r and isinstance(r.get("prompt"), str) \
-          and isinstance(r.get("response"), str):
-        system = [{"role": "system", "content": r["system"]}] if isinstance(r.get("system"), str) else []
-        r = {"messages": system + [{"role": "user", "content": r["prompt"]},
-                                   {"role": "assistant", "content": r["response"]}]}
-      if not isinstance(r, dict) or "messages" not in r:
-        raise ValueError(f"{where}: expected an object with \"messages\" (or \"prompt\" and \"response\"), "
-                         f"got {line.strip()[:80]!r}")
-      _check_messages(r["messages"], where)
-      records.append({"messages": r["messages"]})
+  try:
+    with open(path, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        where = f"{path}:{n}"
+        try:
+          r = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise InputError(f"{where}: not valid JSON ({e.msg})") from None
+        if isinstance(r, dict) and "messages" not in r and isinstance(r.get("prompt"), str) \
+            and isinstance(r.get("response"), str):
+          system = [{"role": "system", "content": r["system"]}] if isinstance(r.get("system"), str) else []
+          r = {"messages": system + [{"role": "user", "content": r["prompt"]},
+                                     {"role": "assistant", "content": r["response"]}]}
+        if not isinstance(r, dict) or "messages" not in r:
+          raise InputError(f"{where}: expected an object with \"messages\" (or \"prompt\" and \"response\"), "
+                           f"got {line.strip()[:80]!r}")
+        _check_messages(r["messages"], where)
+        records.append({"messages": r["messages"]})
+  except UnicodeDecodeError:
+    raise InputError(f"{path}: not UTF-8 text") from None
   if not records:
-    raise ValueError(f"data file {path} holds no records")
+    raise InputError(f"data file {path} holds no records")
   return records
 
 
@@ -391,10 +399,10 @@ def init_lora(params: PyTree, cfg: model_lib.ModelConfig, rank: int, key: jax.Ar
     scale of ``x``, and ``b = 0``, so :func:`merge_lora` starts at the base exactly.
   """
   if rank < 1:
-    raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    raise InputError(f"LoRA rank must be >= 1, got {rank}")
   unknown = [t for t in targets if t not in LORA_TARGETS]
   if unknown or not targets:
-    raise ValueError(f"LoRA targets must be a non-empty subset of {', '.join(LORA_TARGETS)}, got {targets}")
+    raise InputError(f"LoRA targets must be a non-empty subset of {', '.join(LORA_TARGETS)}, got {targets}")
   layers = params["layers"]
   if isinstance(layers, (list, tuple)):
     raise ValueError("init_lora needs params with stacked layers (jaxscape.convert.stack_layers)")
@@ -480,7 +488,7 @@ def train(trainable: PyTree, cfg: model_lib.ModelConfig, examples: list[Example]
   if not examples:
     raise ValueError("train needs at least one example")
   if checkpoint_every < 0 or keep_checkpoints < 1:
-    raise ValueError(f"need checkpoint_every >= 0 and keep_checkpoints >= 1, got {checkpoint_every}, "
+    raise InputError(f"need checkpoint_every >= 0 and keep_checkpoints >= 1, got {checkpoint_every}, "
                      f"{keep_checkpoints}")
   optimizer = make_optimizer(tc)
   step_fn = _cached_train_step(cfg, tc, merge_fn)
@@ -627,7 +635,7 @@ def _check_fingerprint(saved: dict, now: dict, checkpoint_dir: str) -> None:
   diff = _fingerprint_diff(saved, now)
   if diff:
     more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
-    raise ValueError(f"{checkpoint_dir} holds the training state of a different run: {'; '.join(diff[:3])}{more}. "
+    raise InputError(f"{checkpoint_dir} holds the training state of a different run: {'; '.join(diff[:3])}{more}. "
                      "Resume with the same settings and data, or start over without it")
 
 
@@ -647,7 +655,7 @@ def _prepare_out_dir(out_dir: str, *, resume: bool, overwrite: bool) -> None:
   if not os.path.exists(out_dir):
     return
   if not os.path.isdir(out_dir):
-    raise ValueError(f"output path {out_dir} exists and is not a directory")
+    raise InputError(f"output path {out_dir} exists and is not a directory")
   entries = set(os.listdir(out_dir))
   interrupted = TRAIN_STATE_DIR in entries and INFO_FILE not in entries
   if interrupted and resume:
@@ -656,7 +664,7 @@ def _prepare_out_dir(out_dir: str, *, resume: bool, overwrite: bool) -> None:
     what = ("the training state of an interrupted run (resume it, or pass overwrite=True / --overwrite with "
             "resume off to start over)" if interrupted else
             "earlier results (pass overwrite=True / --overwrite to replace them)")
-    raise ValueError(f"output dir {out_dir} is not empty: it holds {what}")
+    raise InputError(f"output dir {out_dir} is not empty: it holds {what}")
   # Overwriting: drop what the new export would not replace but a loader would read instead
   # (an orbax copy, a shard index) or take for a finished run.
   for name in (TRAIN_STATE_DIR, INFO_FILE, convert.ORBAX_DIR, convert.SAFETENSORS_INDEX):
@@ -708,15 +716,15 @@ def run_finetune(model: Any, records: list[dict], tc: TrainConfig, *, out_dir: s
   out_dir = os.path.abspath(out_dir)
   source = model if isinstance(model, str) else model.path
   if source and os.path.realpath(source) == os.path.realpath(out_dir):
-    raise ValueError(f"output dir {out_dir} is the model dir; write the finetuned model elsewhere")
+    raise InputError(f"output dir {out_dir} is the model dir; write the finetuned model elsewhere")
   _prepare_out_dir(out_dir, resume=resume, overwrite=overwrite)
   if isinstance(model, str):
     model = convert.load_model(model)
   cfg, tok = model.cfg, model.tokenizer
   if getattr(tok, "chat_template", None) is None:
-    raise ValueError(f"{source}: the tokenizer has no chat template, so chat records cannot be rendered")
+    raise InputError(f"{source}: the tokenizer has no chat template, so chat records cannot be rendered")
   if tc.max_length > cfg.max_position_embeddings:
-    raise ValueError(f"longest bucket {tc.max_length} exceeds the model's context window "
+    raise InputError(f"longest bucket {tc.max_length} exceeds the model's context window "
                      f"{cfg.max_position_embeddings}")
   examples = encode_chats(tok, records, max_length=tc.max_length)
   lora = None

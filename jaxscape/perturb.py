@@ -22,6 +22,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from jaxscape.errors import InputError
+
 PyTree = Any
 
 
@@ -81,7 +83,7 @@ def at_point(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, *, strateg
     return materialize(params, stacked_dirs, coeffs)
   if strategy == "factored":
     return factored(params, stacked_dirs, coeffs)
-  raise ValueError(f"unknown strategy {strategy!r}; expected 'materialize' or 'factored'")
+  raise InputError(f"unknown strategy {strategy!r}; expected 'materialize' or 'factored'")
 
 
 def layer_slice(layers: PyTree, i: jax.Array) -> PyTree:

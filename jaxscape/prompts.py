@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxscape.errors import InputError
+
 LLAMA2_SYS = (
     "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, "
     "while being safe. Your answers should not include any harmful, unethical, racist, sexist, "
@@ -42,7 +44,7 @@ PROMPT_FORMATS = ("chat", "raw") + STRING_TEMPLATES
 def format_with_template(prompt: str, template: str) -> str:
   """One user turn in the reference's string template ``template`` (no BOS: the tokenizer adds it)."""
   if template not in STRING_TEMPLATES:
-    raise ValueError(f"unknown prompt template {template!r}; expected one of {', '.join(STRING_TEMPLATES)}")
+    raise InputError(f"unknown prompt template {template!r}; expected one of {', '.join(STRING_TEMPLATES)}")
   p = prompt.strip()
   family, sys_name = template.split("-", 1)
   sys_text = SYSTEM_PROMPTS[family][sys_name]
@@ -70,19 +72,25 @@ def render(prompts: list[str], tokenizer, *, prompt_format: str = "chat",
   """
   if prompt_format == "chat":
     if not getattr(tokenizer, "chat_template", None):
-      raise ValueError("--prompt_format=chat needs a tokenizer with a chat template; this one has none "
+      raise InputError("--prompt_format=chat needs a tokenizer with a chat template; this one has none "
                        f"(use raw or one of {', '.join(STRING_TEMPLATES)})")
+    import jinja2  # noqa: PLC0415 - light; transformers has imported it already
     texts = []
-    for p in prompts:
+    for i, p in enumerate(prompts):
       msgs = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
       msgs.append({"role": "user", "content": p.strip()})
-      texts.append(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+      try:
+        texts.append(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+      except jinja2.TemplateError as e:  # the template's raise_exception, e.g. no system role
+        hint = "drop --system_prompt or " if system_prompt is not None else ""
+        raise InputError(f"prompt {i}: the tokenizer's chat template refuses it ({e}); {hint}use "
+                         "--prompt_format=raw or a string template") from None
     return texts, False  # the template holds BOS itself
   if prompt_format == "raw":
     return list(prompts), True
   if prompt_format in STRING_TEMPLATES:
     return [format_with_template(p, prompt_format) for p in prompts], True
-  raise ValueError(f"unknown prompt_format {prompt_format!r}; expected one of {', '.join(PROMPT_FORMATS)}")
+  raise InputError(f"unknown prompt_format {prompt_format!r}; expected one of {', '.join(PROMPT_FORMATS)}")
 
 
 def load_prompt_file(path: str, samples: int | None = None) -> list[str]:
@@ -92,7 +100,7 @@ def load_prompt_file(path: str, samples: int | None = None) -> list[str]:
     samples: keep the first N prompts in file order (None or 0: all).
   """
   if not os.path.isfile(path):
-    raise ValueError(f"prompt file {path} does not exist")
+    raise InputError(f"prompt file {path} does not exist")
   try:
     with open(path, encoding="utf-8", newline="") as f:
       if path.endswith(".jsonl"):
@@ -104,20 +112,20 @@ def load_prompt_file(path: str, samples: int | None = None) -> list[str]:
             record = json.loads(line)
             prompts.append(record["prompt"])
           except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{path}:{n}: expected a JSON object with a \"prompt\" field") from None
+            raise InputError(f"{path}:{n}: expected a JSON object with a \"prompt\" field") from None
           if not isinstance(prompts[-1], str):
-            raise ValueError(f"{path}:{n}: \"prompt\" must be a string")
+            raise InputError(f"{path}:{n}: \"prompt\" must be a string")
       else:
         rows = list(csv.reader(f))[1:]
         prompts = [r[0] for r in rows if r and r[0].strip()]
   except UnicodeDecodeError:
-    raise ValueError(f"{path}: not UTF-8 text") from None
+    raise InputError(f"{path}: not UTF-8 text") from None
   except csv.Error as e:
-    raise ValueError(f"{path}: malformed CSV ({e})") from None
+    raise InputError(f"{path}: malformed CSV ({e})") from None
   if not prompts:
-    raise ValueError(f"prompt file {path} holds no prompts")
+    raise InputError(f"prompt file {path} holds no prompts")
   if samples is not None and samples < 0:
-    raise ValueError(f"samples must be >= 0, got {samples}")
+    raise InputError(f"samples must be >= 0, got {samples}")
   return prompts[:samples] if samples else prompts
 
 
@@ -141,14 +149,14 @@ def tokenize(texts: list[str], tokenizer, *, add_special_tokens: bool, pad_id: i
 
   Args:
     max_length: longest allowed prompt (e.g. context window minus new tokens); a longer
-      one raises ValueError, or with ``truncate`` keeps its last ``max_length`` tokens.
+      one raises InputError, or with ``truncate`` keeps its last ``max_length`` tokens.
   """
   ids = [tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
   if max_length is not None:
     too_long = [i for i, x in enumerate(ids) if len(x) > max_length]
     if too_long and not truncate:
       i = too_long[0]
-      raise ValueError(f"prompt {i} has {len(ids[i])} tokens, more than the {max_length} that fit the "
+      raise InputError(f"prompt {i} has {len(ids[i])} tokens, more than the {max_length} that fit the "
                        f"context window ({len(too_long)} such prompt(s); use --truncate_prompts)")
     if too_long:
       logging.getLogger("jaxscape").warning(
@@ -248,8 +256,11 @@ def builtin_path(name: str) -> str:
   from importlib import resources
   path = str(resources.files("jaxscape") / "data" / f"{name}.jsonl")
   if not os.path.isfile(path):
-    available = sorted(f[:-6] for f in os.listdir(os.path.dirname(path)) if f.endswith(".jsonl"))
-    raise ValueError(f"no built-in set {name!r}; available: {', '.join(available)}")
+    root = str(resources.files("jaxscape") / "data")
+    # Relative to the data dir, subdirs included (align/..., finetune/...): a bad subdir is named too.
+    available = sorted(os.path.relpath(os.path.join(d, f), root)[:-6] for d, _, files in os.walk(root)
+                       for f in files if f.endswith(".jsonl"))
+    raise InputError(f"no built-in set {name!r}; available: {', '.join(available)}")
   return path
 
 
@@ -261,25 +272,28 @@ def resolve(source: str) -> str:
 def load_prompts(source: str, samples: int | None = None) -> list[str]:
   """Prompts from ``builtin:NAME`` or a CSV/JSONL file (see :func:`load_prompt_file`)."""
   if not source:
-    raise ValueError("no prompt file given (--prompts)")
+    raise InputError("no prompt file given (--prompts)")
   return load_prompt_file(resolve(source), samples)
 
 
 def load_jsonl(source: str) -> list[dict]:
-  """Records of a JSONL file or ``builtin:NAME``; ValueError naming the bad line."""
+  """Records of a JSONL file or ``builtin:NAME``; InputError naming the bad line."""
   path = resolve(source)
   if not os.path.isfile(path):
-    raise ValueError(f"file {path} does not exist")
+    raise InputError(f"file {path} does not exist")
   records = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          records.append(json.loads(line))
-        except json.JSONDecodeError:
-          raise ValueError(f"{path}:{n}: not valid JSON") from None
+  try:
+    with open(path, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        if line.strip():
+          try:
+            records.append(json.loads(line))
+          except json.JSONDecodeError:
+            raise InputError(f"{path}:{n}: not valid JSON") from None
+  except UnicodeDecodeError:
+    raise InputError(f"{path}: not UTF-8 text") from None
   if not records:
-    raise ValueError(f"{path} holds no records")
+    raise InputError(f"{path} holds no records")
   return records
 
 
@@ -291,7 +305,7 @@ def load_choice_set(source: str, samples: int | None = None) -> list[dict]:
           and isinstance(item.get("options"), list) and len(item["options"]) == 4
           and item.get("answer") in ("A", "B", "C", "D"))
     if not ok:
-      raise ValueError(f"{source}: item {n} must have question, 4 options and answer A-D")
+      raise InputError(f"{source}: item {n} must have question, 4 options and answer A-D")
   return items[:samples] if samples else items
 
 

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxscape.errors import InputError
+
 PyTree = Any
 POINTS = "points"
 MODEL = "model"
@@ -95,16 +97,16 @@ def parse_mesh(text: str | None, n_devices: int | None = None) -> dict[str, int]
   for part in text.split(","):
     m = re.fullmatch(r"\s*(points|model)\s*:\s*(-?\d+)\s*", part)
     if not m:
-      raise ValueError(f"--mesh={text!r}: expected e.g. points:4,model:2")
+      raise InputError(f"--mesh={text!r}: expected e.g. points:4,model:2")
     sizes[m.group(1)] = int(m.group(2))
   free = [k for k, v in sizes.items() if v == -1]
   if len(free) > 1 or any(v == 0 or v < -1 for v in sizes.values()):
-    raise ValueError(f"--mesh={text!r}: sizes must be positive (one may be -1)")
+    raise InputError(f"--mesh={text!r}: sizes must be positive (one may be -1)")
   if free:
     other = sizes[MODEL if free[0] == POINTS else POINTS]
     sizes[free[0]] = n // other
   if sizes[POINTS] * sizes[MODEL] != n:
-    raise ValueError(f"--mesh={text!r} needs {sizes[POINTS] * sizes[MODEL]} devices, {n} are available")
+    raise InputError(f"--mesh={text!r} needs {sizes[POINTS] * sizes[MODEL]} devices, {n} are available")
   return sizes
 
 

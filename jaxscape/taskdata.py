@@ -34,6 +34,7 @@ import sys
 from typing import Any
 
 from jaxscape import metrics, toydata
+from jaxscape.errors import InputError
 
 DEFAULT_SEED = toydata.DEFAULT_SEED
 TASKS = ("summarize", "translate", "classify", "code")
@@ -357,7 +358,7 @@ def write_sets(out_dir: str | None = None, seed: int = DEFAULT_SEED) -> dict[str
 def load_set(name: str) -> list[dict]:
   """Records of the shipped set ``NAME`` (same as ``toydata.load_builtin("finetune/NAME")``)."""
   if name not in SET_NAMES:
-    raise ValueError(f"no finetuning set {name!r}; expected one of {', '.join(SET_NAMES)}")
+    raise InputError(f"no finetuning set {name!r}; expected one of {', '.join(SET_NAMES)}")
   return toydata.load_builtin(f"finetune/{name}")
 
 
@@ -506,7 +507,7 @@ def check_task(record: dict, generation: str) -> bool:
 def task_checks(task: str, records: list[dict], generations: list[str]) -> list[bool]:
   """Per-record correctness of ``generations`` for ``task`` (one of :data:`TASKS`)."""
   if task not in TASKS:
-    raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    raise InputError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
   if len(records) != len(generations) or not records:
     raise ValueError(f"need as many generations as records (>0), got {len(generations)} and {len(records)}")
   if task == "code":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+from jaxscape.errors import InputError
 from jaxscape.toydata import DEFAULT_SYSTEM_PROMPT
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
@@ -56,7 +57,7 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 2048,
   from transformers import PreTrainedTokenizerFast
 
   if vocab_size < 256 + len(SPECIAL_TOKENS):
-    raise ValueError(f"vocab_size must be >= {256 + len(SPECIAL_TOKENS)} (bytes + specials), got {vocab_size}")
+    raise InputError(f"vocab_size must be >= {256 + len(SPECIAL_TOKENS)} (bytes + specials), got {vocab_size}")
   tok = Tokenizer(models.BPE(unk_token=UNK))
   tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                pre_tokenizers.ByteLevel(add_prefix_space=False)])

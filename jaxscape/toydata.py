@@ -36,6 +36,7 @@ from jaxscape import metrics
 from jaxscape import model as model_lib
 from jaxscape import prompts as prompts_lib
 from jaxscape import score as score_lib
+from jaxscape.errors import InputError
 
 DEFAULT_SEED = 0
 # The toy model's default system prompt (written into its chat template, see jaxscape.tokenizer).
@@ -605,9 +606,9 @@ def toy_model_config(*, vocab_size: int = 2048, hidden_size: int = 128, num_laye
   for name, v in (("vocab_size", vocab_size), ("num_heads", num_heads), ("num_kv_heads", num_kv_heads),
                   ("intermediate_size", intermediate_size)):
     if v <= 0 or v % 8:
-      raise ValueError(f"{name} must be a positive multiple of 8 (so it splits over devices), got {v}")
+      raise InputError(f"{name} must be a positive multiple of 8 (so it splits over devices), got {v}")
   if hidden_size % num_heads:
-    raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
+    raise InputError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
   return model_lib.ModelConfig(
       model_type="llama", vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
       num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=hidden_size // num_heads,
