@@ -2,8 +2,9 @@
 
 Library code raises :class:`InputError` wherever it rejects what a user gave it (a flag value,
 a file's contents, an incompatible results dir). Entry points (``experiments.common.run``) turn
-exactly these, and file-not-found / permission / is-a-directory errors on user paths, into one
-``error:`` line with exit code 2; any other exception is a bug and shows its traceback.
+exactly these, file-not-found / permission / (not-)a-directory errors on user paths and a full or
+read-only disk, into one ``error:`` line with exit code 2; any other exception is a bug and shows
+its traceback.
 """
 
 
