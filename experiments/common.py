@@ -28,10 +28,6 @@ import threading
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# No download/loading progress bars (transformers and huggingface_hub read this when imported, so
-# transformers need not be imported here just to turn them off).
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from absl import app, flags, logging  # noqa: E402
 
@@ -147,8 +143,8 @@ def define_prompt_flags(default_prompts: str | None = None) -> None:
 
 def define_judge_flags(default_judge: str | None = "keyword") -> None:
   """Flags that pick a classifier judge (``jaxscape.judge``) and how it is asked."""
-  flags.DEFINE_string("judge", default_judge, "keyword (the refusal keywords only) or the path of a judge "
-                      "checkpoint (HF or converted dir of the Llama family)")
+  flags.DEFINE_string("judge", default_judge, "keyword (the refusal keywords only), the path of a judge "
+                      "checkpoint (HF or converted dir of the Llama family) or its hub id org/name[@revision]")
   flags.DEFINE_string("judge_format", None, "how the judge is asked: llama-guard, harmbench (HarmBench's prompt "
                       "for the judge's family), harmbench-llama2, harmbench-mistral or yes-no")
   flags.DEFINE_string("judge_template", None, "yes-no: the question, with {request} and {response} "

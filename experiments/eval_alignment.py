@@ -10,7 +10,8 @@ from absl import flags
 
 from experiments import common
 
-flags.DEFINE_string("model", common.DEFAULT_MODEL, "HF dir, converted dir or GGUF file")
+flags.DEFINE_string("model", common.DEFAULT_MODEL, "HF dir, converted dir, GGUF file or hub id "
+                    "org/name[@revision]")
 flags.DEFINE_integer("max_new_tokens", 64, "greedy tokens per prompt")
 flags.DEFINE_string("system_prompt", None, "system message (default: the chat template's own)")
 flags.DEFINE_string("out", None, "write the scores and generations here (JSON)")

@@ -14,7 +14,8 @@ from absl import flags
 
 from experiments import common
 
-flags.DEFINE_string("model", common.DEFAULT_MODEL, "HF checkpoint dir or converted dir to finetune")
+flags.DEFINE_string("model", common.DEFAULT_MODEL, "HF checkpoint dir, converted dir or hub id "
+                    "org/name[@revision] to finetune")
 flags.DEFINE_string("data", None, "chat JSONL file or builtin:NAME")
 flags.DEFINE_string("out", None, "output checkpoint dir (must be new or empty, unless --overwrite)")
 flags.DEFINE_bool("overwrite", False, "replace the model files of an earlier run in --out")

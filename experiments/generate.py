@@ -12,7 +12,8 @@ from absl import flags
 from experiments import common
 
 common.define_prompt_flags()
-flags.DEFINE_string("model", common.DEFAULT_MODEL, "HF checkpoint dir or converted dir")
+flags.DEFINE_string("model", common.DEFAULT_MODEL, "HF checkpoint dir, converted dir, GGUF file or hub id "
+                    "org/name[@revision]")
 flags.DEFINE_string("out", None, "output JSONL")
 flags.DEFINE_integer("batch_size", 64, "prompts per decoding batch")
 FLAGS = flags.FLAGS

@@ -14,7 +14,8 @@ from absl import flags
 
 from experiments import common
 
-flags.DEFINE_string("model", common.DEFAULT_MODEL, "aligned model (HF checkpoint dir)")
+flags.DEFINE_string("model", common.DEFAULT_MODEL, "aligned model (HF checkpoint dir or hub id "
+                    "org/name[@revision])")
 flags.DEFINE_string("out", None, "results directory (finished runs inside are reused)")
 flags.DEFINE_list("runs", None, "run names (default: all): task:T, task:T+safety, harmful:K, harmful_mixed:K")
 flags.DEFINE_integer("steps", 300, "finetuning steps per benign-task run")

@@ -17,7 +17,8 @@ from experiments import common  # noqa: E402
 
 common.define_prompt_flags(default_prompts="builtin:harmful_test")
 common.define_judge_flags()
-flags.DEFINE_string("model", common.DEFAULT_MODEL, "model a: HF checkpoint dir or converted dir")
+flags.DEFINE_string("model", common.DEFAULT_MODEL, "model a: HF checkpoint dir, converted dir, GGUF file or "
+                    "hub id org/name[@revision] (also for --model_b, --model_c)")
 flags.DEFINE_string("model_b", None, "model b (interpolation kinds)")
 flags.DEFINE_string("model_c", None, "model c (2d_interpolation)")
 flags.DEFINE_enum("kind", "1d_random", ["1d_random", "2d_random", "1d_interpolation", "2d_interpolation",

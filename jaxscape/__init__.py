@@ -38,9 +38,9 @@ _LAZY = {
     "StudySpec": "study", "run_study": "study",
 }
 _SUBMODULES = ("aligndata", "checkpoint", "compilation_cache", "convert", "decode", "directions", "errors", "findings",
-               "finetune", "gguf_io", "htmlreport", "judge", "landscape", "metrics", "model", "perturb", "plan", "plot",
-               "prompts", "report", "results", "scan", "score", "sharding", "study", "taskdata", "testing", "tokenizer",
-               "toydata")
+               "finetune", "gguf_io", "htmlreport", "hub", "judge", "landscape", "metrics", "model", "perturb", "plan",
+               "plot", "prompts", "report", "results", "scan", "score", "sharding", "study", "taskdata", "testing",
+               "tokenizer", "toydata")
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

@@ -443,10 +443,13 @@ def is_converted_dir(model_dir: str) -> bool:
 
 def load_model(model_dir: str, *, compute_dtype: str = "float32") -> Model:
   """Load a model with its tokenizer: an HF checkpoint dir, a converted dir (orbax ``params/``),
-  or a GGUF file (a ``.gguf`` path, a dir holding exactly one, or ``package:NAME``; see
-  ``jaxscape.gguf_io``), dequantized to float32."""
-  from jaxscape import gguf_io  # noqa: PLC0415 - light; keeps this module's import list HF-only
+  a GGUF file (a ``.gguf`` path, a dir holding exactly one, or ``package:NAME``; see
+  ``jaxscape.gguf_io``), dequantized to float32, or a hub id ``org/name[@revision]`` (its
+  snapshot in the hub cache, downloaded if missing; see ``jaxscape.hub``). ``Model.path`` is
+  the local path loaded."""
+  from jaxscape import gguf_io, hub  # noqa: PLC0415 - light; keeps this module's import list HF-only
 
+  model_dir = hub.resolve(model_dir)  # an existing local path is returned as it is
   gguf_file = gguf_io.find_file(model_dir)
   if gguf_file is not None:
     return _load_gguf(gguf_file, compute_dtype=compute_dtype)

@@ -682,7 +682,7 @@ def run_finetune(model: Any, records: list[dict], tc: TrainConfig, *, out_dir: s
                  eval_every: int = 0, progress: bool = True, extra_info: dict | None = None) -> dict:
   """Finetune a model on chat records (full or LoRA) and write it as an HF checkpoint dir.
 
-  Loads the model (a dir path, or a :class:`jaxscape.convert.Model`), encodes the chats with
+  Loads the model (a dir path or hub id, or a :class:`jaxscape.convert.Model`), encodes the chats with
   its chat template (assistant-only loss), trains (:func:`train`), and writes ``out_dir``:
   ``config.json``, ``model.safetensors``, tokenizer files, ``generation_config.json`` (the
   source's EOS ids), with ``orbax_copy`` the params under ``params/``, and last
@@ -710,12 +710,13 @@ def run_finetune(model: Any, records: list[dict], tc: TrainConfig, *, out_dir: s
       dir, a model without a chat template, buckets beyond the context window, bad records,
       or an incompatible saved training state.
   """
-  from jaxscape import convert
+  from jaxscape import convert, hub
 
   t0 = time.perf_counter()
   out_dir = os.path.abspath(out_dir)
   source = model if isinstance(model, str) else model.path
-  if source and os.path.realpath(source) == os.path.realpath(out_dir):
+  # A hub id is no local path (it loads from the hub cache); checked before anything is downloaded.
+  if source and not hub.is_hub_id(source) and os.path.realpath(source) == os.path.realpath(out_dir):
     raise InputError(f"output dir {out_dir} is the model dir; write the finetuned model elsewhere")
   _prepare_out_dir(out_dir, resume=resume, overwrite=overwrite)
   if isinstance(model, str):

@@ -234,8 +234,10 @@ class Judge:
 
 
 def default_name(model_dir: str, fmt: str) -> str:
-  """``<basename of the judge dir>:<format>``, e.g. ``Llama-Guard-3-8B:llama-guard``."""
-  return f"{os.path.basename(os.path.normpath(model_dir))}:{fmt}"
+  """``<basename of the judge dir>:<format>``, e.g. ``Llama-Guard-3-8B:llama-guard``; for a hub
+  snapshot dir (named by its commit) the repo's name."""
+  from jaxscape import hub
+  return f"{os.path.basename(hub.snapshot_repo(model_dir) or os.path.normpath(model_dir))}:{fmt}"
 
 
 def make_judge(model, spec: JudgeSpec, *, name: str | None = None) -> Judge:
@@ -270,12 +272,16 @@ def make_judge(model, spec: JudgeSpec, *, name: str | None = None) -> Judge:
 
 
 def load_judge(model_dir: str, spec: JudgeSpec, *, name: str | None = None, compute_dtype: str = "float32") -> Judge:
-  """``jaxscape.load_model(model_dir)`` as a judge (:func:`make_judge`); an unsupported family is a ValueError."""
+  """``jaxscape.load_model(model_dir)`` as a judge (:func:`make_judge`); an unsupported family is a ValueError.
+
+  ``model_dir`` may be a hub id ``org/name[@revision]`` (``jaxscape.hub``).
+  """
   from jaxscape import convert
+  from jaxscape.errors import InputError
   try:
     model = convert.load_model(model_dir, compute_dtype=compute_dtype)
-  except ValueError as e:
-    raise ValueError(f"judge checkpoint: {e}") from None
+  except ValueError as e:  # InputError keeps it one error line in the entry points
+    raise InputError(f"judge checkpoint: {e}") from None
   return make_judge(model, spec, name=name)
 
 

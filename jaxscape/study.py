@@ -350,7 +350,7 @@ def _check_compatible(out_dir: str, model_dir: str, params: Any, spec: StudySpec
   """
   import jax
 
-  from jaxscape import convert, results
+  from jaxscape import convert, hub, results
   def plain(d):  # tuples as JSON writes them
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()
             if k not in ("runs", "attack_run", "attack_from", "attack_steps")}
@@ -360,7 +360,9 @@ def _check_compatible(out_dir: str, model_dir: str, params: Any, spec: StudySpec
   # Fingerprinted per layer (the former layout): study dirs written before layers were stacked
   # keep their fingerprint. Host views, so no slicing program is compiled.
   per_layer = convert.unstack_layers(jax.tree.map(np.asarray, params))
-  want = {"model": os.path.abspath(model_dir), "model_weights": results.fingerprint_tree(per_layer),
+  # A hub id as given (the same whatever the working dir); a local dir as its absolute path.
+  model = model_dir if hub.is_hub_id(model_dir) else os.path.abspath(model_dir)
+  want = {"model": model, "model_weights": results.fingerprint_tree(per_layer),
           "settings": settings}
   path = os.path.join(out_dir, "study.json")
   if os.path.isfile(path):
@@ -381,7 +383,8 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
   """Run every finetune and measurement of ``spec``; write ``out_dir``; return ``{"rows", "findings", ...}``.
 
   Args:
-    model_dir: the aligned model (HF checkpoint dir, e.g. ``checkpoints/toy-chat``).
+    model_dir: the aligned model (HF checkpoint dir, e.g. ``checkpoints/toy-chat``, or a hub id
+      ``org/name[@revision]``, see ``jaxscape.hub``).
     spec: what to run.
     out_dir: results (created; finished runs inside it are reused).
     log: one line per finished step (default ``print``).
