@@ -461,7 +461,7 @@ def render_scan(results_dir: str) -> str:
 
 def render_study(results_dir: str) -> str:
   """The HTML page of a study dir (table.json): its table, findings, plots and landscape links."""
-  from jaxscape.study import slug
+  from jaxscape import results
   table = _read_json(os.path.join(results_dir, TABLE))
   rows = table.get("rows") or []
   from jaxscape import toydata
@@ -491,7 +491,7 @@ def render_study(results_dir: str) -> str:
     if interp.get("coords"):
       xs = [c[0] if isinstance(c, list) else c for c in interp["coords"]]
       at_b = interp["asr"][min(range(len(xs)), key=lambda i: abs(xs[i] - 1.0))]
-    run_dir = os.path.join(results_dir, "runs", slug(str(r.get("run"))))
+    run_dir = os.path.join(results_dir, "runs", results.slug(str(r.get("run"))))
     links = [_linked_report(results_dir, os.path.join(run_dir, sub), label)
              for sub, label in (("random_1d", "random 1-D"), ("interp_1d", "interpolation 1-D"))]
     cells += [num(r.get("visage")), num(at_b), "<td>" + " · ".join(x for x in links if x) + "</td>"]

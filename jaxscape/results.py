@@ -133,3 +133,8 @@ def load_points(out_dir: str, *, clean: bool = False) -> dict[int, dict]:
     for pid, rec in zip(data["point_ids"], data["points"]):
       done[int(pid)] = rec
   return done
+
+
+def slug(run: str) -> str:
+  """A file-system name for a study run ("task:code+safety" -> "task_code+safety")."""
+  return run.replace(":", "_")

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxscape import taskdata, toydata
+from jaxscape import results, taskdata, toydata
 
 DEFAULT_RUNS = (tuple(f"task:{t}" for t in taskdata.TASKS) + tuple(f"task:{t}+safety" for t in taskdata.TASKS)
                 + tuple(f"harmful:{k}" for k in taskdata.FEW_SHOT_SIZES)
@@ -175,11 +175,6 @@ def validation_records(run: str, n: int) -> list[dict]:
   return [{"prompt": r["messages"][0]["content"], **r} for r in taskdata.load_set(f"{task}_train")[-n:]]
 
 
-def slug(run: str) -> str:
-  """A file-system name for a run ("task:code+safety" -> "task_code+safety")."""
-  return run.replace(":", "_")
-
-
 def _landscape(model, spec: StudySpec, kind: str, out_dir: str, *, model_b=None, steps: int,
                multiplier: float = 1.0, extra_steps: int = 0, progress: bool) -> dict:
   from jaxscape import landscape
@@ -290,10 +285,10 @@ def _attack(start: str, base, spec: StudySpec, tc, out_dir: str, rows: dict, *, 
     per_seed = r.get("framed_asr_per_seed") or {str(spec.seed): r["framed_asr"]}
     return {"start": start, "run": spec.attack_run, "framed_asr_per_seed": per_seed, "framed_asr": _mean_of(per_seed),
             "reused": spec.attack_run}
-  model = base if start == BASE else convert.load_model(os.path.join(out_dir, "runs", slug(start), "model"))
+  model = base if start == BASE else convert.load_model(os.path.join(out_dir, "runs", results.slug(start), "model"))
   per_seed = {}
   for seed in range(spec.seed, spec.seed + spec.harmful_seeds):
-    model_dir = os.path.join(out_dir, "attacks", f"{slug(start)}_seed{seed}")
+    model_dir = os.path.join(out_dir, "attacks", f"{results.slug(start)}_seed{seed}")
     _, _, tuned = _finetune(model, spec.attack_run, spec, tc, model_dir, seed=seed, progress=progress)
     ev = taskdata.evaluate_tasks(tuned, samples=spec.eval_samples, max_new_tokens=spec.max_new_tokens,
                                  task_metrics=False)
@@ -401,7 +396,7 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
                                       spec.harmful_learning_rate))}
   rows = {}
   for name in (BASE,) + spec.runs:
-    run_dir = os.path.join(out_dir, "runs", slug(name))
+    run_dir = os.path.join(out_dir, "runs", results.slug(name))
     row_path = os.path.join(run_dir, "row.json")
     if os.path.isfile(row_path):
       with open(row_path, encoding="utf-8") as f:
@@ -434,7 +429,7 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
   surface = None
   if spec.surface_run:
     surf_dir = os.path.join(out_dir, "surface_2d")
-    tuned = convert.load_model(os.path.join(out_dir, "runs", slug(spec.surface_run), "model"))
+    tuned = convert.load_model(os.path.join(out_dir, "runs", results.slug(spec.surface_run), "model"))
     prompts = [r["prompt"] for r in toydata.load_builtin("harmful_test")[:spec.landscape_prompts]]
     ls = landscape.LandscapeSpec(kind="2d_interpolation_random", steps=spec.surface_steps,
                                  multiplier=spec.visage_multiplier, extra_steps=1, seed=spec.direction_seed)
@@ -451,7 +446,7 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
   attack_tc = dataclasses.replace(tcs["harmful"], num_steps=spec.attack_steps or spec.harmful_steps,
                                   warmup_steps=min(spec.warmup_steps, spec.attack_steps or spec.harmful_steps))
   for start in spec.attack_from:
-    path = os.path.join(out_dir, "attacks", f"{slug(start)}.json")
+    path = os.path.join(out_dir, "attacks", f"{results.slug(start)}.json")
     if os.path.isfile(path):
       with open(path, encoding="utf-8") as f:
         stored = json.load(f)
@@ -680,7 +675,6 @@ def table_markdown(table: dict) -> str:
 
 def redraw(out_dir: str) -> list[str]:
   """Rewrite a study dir's ``table.md`` and plots from its ``table.json``; returns the paths written."""
-  from jaxscape import results
   with open(os.path.join(out_dir, "table.json"), encoding="utf-8") as f:
     table = json.load(f)
   table["spec"] = {**dataclasses.asdict(StudySpec()), **(table.get("spec") or {})}  # older tables: defaults
