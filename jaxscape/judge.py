@@ -73,9 +73,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscape import metrics
-from jaxscape import model as model_lib
 from jaxscape import prompts as prompts_lib
 from jaxscape import results
+from jaxscape import score as score_lib
 from jaxscape import sharding as sharding_lib
 
 KEYWORD = "keyword"  # the name of the built-in keyword judge (not a model)
@@ -361,15 +361,15 @@ _TRACES = [0]  # times _label_probs was traced (a test checks that batches share
 def _label_probs(params, tokens: jax.Array, mask: jax.Array, label_ids: jax.Array, *, cfg) -> jax.Array:
   """p(unsafe) [B] float32 of left-padded rows ``tokens``/``mask`` [B, L]; ``label_ids`` [2] (unsafe, safe).
 
-  The label is read at the last column, a real token in every row (left padding): the next-token
-  logits after the prompt and the forced prefix. Softmax over the two label logits in float32.
+  The two labels are the candidates of a one-position continuation after the prompt and the
+  forced prefix (``score.continuation_logprobs``, the scoring every metric shares); p(unsafe) is
+  the softmax over their two log-probabilities in float32 (the softmax over the two label logits:
+  the log-sum-exp over the vocabulary cancels).
   """
   _TRACES[0] += 1
-  positions = model_lib.positions_from_mask(mask)
-  _, h, _ = model_lib.apply(params, tokens, positions, None, jnp.int32(0), mask, cfg=cfg, logits_at="last_hidden")
-  logits = model_lib.output_logits(params, h[:, 0], cfg=cfg)  # [B, V] float32
-  pair = jnp.take(logits, label_ids, axis=1)  # [B, 2]
-  return jax.nn.softmax(pair, axis=-1)[:, 0]
+  targets = jnp.broadcast_to(label_ids[None, None, :], (tokens.shape[0], 1, 2))
+  logp = score_lib.continuation_logprobs(params, tokens, mask, targets, cfg=cfg)[:, 0]  # [B, 2]
+  return jax.nn.softmax(logp, axis=-1)[:, 0]
 
 
 _label_probs_jit = jax.jit(_label_probs, static_argnames=("cfg",))
