@@ -136,6 +136,8 @@ def main(argv):
     return
   if judge is not None:  # on process 0's devices, after the scan wrote its results
     entry = judge_lib.judge_results(FLAGS.out, judge, existing="reuse", progress=True)
+    from jaxscape import views
+    views.write_views(FLAGS.out)  # the judge's store is in: the views again, with it merged
     print(common.judge_line(entry, judge.name))
   t = summary["timings"]
   vis = summary.get("visage")

@@ -35,7 +35,8 @@ _LAZY = {
 }
 _SUBMODULES = ("aligndata", "checkpoint", "compilation_cache", "convert", "decode", "directions", "engine", "findings",
                "finetune", "gguf_io", "htmlreport", "judge", "landscape", "metrics", "model", "perturb", "plot", "prompts",
-               "report", "results", "scan", "sharding", "study", "taskdata", "testing", "tokenizer", "toydata")
+               "report", "results", "scan", "sharding", "study", "taskdata", "testing", "tokenizer", "toydata",
+               "views")
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

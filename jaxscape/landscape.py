@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import json
 import os
 import platform
 import socket
@@ -28,13 +27,13 @@ import numpy as np
 from jaxscape import decode as decode_lib
 from jaxscape import engine as engine_lib
 from jaxscape import directions as directions_lib
-from jaxscape import htmlreport
 from jaxscape import metrics
 from jaxscape import perturb
 from jaxscape import prompts as prompts_lib
 from jaxscape import results
 from jaxscape import scan
 from jaxscape import sharding as sharding_lib
+from jaxscape import views
 
 KINDS = ("1d_random", "2d_random", "1d_interpolation", "2d_interpolation", "2d_interpolation_random")
 
@@ -403,17 +402,20 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   scan.run_slices(step, slices, grid.coeffs, slice_size=P, on_result=on_result, progress=progress and writer)
   scan_s = time.perf_counter() - t0
 
-  summary = _summarize(grid, spec, done, want_safety, want_capability)
+  # The scan's metadata (results.save_scan): what summary.json holds beside the per-point metrics.
+  meta = {**{k: getattr(spec, k) for k in results.SCAN_SPEC_KEYS},
+          "grid": {"coeffs": grid.coeffs.tolist(), "coords": grid.coords, "direction": grid.direction,
+                   "axes": [a.tolist() for a in grid.axes]}, "prompts": list(prompts), "metric": metric}
   lengths, prefix_len = [done[i].get("lengths") for i in todo], 0 if prefix is None else len(prefix)
-  summary["timings"] = {"total_s": None, "load_s": load_s, "directions_s": directions_s, "compile_s": compile_s,
-                        "scan_s": scan_s, "points_computed": len(todo), "points": n_points,
-                        "tokens_generated": int(sum(sum(done[i].get("lengths", [])) for i in todo)),
-                        # rows of the decoding batch x decoding steps run
-                        "decode_row_steps": row_steps[0],
-                        "prompt_tokens": int(full_mask.sum()) * len(todo),
-                        "useful_flops": _useful_flops(cfg, full_mask.sum(1), lengths, prefix_len),
-                        "useful_kv_bytes": _useful_kv_bytes(cfg, full_mask.sum(1), lengths, prefix_len)}
-  summary.update(
+  meta["timings"] = {"total_s": None, "load_s": load_s, "directions_s": directions_s, "compile_s": compile_s,
+                     "scan_s": scan_s, "points_computed": len(todo), "points": n_points,
+                     "tokens_generated": int(sum(sum(done[i].get("lengths", [])) for i in todo)),
+                     # rows of the decoding batch x decoding steps run
+                     "decode_row_steps": row_steps[0],
+                     "prompt_tokens": int(full_mask.sum()) * len(todo),
+                     "useful_flops": _useful_flops(cfg, full_mask.sum(1), lengths, prefix_len),
+                     "useful_kv_bytes": _useful_kv_bytes(cfg, full_mask.sum(1), lengths, prefix_len)}
+  meta.update(
       fingerprints=identity, plan={"strategy": plan.strategy, "slice_size": plan.slice_size, "engine": engine,
                                    **(dataclasses.asdict(espec) if continuous else {})},
       n_prompts=len(texts), max_new_tokens=decode.max_new_tokens, prompt_format=decode.prompt_format,
@@ -425,14 +427,12 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
             # The budget is detected from this machine's free memory, so it lives with the host.
             "memory_plan": {"bytes_per_device": plan.bytes_per_device, "budget": plan.budget,
                             "reason": plan.reason, "compiled_bytes_per_device": compiled_bytes}})
-  summary["mesh"] = dict(mesh.shape)
-  if writer:
-    write_results(out_dir, summary, done, prompts, grid, report=False)
-  summary["timings"]["total_s"] = time.perf_counter() - t_start  # whole process, writing included
-  if writer:
-    results.atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
-    htmlreport.write_report(out_dir)  # after total_s, so the page's timings are complete
-  return summary
+  meta["mesh"] = dict(mesh.shape)
+  meta["timings"]["total_s"] = time.perf_counter() - t_start  # everything but the views (jaxscape.views)
+  if not writer:
+    return views.summarize(meta, done)
+  results.save_scan(out_dir, meta)
+  return views.write_views(out_dir)
 
 
 def _fingerprint(tree) -> str:
@@ -501,72 +501,3 @@ def _useful_kv_bytes(cfg, prompt_lengths: np.ndarray, lengths: list, prefix_len:
     own = prompt_lengths.astype(np.float64) - p  # the row's slots beyond the prefix, before step 1
     total += float((steps * own + steps * (steps + 1) / 2).sum()) + p * float(steps.max(initial=0))
   return slot * total
-
-
-def _summarize(grid: Grid, spec: LandscapeSpec, done: dict, want_safety: bool, want_capability: bool) -> dict:
-  """Per-point metrics in step order, VISAGE, basin."""
-  ids = range(len(grid.coeffs))
-  out: dict[str, Any] = {"kind": spec.kind, "steps": spec.steps, "multiplier": spec.multiplier,
-                         "extra_steps": spec.extra_steps, "seed": spec.seed,
-                         "num_directions": spec.num_directions}
-  n = spec.num_directions
-  K = len(grid.coeffs) // n
-  out["coords"] = grid.coords[:K]
-  out["axes"] = {"x": grid.axes[0].tolist(), "y": grid.axes[1].tolist() if len(grid.axes) > 1 else None}
-  out["nonfinite"] = [bool(done[i].get("nonfinite", False)) for i in ids]
-  out["nonfinite_points"] = [i for i in ids if out["nonfinite"][i]]
-  if want_safety:
-    asr = np.array([done[i]["asr"] for i in ids])
-    shape = (len(grid.axes[0]), len(grid.axes[1])) if len(grid.axes) == 2 else None
-    out.update(metrics.visage_fields(asr, num_directions=n, grid_shape=shape))
-  if want_capability:
-    cap = np.array([done[i]["capability"] for i in ids])
-    out["capability"] = cap.reshape(n, K).tolist() if n > 1 else cap.tolist()
-  return out
-
-
-def write_results(out_dir: str, summary: dict, done: dict, prompts: list[str], grid: Grid, *,
-                  report: bool = True) -> None:
-  """generations.jsonl (step order), arrays.npz, summary.json, landscape.png and report.html.
-
-  Judges stored in ``out_dir/judges`` (``jaxscape.judge``) are merged back into generations.jsonl
-  and ``summary["judges"]`` (in place). ``report=False`` leaves report.html
-  (``htmlreport.write_report``) to the caller, e.g. once the summary's last timings are in.
-  """
-  from jaxscape import judge, plot
-  n = summary["num_directions"]
-  K = len(grid.coeffs) // n
-  lines = []
-  for pid in range(len(grid.coeffs)):
-    rec = done[pid]
-    line = {"step": pid % K, "coords": grid.coords[pid]}
-    if n > 1:
-      line["direction"] = grid.direction[pid]
-    if "asr" in rec:
-      line["asr"] = rec["asr"]
-    if "capability" in rec:
-      line["capability"] = rec["capability"]
-    line["nonfinite"] = rec.get("nonfinite", False)
-    if "generations" in rec:
-      line["output"] = [{"prompt": p, "generation": g} for p, g in zip(prompts, rec["generations"])]
-      for item, cut in zip(line["output"], rec.get("truncated", [])):
-        if cut:
-          item["truncated"] = True  # decoding stopped once a refusal keyword appeared
-    lines.append(line)
-  if all("output" in line for line in lines):
-    judge.merge_stored(out_dir, lines, summary)  # judges scored before a resumed scan rewrote its results
-  results.atomic_write_text(os.path.join(out_dir, "generations.jsonl"), "".join(json.dumps(x) + "\n" for x in lines))
-  arrays = {"coeffs": grid.coeffs, "nonfinite": np.asarray(summary["nonfinite"])}
-  for i, a in enumerate(grid.axes):
-    arrays[f"axis{i}"] = np.asarray(a)
-  for key in ("asr", "capability"):
-    if key in summary:
-      arrays[key] = np.asarray(summary[key], np.float64)
-  import io
-  buf = io.BytesIO()
-  np.savez(buf, **arrays)
-  results.atomic_write_bytes(os.path.join(out_dir, "arrays.npz"), buf.getvalue())
-  results.atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
-  plot.plot_results(out_dir)
-  if report:
-    htmlreport.write_report(out_dir)

@@ -34,11 +34,13 @@ from typing import Any, Callable
 import numpy as np
 
 from jaxscape import results, taskdata, toydata
+from jaxscape.errors import InputError
 
 DEFAULT_RUNS = (tuple(f"task:{t}" for t in taskdata.TASKS) + tuple(f"task:{t}+safety" for t in taskdata.TASKS)
                 + tuple(f"harmful:{k}" for k in taskdata.FEW_SHOT_SIZES)
                 + tuple(f"harmful_mixed:{k}" for k in taskdata.FEW_SHOT_SIZES))
 BASE = "aligned"  # the row of the model before finetuning
+_LANDSCAPES = ("random_1d", "interp_1d")  # a row's landscape dirs under runs/<run>/
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,32 +116,32 @@ class StudySpec:
 
   def __post_init__(self):
     if not self.runs:
-      raise ValueError("the study needs at least one run")
+      raise InputError("the study needs at least one run")
     for r in self.runs:
       run_records(r, check_only=True)
     if len(set(self.runs)) != len(self.runs):
-      raise ValueError(f"runs must be distinct, got {list(self.runs)}")
+      raise InputError(f"runs must be distinct, got {list(self.runs)}")
     if self.surface_run and self.surface_run not in self.runs:
-      raise ValueError(f"surface_run {self.surface_run!r} is not one of the runs")
+      raise InputError(f"surface_run {self.surface_run!r} is not one of the runs")
     for name in ("steps", "harmful_steps", "batch_size", "harmful_batch_size", "eval_samples", "landscape_prompts",
                  "landscape_new_tokens", "max_new_tokens", "visage_steps", "interp_steps", "surface_steps",
                  "harmful_seeds", "task_seeds", "task_check_every", "task_validation"):
       if getattr(self, name) <= 0:
-        raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
     if self.visage_multiplier == 0:
-      raise ValueError("visage_multiplier must be non-zero")
+      raise InputError("visage_multiplier must be non-zero")
     if not 0 <= self.task_target <= 100:
-      raise ValueError(f"task_target is a task metric in % (0: no early stopping), got {self.task_target}")
+      raise InputError(f"task_target is a task metric in % (0: no early stopping), got {self.task_target}")
     if self.attack_from and not self.attack_run.startswith("harmful"):
-      raise ValueError(f"attack_from needs attack_run = a harmful run (harmful:K or harmful_mixed:K), "
+      raise InputError(f"attack_from needs attack_run = a harmful run (harmful:K or harmful_mixed:K), "
                        f"got {self.attack_run!r}")
     if self.attack_run:
       run_records(self.attack_run, check_only=True)
     if self.attack_steps < 0:
-      raise ValueError(f"attack_steps must be >= 0 (0: harmful_steps), got {self.attack_steps}")
+      raise InputError(f"attack_steps must be >= 0 (0: harmful_steps), got {self.attack_steps}")
     for start in self.attack_from:
       if start != BASE and start not in self.runs:
-        raise ValueError(f"attack_from {start!r} is neither {BASE!r} nor one of the runs")
+        raise InputError(f"attack_from {start!r} is neither {BASE!r} nor one of the runs")
 
 
 def run_records(run: str, *, seed: int = 0, check_only: bool = False, validation: int = 0) -> list[dict]:
@@ -152,7 +154,7 @@ def run_records(run: str, *, seed: int = 0, check_only: bool = False, validation
   if kind == "task":
     task, plus, extra = arg.partition("+")
     if task not in taskdata.TASKS or (plus and extra != "safety"):
-      raise ValueError(f"bad run {run!r}: expected task:T or task:T+safety with T in {', '.join(taskdata.TASKS)}")
+      raise InputError(f"bad run {run!r}: expected task:T or task:T+safety with T in {', '.join(taskdata.TASKS)}")
     if check_only:
       return []
     records = taskdata.load_set(f"{task}_train")
@@ -164,9 +166,9 @@ def run_records(run: str, *, seed: int = 0, check_only: bool = False, validation
     return records
   if kind in ("harmful", "harmful_mixed"):
     if arg not in {str(k) for k in taskdata.FEW_SHOT_SIZES}:
-      raise ValueError(f"bad run {run!r}: expected {kind}:K with K in {taskdata.FEW_SHOT_SIZES}")
+      raise InputError(f"bad run {run!r}: expected {kind}:K with K in {taskdata.FEW_SHOT_SIZES}")
     return [] if check_only else taskdata.load_set(f"{kind}_{arg}")
-  raise ValueError(f"unknown run {run!r}; expected task:T, task:T+safety, harmful:K or harmful_mixed:K")
+  raise InputError(f"unknown run {run!r}; expected task:T, task:T+safety, harmful:K or harmful_mixed:K")
 
 
 def validation_records(run: str, n: int) -> list[dict]:
@@ -303,7 +305,8 @@ def judge_row(row: dict, judge, spec: StudySpec, run_dir: str, *, progress: bool
   ``framed_asr``: judged ASR per framing of the row's held-out framed generations (the mean over
   finetuning seeds where the row has several; None for a row written before generations were
   stored); ``visage`` and ``random_1d`` / ``interp_1d`` ``{"asr", "visage"}``: the row's
-  landscape dirs judged with ``jaxscape.judge.judge_results`` (stored scores there are reused).
+  landscape dirs judged with ``jaxscape.judge.judge_results`` (stored scores there are reused;
+  their views are the caller's to rewrite).
   """
   from jaxscape import judge as judge_lib
   records = toydata.framed_requests(toydata.load_builtin("harmful_test")[:spec.eval_samples])
@@ -318,14 +321,23 @@ def judge_row(row: dict, judge, spec: StudySpec, run_dir: str, *, progress: bool
     out["framed_asr"] = {f: float(np.mean([a[f] for a in per_seed.values()])) for f in next(iter(per_seed.values()))}
     if len(per_seed) > 1:
       out["framed_asr_per_seed"] = per_seed
-  for sub in ("random_1d", "interp_1d"):
+  for sub in _LANDSCAPES:
     d = os.path.join(run_dir, sub)
-    if os.path.isfile(os.path.join(d, "generations.jsonl")):
+    if results.has_scan(d):
       entry = judge_lib.judge_results(d, judge, existing="reuse", progress=progress)
       out[sub] = {"asr": entry["asr"], "visage": entry["visage"]}
   out["visage"] = out.get("random_1d", {}).get("visage")
   row.setdefault("judges", {})[judge.name] = out
   return out
+
+
+def _judge_row_and_views(row: dict, judge, spec: StudySpec, run_dir: str, *, progress: bool) -> None:
+  """:func:`judge_row`, then the views of the row's landscape dirs, with the judge merged in."""
+  from jaxscape import views
+  judge_row(row, judge, spec, run_dir, progress=progress)
+  for sub in _LANDSCAPES:
+    if results.has_scan(os.path.join(run_dir, sub)):
+      views.write_views(os.path.join(run_dir, sub))
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -365,7 +377,7 @@ def _check_compatible(out_dir: str, model_dir: str, params: Any, spec: StudySpec
     there = {**defaults, **have.get("settings", {})}
     diff += [f"{k} ({there.get(k)!r} there, {v!r} now)" for k, v in settings.items() if there.get(k) != v]
     if diff:
-      raise ValueError(f"{out_dir} holds a study with other settings: {', '.join(diff)}; use another --out")
+      raise InputError(f"{out_dir} holds a study with other settings: {', '.join(diff)}; use another --out")
     return
   os.makedirs(out_dir, exist_ok=True)
   _write_json(path, want)
@@ -384,7 +396,7 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
       judged VISAGE (:func:`judge_row`; reused rows are judged from their stored generations),
       shown as extra columns of the table. The findings stay keyword-judged.
   """
-  from jaxscape import convert, finetune, landscape
+  from jaxscape import convert, finetune, landscape, views
 
   t_start = time.perf_counter()
   base = convert.load_model(model_dir)
@@ -403,7 +415,7 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
         rows[name] = json.load(f)
       log(f"{name}: reused {row_path}")
       if judge is not None and judge.name not in rows[name].get("judges", {}):
-        judge_row(rows[name], judge, spec, run_dir, progress=progress)
+        _judge_row_and_views(rows[name], judge, spec, run_dir, progress=progress)
         _write_json(row_path, rows[name])
       continue
     os.makedirs(run_dir, exist_ok=True)
@@ -421,7 +433,7 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
         _average_over_seeds(row, name, base, spec, tc, run_dir, progress=progress)
     row["seconds"] = time.perf_counter() - t0
     if judge is not None:
-      judge_row(row, judge, spec, run_dir, progress=progress)
+      _judge_row_and_views(row, judge, spec, run_dir, progress=progress)
     _write_json(row_path, row)
     rows[name] = row
     log(f"{name}: {_row_line(row)} ({row['seconds']:.0f} s)")
@@ -439,6 +451,7 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
     if judge is not None:
       from jaxscape import judge as judge_lib
       entry = judge_lib.judge_results(surf_dir, judge, existing="reuse", progress=progress)
+      views.write_views(surf_dir)
       surface["judges"] = {judge.name: {"visage": entry["visage"]}}
     log(f"2-D interpolation x random ({spec.surface_run}): VISAGE {s['visage']:.1f}")
 
@@ -681,7 +694,7 @@ def redraw(out_dir: str) -> list[str]:
   try:
     md, paths = table_markdown(table), plot_study(table, out_dir)
   except (KeyError, TypeError, IndexError) as e:
-    raise ValueError(f"{out_dir}/table.json is not a study table this version can redraw ({e!r} missing or malformed)")
+    raise InputError(f"{out_dir}/table.json is not a study table this version can redraw ({e!r} missing or malformed)")
   path = os.path.join(out_dir, "table.md")
   results.atomic_write_text(path, md)
   return [path] + paths
