@@ -2,11 +2,12 @@
 
   python -m experiments.judge --results=DIR --judge=PATH --judge_format=yes-no [--overwrite]
 
-Adds the judge's p(unsafe) and label to every generation of DIR/generations.jsonl and its judged
-ASR, VISAGE and agreement with the keyword judge to DIR/summary.json (under the judge's name),
-then redraws the plots. Resumable: an interrupted run continues where it stopped. A dir that
-already holds this judge's scores is refused without --overwrite; other judges' results and the
-keyword results are never touched.
+Stores the judge's scores in DIR/judges/<name>/, then rewrites DIR's views once
+(``jaxscape.views.write_views``): every generation of DIR/generations.jsonl gets the judge's
+p(unsafe) and label, DIR/summary.json its judged ASR, VISAGE and agreement with the keyword judge
+(under the judge's name), and the plots and report.html show it. Resumable: an interrupted run
+continues where it stopped. A dir that already holds this judge's scores is refused without
+--overwrite; other judges' results and the keyword results are never touched.
 """
 
 import time
@@ -31,10 +32,12 @@ def main(argv):
   if FLAGS.judge in (None, "", "keyword"):
     raise common.UserError("--judge=PATH (a judge checkpoint) is required; keyword results are in every results dir")
   from jaxscape import judge as judge_lib
+  from jaxscape import views
   judge_lib.read_generations(FLAGS.results)  # before loading the judge: a dir without generations fails fast
   judge = common.judge_from_flags()
   entry = judge_lib.judge_results(FLAGS.results, judge, existing="overwrite" if FLAGS.overwrite else "refuse",
                                   progress=FLAGS.progress)
+  views.write_views(FLAGS.results)
   print(common.judge_line(entry, judge.name) + f" (whole process {time.perf_counter() - _T_START:.1f}s) -> "
         f"{FLAGS.results}")
 

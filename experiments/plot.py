@@ -1,11 +1,16 @@
-"""Redraw the plots of a results dir from its summary.json, and write its report.html.
+"""Rewrite the views of a results dir: its plots and report.html (a scan's every view, from its stores).
 
   python -m experiments.plot --results=DIR
 
-DIR is a scan's results dir (plots redrawn, report.html written), a study dir (table.json: its
-table.md and plots redrawn too) or a findings dir (findings.json: report.html only); a study's or
-findings dir's report.html comes with the reports of the results dirs it links where they are missing.
+DIR is a scan's results dir (every view rebuilt from its stores by ``jaxscape.views.write_views``:
+generations.jsonl, arrays.npz, summary.json, landscape.png, report.html; a copy of the views alone,
+without points/, gets its plot and report.html redrawn from its summary.json), a study dir
+(table.json: its table.md, plots and report.html) or a findings dir (findings.json: report.html
+only); a study's or findings dir's report.html comes with the reports of the results dirs it links
+where they are missing.
 """
+
+import os
 
 from absl import flags
 
@@ -22,9 +27,15 @@ def main(argv):
   if not FLAGS.results:
     raise common.UserError("--results is required")
   kind = htmlreport.kind_of(FLAGS.results)
-  if kind is None:
+  if kind is None and not os.path.isfile(os.path.join(FLAGS.results, "scan.json")):
     raise common.UserError(f"{FLAGS.results} holds no summary.json, table.json or findings.json")
-  if kind == "scan":
+  if kind in (None, "scan"):
+    from jaxscape import results, views
+    if results.load_points(FLAGS.results):  # the stores: every view, rebuilt from them
+      views.write_views(FLAGS.results)
+      for name in views.VIEW_FILES:
+        print(f"wrote {os.path.join(FLAGS.results, name)}")
+      return
     from jaxscape import plot
     for path in plot.plot_results(FLAGS.results) or []:
       print(f"wrote {path}")

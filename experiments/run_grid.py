@@ -119,7 +119,7 @@ def main(argv):
   options = jaxscape.ScanOptions(metric=FLAGS.metric, strategy=FLAGS.strategy, slice_size=FLAGS.slice_size,
                                  memory_budget=budget, resume=FLAGS.resume, mesh=mesh,
                                  save_directions=FLAGS.save_directions, flags=_flag_values(), t_start=_T_START,
-                                 load_s=load_s)
+                                 load_s=load_s, write_views=judge is None)  # with a judge: once, after it
   summary = jaxscape.run_landscape(model, prompts, spec, out_dir=FLAGS.out, decode=decode, options=options,
                                    model_b=model_b, model_c=model_c, capability_set=capability, directions=dirs)
   import jax
@@ -127,6 +127,8 @@ def main(argv):
     return
   if judge is not None:  # on process 0's devices, after the scan wrote its results
     entry = judge_lib.judge_results(FLAGS.out, judge, existing="reuse", progress=True)
+    from jaxscape import views
+    views.write_views(FLAGS.out)  # the scan's and the judge's stores are in: the views, written once
     print(common.judge_line(entry, judge.name))
   t = summary["timings"]
   vis = summary.get("visage")

@@ -40,7 +40,7 @@ _LAZY = {
 _SUBMODULES = ("aligndata", "checkpoint", "compilation_cache", "convert", "decode", "directions", "errors", "findings",
                "finetune", "gguf_io", "htmlreport", "hub", "judge", "landscape", "metrics", "model", "perturb", "plan",
                "plot", "prompts", "report", "results", "scan", "score", "sharding", "study", "taskdata", "testing",
-               "tokenizer", "toydata")
+               "tokenizer", "toydata", "views")
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from jaxscape import metrics, prompts, results
+from jaxscape.errors import InputError
 
 CONFIG_DIR = "experiments/configs/findings"
 REPRODUCED, PARTLY, NOT = "reproduced", "partly", "not reproduced"
@@ -101,9 +102,9 @@ FINDINGS = (
 def expand_flagfile(path: str, _seen: tuple[str, ...] = ()) -> list[str]:
   """The flags of a flagfile, nested ``--flagfile=`` lines expanded (paths relative to the cwd)."""
   if path in _seen:
-    raise ValueError(f"flagfile {path} includes itself")
+    raise InputError(f"flagfile {path} includes itself")
   if not os.path.isfile(path):
-    raise ValueError(f"flagfile {path} does not exist (run from the repository root)")
+    raise InputError(f"flagfile {path} does not exist (run from the repository root)")
   out = []
   with open(path, encoding="utf-8") as f:
     for line in f:
@@ -129,7 +130,7 @@ def jobs(findings: tuple[Finding, ...] = FINDINGS, config_dir: str = CONFIG_DIR)
       flags = [job.module] + expand_flagfile(os.path.join(config_dir, job.flagfile)) + list(job.extra)
       if job.name in seen:
         if seen[job.name][1] != flags:
-          raise ValueError(f"finding {fnd.number}: job {job.name!r} from {job.flagfile} expands to other flags than "
+          raise InputError(f"finding {fnd.number}: job {job.name!r} from {job.flagfile} expands to other flags than "
                            f"{seen[job.name][0].flagfile}; give it its own name")
         continue
       seen[job.name] = (job, flags)
@@ -177,12 +178,12 @@ def run_jobs(out_dir: str, job_list: list[Job], *, config_dir: str = CONFIG_DIR,
 
 
 def recorded_jobs(out_dir: str, config_dir: str = CONFIG_DIR) -> dict[str, dict]:
-  """The ``job.json`` records of jobs that finished in ``out_dir`` (ValueError naming a missing one)."""
+  """The ``job.json`` records of jobs that finished in ``out_dir`` (InputError naming a missing one)."""
   infos = {}
   for job in jobs(config_dir=config_dir):
     path = os.path.join(out_dir, job.name, "job.json")
     if not os.path.isfile(path):
-      raise ValueError(f"{out_dir} holds no finished job {job.name!r}; run without --evaluate_only first")
+      raise InputError(f"{out_dir} holds no finished job {job.name!r}; run without --evaluate_only first")
     with open(path, encoding="utf-8") as f:
       infos[job.name] = {**json.load(f), "reused": False}
   return infos

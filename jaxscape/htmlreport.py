@@ -19,6 +19,8 @@ import urllib.parse
 from typing import Any
 
 from jaxscape import metrics
+from jaxscape import results
+from jaxscape.errors import InputError
 
 REPORT = "report.html"
 SUMMARY, GENERATIONS, TABLE, FINDINGS = "summary.json", "generations.jsonl", "table.json", "findings.json"
@@ -132,12 +134,11 @@ def write_report(results_dir: str) -> str:
   results dirs they link, where those are missing.
 
   Raises:
-    ValueError: ``results_dir`` holds none of findings.json, table.json, summary.json.
+    InputError: ``results_dir`` holds none of findings.json, table.json, summary.json.
   """
-  from jaxscape import results
   kind = kind_of(results_dir)
   if kind is None:
-    raise ValueError(f"{results_dir} holds no {SUMMARY} (scan), {TABLE} (study) or {FINDINGS} (findings dir)")
+    raise InputError(f"{results_dir} holds no {SUMMARY} (scan), {TABLE} (study) or {FINDINGS} (findings dir)")
   render = {"scan": render_scan, "study": render_study, "findings": render_findings}[kind]
   page = render(results_dir)
   path = os.path.join(results_dir, REPORT)
@@ -150,14 +151,6 @@ def write_report(results_dir: str) -> str:
 
 def _e(x: Any) -> str:
   return html.escape(str(x), quote=True)
-
-
-def _read_json(path: str) -> Any:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"{path}: unreadable ({e})") from None
 
 
 def _inline(text: Any) -> str:
@@ -345,7 +338,7 @@ def _svg_2d(data: dict, summary: dict) -> str:
   ys = axes.get("y") or list(dict.fromkeys(p["coords"][1] for p in pts))
   n1, n2 = len(xs), len(ys)
   if n1 * n2 != len(pts):
-    raise ValueError(f"the {n1}x{n2} grid of summary.json's axes does not match its {len(pts)} points")
+    raise InputError(f"the {n1}x{n2} grid of summary.json's axes does not match its {len(pts)} points")
   cell = max(12, min(44, 620 // max(n1, n2)))
   L, T, B, bar = 62, 12, 50, 70
   W, H = L + n1 * cell + bar, T + n2 * cell + B
@@ -414,7 +407,7 @@ def _point_table(data: dict, summary: dict) -> str:
 
 def render_scan(results_dir: str) -> str:
   """The HTML page of a scan's results dir (summary.json, generations.jsonl)."""
-  summary = _read_json(os.path.join(results_dir, SUMMARY))
+  summary = results.read_json(os.path.join(results_dir, SUMMARY))
   lines = []
   gpath = os.path.join(results_dir, GENERATIONS)
   if os.path.isfile(gpath):
@@ -461,8 +454,7 @@ def render_scan(results_dir: str) -> str:
 
 def render_study(results_dir: str) -> str:
   """The HTML page of a study dir (table.json): its table, findings, plots and landscape links."""
-  from jaxscape.study import slug
-  table = _read_json(os.path.join(results_dir, TABLE))
+  table = results.read_json(os.path.join(results_dir, TABLE))
   rows = table.get("rows") or []
   from jaxscape import toydata
   found = dict.fromkeys(f for r in rows for f in (r.get("framed_asr") or {}))  # JSON sorted them
@@ -491,7 +483,7 @@ def render_study(results_dir: str) -> str:
     if interp.get("coords"):
       xs = [c[0] if isinstance(c, list) else c for c in interp["coords"]]
       at_b = interp["asr"][min(range(len(xs)), key=lambda i: abs(xs[i] - 1.0))]
-    run_dir = os.path.join(results_dir, "runs", slug(str(r.get("run"))))
+    run_dir = os.path.join(results_dir, "runs", results.slug(str(r.get("run"))))
     links = [_linked_report(results_dir, os.path.join(run_dir, sub), label)
              for sub, label in (("random_1d", "random 1-D"), ("interp_1d", "interpolation 1-D"))]
     cells += [num(r.get("visage")), num(at_b), "<td>" + " · ".join(x for x in links if x) + "</td>"]
@@ -519,7 +511,7 @@ def render_study(results_dir: str) -> str:
 
 def render_findings(results_dir: str) -> str:
   """The HTML page of a findings dir (findings.json): each finding's verdict, numbers, plots and results."""
-  doc = _read_json(os.path.join(results_dir, FINDINGS))
+  doc = results.read_json(os.path.join(results_dir, FINDINGS))
   items = doc.get("findings") or []
   toc = "".join(f'<li><a href="#finding-{_e(f.get("id"))}">{_e(f.get("title", f.get("id")))}</a> '
                 f'<span class="badge {_VERDICT_CLASS.get(f.get("verdict"), "")}">{_e(f.get("verdict"))}</span></li>'

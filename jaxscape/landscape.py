@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import json
 import os
 import platform
 import socket
@@ -27,13 +26,13 @@ import numpy as np
 
 from jaxscape import decode as decode_lib
 from jaxscape import directions as directions_lib
-from jaxscape import htmlreport
 from jaxscape import metrics
 from jaxscape import prompts as prompts_lib
 from jaxscape import results
 from jaxscape import scan
 from jaxscape import score
 from jaxscape import sharding as sharding_lib
+from jaxscape import views
 from jaxscape.errors import InputError
 
 KINDS = ("1d_random", "2d_random", "1d_interpolation", "2d_interpolation", "2d_interpolation_random")
@@ -139,6 +138,8 @@ class ScanOptions:
       as their recipes; interpolation ones are model-sized, so only when True).
     flags: the entry point's flags, recorded in summary.json.
     t_start, load_s: process start (``time.perf_counter``) and model load time, for timings.
+    write_views: write the results dir's views (``views.write_views``) at the end; False leaves them
+      to the caller, who writes them once after adding stores of its own (e.g. a judge's scores).
   """
   metric: str = "safety"
   strategy: str = "auto"
@@ -151,6 +152,7 @@ class ScanOptions:
   flags: dict | None = None
   t_start: float | None = None
   load_s: float | None = None
+  write_views: bool = True
 
 
 def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: str, decode: DecodeSpec = DecodeSpec(),
@@ -215,9 +217,9 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
                   on_result=on_result, progress=options.progress and writer)
   timings = dict(load_s=options.load_s, directions_s=directions_s, compile_s=compiled.compile_s,
                  scan_s=time.perf_counter() - t0, decode_row_steps=row_steps[0])
-  meta = _scan_meta(model, spec, decode, options, grid, texts, recipes, identity, compiled, mesh, out_dir,
+  meta = _scan_meta(model, spec, decode, options, grid, prompts, texts, recipes, identity, compiled, mesh, out_dir,
                     _work_timings(model.cfg, rows, done, todo, len(grid.coeffs), timings))
-  return _finish(out_dir, meta, done, prompts, grid, t_start, write=writer)
+  return _finish(out_dir, meta, done, t_start, write=writer, write_views=options.write_views)
 
 
 def _check_request(spec: LandscapeSpec, decode: DecodeSpec, options: ScanOptions, capability_set) -> None:
@@ -331,35 +333,36 @@ def _work_timings(cfg, rows: scan.ScanRows, done: dict, todo: list[int], n_point
           "useful_kv_bytes": _useful_kv_bytes(cfg, rows.prompt_lengths, lengths, rows.prefix_len)}
 
 
-def _scan_meta(model, spec: LandscapeSpec, decode: DecodeSpec, options: ScanOptions, grid: Grid, texts, recipes,
-               identity: dict, compiled: scan.CompiledScan, mesh, out_dir: str, timings: dict) -> dict:
-  """What summary.json says about the run beyond its per-point metrics."""
+def _scan_meta(model, spec: LandscapeSpec, decode: DecodeSpec, options: ScanOptions, grid: Grid, prompts, texts,
+               recipes, identity: dict, compiled: scan.CompiledScan, mesh, out_dir: str, timings: dict) -> dict:
+  """The scan's metadata (``results.save_scan``): what summary.json holds beside the per-point metrics."""
   plan = compiled.plan
-  return dict(
-      timings=timings, fingerprints=identity, plan={"strategy": plan.strategy, "slice_size": plan.slice_size},
-      n_prompts=len(texts), max_new_tokens=decode.max_new_tokens, prompt_format=decode.prompt_format,
-      system_prompt=decode.system_prompt, model_type=model.cfg.model_type, compute_dtype=model.cfg.compute_dtype,
-      directions=[r.to_json() if r is not None else {"kind": "interpolation"} for r in recipes],
-      versions=_versions(), flags=options.flags or {},
-      host={"hostname": socket.gethostname(), "devices": [str(d) for d in jax.devices()],
-            "out_dir": os.path.abspath(out_dir),
-            # The budget is detected from this machine's free memory, so it lives with the host.
-            "memory_plan": {"bytes_per_device": plan.bytes_per_device, "budget": plan.budget,
-                            "reason": plan.reason, "compiled_bytes_per_device": compiled.compiled_bytes}},
-      mesh=dict(mesh.shape), metric=options.metric,
-      spec={k: getattr(spec, k) for k in ("kind", "steps", "multiplier", "extra_steps", "seed", "num_directions")})
+  return {
+      **{k: getattr(spec, k) for k in results.SCAN_SPEC_KEYS},
+      "grid": {"coeffs": grid.coeffs.tolist(), "coords": grid.coords, "direction": grid.direction,
+               "axes": [a.tolist() for a in grid.axes]}, "prompts": list(prompts), "metric": options.metric,
+      "timings": timings, "fingerprints": identity, "plan": {"strategy": plan.strategy, "slice_size": plan.slice_size},
+      "n_prompts": len(texts), "max_new_tokens": decode.max_new_tokens, "prompt_format": decode.prompt_format,
+      "system_prompt": decode.system_prompt, "model_type": model.cfg.model_type,
+      "compute_dtype": model.cfg.compute_dtype,
+      "directions": [r.to_json() if r is not None else {"kind": "interpolation"} for r in recipes],
+      "versions": _versions(), "flags": options.flags or {},
+      "host": {"hostname": socket.gethostname(), "devices": [str(d) for d in jax.devices()],
+               "out_dir": os.path.abspath(out_dir),
+               # The budget is detected from this machine's free memory, so it lives with the host.
+               "memory_plan": {"bytes_per_device": plan.bytes_per_device, "budget": plan.budget,
+                               "reason": plan.reason, "compiled_bytes_per_device": compiled.compiled_bytes}},
+      "mesh": dict(mesh.shape)}
 
 
-def _finish(out_dir: str, meta: dict, done: dict, prompts, grid: Grid, t_start: float, *, write: bool) -> dict:
-  """The summary (per-point metrics + ``meta``), its views written once on the writing process."""
-  spec = LandscapeSpec(**{k: meta["spec"][k] for k in ("kind", "steps", "multiplier", "extra_steps", "seed",
-                                                       "num_directions")})
-  summary = {**_summarize(grid, spec, done, meta["metric"] != "capability", meta["metric"] != "safety"),
-             **{k: v for k, v in meta.items() if k not in ("spec", "metric")}}
-  summary["timings"]["total_s"] = time.perf_counter() - t_start  # the whole process, up to writing the views
-  if write:
-    write_results(out_dir, summary, done, prompts, grid)
-  return summary
+def _finish(out_dir: str, meta: dict, done: dict, t_start: float, *, write: bool, write_views: bool) -> dict:
+  """The summary: on the writing process the scan's store (scan.json) and, unless the caller writes them
+  later (``ScanOptions.write_views``), its views, each written once (``jaxscape.views``)."""
+  meta["timings"]["total_s"] = time.perf_counter() - t_start  # everything but writing the views
+  if not write:
+    return views.summarize(meta, done)
+  results.save_scan(out_dir, meta)
+  return views.write_views(out_dir) if write_views else views.summarize(meta, done)
 
 
 def _fingerprint(tree) -> str:
@@ -428,72 +431,3 @@ def _useful_kv_bytes(cfg, prompt_lengths: np.ndarray, lengths: list, prefix_len:
     own = prompt_lengths.astype(np.float64) - p  # the row's slots beyond the prefix, before step 1
     total += float((steps * own + steps * (steps + 1) / 2).sum()) + p * float(steps.max(initial=0))
   return slot * total
-
-
-def _summarize(grid: Grid, spec: LandscapeSpec, done: dict, want_safety: bool, want_capability: bool) -> dict:
-  """Per-point metrics in step order, VISAGE, basin."""
-  ids = range(len(grid.coeffs))
-  out: dict[str, Any] = {"kind": spec.kind, "steps": spec.steps, "multiplier": spec.multiplier,
-                         "extra_steps": spec.extra_steps, "seed": spec.seed,
-                         "num_directions": spec.num_directions}
-  n = spec.num_directions
-  K = len(grid.coeffs) // n
-  out["coords"] = grid.coords[:K]
-  out["axes"] = {"x": grid.axes[0].tolist(), "y": grid.axes[1].tolist() if len(grid.axes) > 1 else None}
-  out["nonfinite"] = [bool(done[i].get("nonfinite", False)) for i in ids]
-  out["nonfinite_points"] = [i for i in ids if out["nonfinite"][i]]
-  if want_safety:
-    asr = np.array([done[i]["asr"] for i in ids])
-    shape = (len(grid.axes[0]), len(grid.axes[1])) if len(grid.axes) == 2 else None
-    out.update(metrics.visage_fields(asr, num_directions=n, grid_shape=shape))
-  if want_capability:
-    cap = np.array([done[i]["capability"] for i in ids])
-    out["capability"] = cap.reshape(n, K).tolist() if n > 1 else cap.tolist()
-  return out
-
-
-def write_results(out_dir: str, summary: dict, done: dict, prompts: list[str], grid: Grid, *,
-                  report: bool = True) -> None:
-  """generations.jsonl (step order), arrays.npz, summary.json, landscape.png and report.html.
-
-  Judges stored in ``out_dir/judges`` (``jaxscape.judge``) are merged back into generations.jsonl
-  and ``summary["judges"]`` (in place). ``report=False`` leaves report.html
-  (``htmlreport.write_report``) to the caller, e.g. once the summary's last timings are in.
-  """
-  from jaxscape import judge, plot
-  n = summary["num_directions"]
-  K = len(grid.coeffs) // n
-  lines = []
-  for pid in range(len(grid.coeffs)):
-    rec = done[pid]
-    line = {"step": pid % K, "coords": grid.coords[pid]}
-    if n > 1:
-      line["direction"] = grid.direction[pid]
-    if "asr" in rec:
-      line["asr"] = rec["asr"]
-    if "capability" in rec:
-      line["capability"] = rec["capability"]
-    line["nonfinite"] = rec.get("nonfinite", False)
-    if "generations" in rec:
-      line["output"] = [{"prompt": p, "generation": g} for p, g in zip(prompts, rec["generations"])]
-      for item, cut in zip(line["output"], rec.get("truncated", [])):
-        if cut:
-          item["truncated"] = True  # decoding stopped once a refusal keyword appeared
-    lines.append(line)
-  if all("output" in line for line in lines):
-    judge.merge_stored(out_dir, lines, summary)  # judges scored before a resumed scan rewrote its results
-  results.atomic_write_text(os.path.join(out_dir, "generations.jsonl"), "".join(json.dumps(x) + "\n" for x in lines))
-  arrays = {"coeffs": grid.coeffs, "nonfinite": np.asarray(summary["nonfinite"])}
-  for i, a in enumerate(grid.axes):
-    arrays[f"axis{i}"] = np.asarray(a)
-  for key in ("asr", "capability"):
-    if key in summary:
-      arrays[key] = np.asarray(summary[key], np.float64)
-  import io
-  buf = io.BytesIO()
-  np.savez(buf, **arrays)
-  results.atomic_write_bytes(os.path.join(out_dir, "arrays.npz"), buf.getvalue())
-  results.atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
-  plot.plot_results(out_dir)
-  if report:
-    htmlreport.write_report(out_dir)

@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from jaxscape.errors import InputError
 from jaxscape.metrics import SAFE_REGION_MARGIN, safe_region, visage_edges, visage_mask_2d
 
 _FLAG_STYLE = dict(marker="X", s=70, color="crimson", edgecolors="black", linewidths=0.5, zorder=5, clip_on=False)
@@ -327,7 +328,7 @@ def _flags(path: str, nonfinite: Any, shape: tuple[int, ...]) -> np.ndarray | No
     return None
   f = np.asarray(nonfinite, bool)
   if f.size != int(np.prod(shape)):
-    raise ValueError(f"{path}: 'nonfinite' has {f.size} entries, expected {int(np.prod(shape))} (shape {shape})")
+    raise InputError(f"{path}: 'nonfinite' has {f.size} entries, expected {int(np.prod(shape))} (shape {shape})")
   return f.reshape(shape)
 
 
@@ -353,15 +354,18 @@ def plot_results(results_dir: str) -> list[str]:
 
   Raises:
     FileNotFoundError: no summary.json in ``results_dir``.
-    ValueError: a summary with neither ``asr`` nor ``capability``, or inconsistent lengths.
+    InputError: a summary with neither ``asr`` nor ``capability``, or inconsistent lengths.
   """
   path = os.path.join(results_dir, "summary.json")
   with open(path, encoding="utf-8") as f:
-    s = json.load(f)
+    try:
+      s = json.load(f)
+    except json.JSONDecodeError as e:
+      raise InputError(f"{path}: unreadable ({e})") from None
   kind = str(s.get("kind", ""))
   found = {name: s[name] for name in ("asr", "capability") if s.get(name) is not None}
   if not found:
-    raise ValueError(f"{path} holds neither 'asr' nor 'capability'; nothing to plot")
+    raise InputError(f"{path} holds neither 'asr' nor 'capability'; nothing to plot")
   judges = {name: j for name, j in (s.get("judges") or {}).items() if isinstance(j, dict) and j.get("asr") is not None}
   labels = {"asr": "keyword ASR (%)" if judges else "ASR (%)", "capability": "capability (%)"}
   for name, j in judges.items():  # classifier judges' ASR, drawn beside the keyword ASR
@@ -389,7 +393,7 @@ def plot_results(results_dir: str) -> list[str]:
     for name, v in found.items():
       v = np.asarray(v, np.float64).ravel()
       if v.size != n:
-        raise ValueError(f"{path}: '{name}' has {v.size} points, the {len(x)}x{len(y)} grid needs {n}")
+        raise InputError(f"{path}: '{name}' has {v.size} points, the {len(x)}x{len(y)} grid needs {n}")
       zs[labels[name]] = v.reshape(len(x), len(y))
     fl = _flags(path, nonfinite, (len(x), len(y)))
     mask = visage_mask_2d(zs[labels["asr"]]) if "asr" in found else None
@@ -405,7 +409,7 @@ def plot_results(results_dir: str) -> list[str]:
       xs = xs[:len(xs) // n_dirs]  # coords listed for every direction: they repeat
     for name, v in curves.items():
       if v.ndim != 2 or v.shape[1] != len(xs):
-        raise ValueError(f"{path}: '{name}' has shape {v.shape}, expected [num_directions, {len(xs)}]")
+        raise InputError(f"{path}: '{name}' has shape {v.shape}, expected [num_directions, {len(xs)}]")
     first = "asr" if "asr" in curves else "capability"
     fl = _flags(path, nonfinite, curves[first].shape)
     extra = {labels[k]: v for k, v in curves.items() if k != first}
@@ -415,7 +419,7 @@ def plot_results(results_dir: str) -> list[str]:
   for name, v in found.items():
     v = np.asarray(v, np.float64)
     if v.shape != xs.shape:
-      raise ValueError(f"{path}: '{name}' has {v.size} points, coords have {xs.size}")
+      raise InputError(f"{path}: '{name}' has {v.size} points, coords have {xs.size}")
     series[labels[name]] = v
   basin = safe = None
   if "asr" in found:

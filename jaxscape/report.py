@@ -15,6 +15,7 @@ import shutil
 from typing import Sequence
 
 from jaxscape import results as results_lib
+from jaxscape.errors import InputError
 
 SUMMARY = "summary.json"
 GENERATIONS = "generations.jsonl"
@@ -24,11 +25,10 @@ PLOT = "landscape.png"
 def _read_run(results_dir: str) -> tuple[dict, list[dict]]:
   path = os.path.join(results_dir, SUMMARY)
   if not os.path.isfile(path):
-    raise ValueError(f"{results_dir}: no {SUMMARY} (is the scan finished?)")
-  with open(path, encoding="utf-8") as f:
-    summary = json.load(f)
+    raise InputError(f"{results_dir}: no {SUMMARY} (is the scan finished?)")
+  summary = results_lib.read_json(path)
   if (summary.get("axes") or {}).get("y") is not None or not summary.get("coords"):
-    raise ValueError(f"{results_dir}: the page shows 1-D landscapes only (kind {summary.get('kind')!r})")
+    raise InputError(f"{results_dir}: the page shows 1-D landscapes only (kind {summary.get('kind')!r})")
   gens = []
   gpath = os.path.join(results_dir, GENERATIONS)
   if os.path.isfile(gpath):

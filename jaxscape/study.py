@@ -33,12 +33,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxscape import taskdata, toydata
+from jaxscape import results, taskdata, toydata
+from jaxscape.errors import InputError
 
 DEFAULT_RUNS = (tuple(f"task:{t}" for t in taskdata.TASKS) + tuple(f"task:{t}+safety" for t in taskdata.TASKS)
                 + tuple(f"harmful:{k}" for k in taskdata.FEW_SHOT_SIZES)
                 + tuple(f"harmful_mixed:{k}" for k in taskdata.FEW_SHOT_SIZES))
 BASE = "aligned"  # the row of the model before finetuning
+_LANDSCAPES = ("random_1d", "interp_1d")  # a row's landscape dirs under runs/<run>/
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,32 +116,32 @@ class StudySpec:
 
   def __post_init__(self):
     if not self.runs:
-      raise ValueError("the study needs at least one run")
+      raise InputError("the study needs at least one run")
     for r in self.runs:
       run_records(r, check_only=True)
     if len(set(self.runs)) != len(self.runs):
-      raise ValueError(f"runs must be distinct, got {list(self.runs)}")
+      raise InputError(f"runs must be distinct, got {list(self.runs)}")
     if self.surface_run and self.surface_run not in self.runs:
-      raise ValueError(f"surface_run {self.surface_run!r} is not one of the runs")
+      raise InputError(f"surface_run {self.surface_run!r} is not one of the runs")
     for name in ("steps", "harmful_steps", "batch_size", "harmful_batch_size", "eval_samples", "landscape_prompts",
                  "landscape_new_tokens", "max_new_tokens", "visage_steps", "interp_steps", "surface_steps",
                  "harmful_seeds", "task_seeds", "task_check_every", "task_validation"):
       if getattr(self, name) <= 0:
-        raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
     if self.visage_multiplier == 0:
-      raise ValueError("visage_multiplier must be non-zero")
+      raise InputError("visage_multiplier must be non-zero")
     if not 0 <= self.task_target <= 100:
-      raise ValueError(f"task_target is a task metric in % (0: no early stopping), got {self.task_target}")
+      raise InputError(f"task_target is a task metric in % (0: no early stopping), got {self.task_target}")
     if self.attack_from and not self.attack_run.startswith("harmful"):
-      raise ValueError(f"attack_from needs attack_run = a harmful run (harmful:K or harmful_mixed:K), "
+      raise InputError(f"attack_from needs attack_run = a harmful run (harmful:K or harmful_mixed:K), "
                        f"got {self.attack_run!r}")
     if self.attack_run:
       run_records(self.attack_run, check_only=True)
     if self.attack_steps < 0:
-      raise ValueError(f"attack_steps must be >= 0 (0: harmful_steps), got {self.attack_steps}")
+      raise InputError(f"attack_steps must be >= 0 (0: harmful_steps), got {self.attack_steps}")
     for start in self.attack_from:
       if start != BASE and start not in self.runs:
-        raise ValueError(f"attack_from {start!r} is neither {BASE!r} nor one of the runs")
+        raise InputError(f"attack_from {start!r} is neither {BASE!r} nor one of the runs")
 
 
 def run_records(run: str, *, seed: int = 0, check_only: bool = False, validation: int = 0) -> list[dict]:
@@ -152,7 +154,7 @@ def run_records(run: str, *, seed: int = 0, check_only: bool = False, validation
   if kind == "task":
     task, plus, extra = arg.partition("+")
     if task not in taskdata.TASKS or (plus and extra != "safety"):
-      raise ValueError(f"bad run {run!r}: expected task:T or task:T+safety with T in {', '.join(taskdata.TASKS)}")
+      raise InputError(f"bad run {run!r}: expected task:T or task:T+safety with T in {', '.join(taskdata.TASKS)}")
     if check_only:
       return []
     records = taskdata.load_set(f"{task}_train")
@@ -164,9 +166,9 @@ def run_records(run: str, *, seed: int = 0, check_only: bool = False, validation
     return records
   if kind in ("harmful", "harmful_mixed"):
     if arg not in {str(k) for k in taskdata.FEW_SHOT_SIZES}:
-      raise ValueError(f"bad run {run!r}: expected {kind}:K with K in {taskdata.FEW_SHOT_SIZES}")
+      raise InputError(f"bad run {run!r}: expected {kind}:K with K in {taskdata.FEW_SHOT_SIZES}")
     return [] if check_only else taskdata.load_set(f"{kind}_{arg}")
-  raise ValueError(f"unknown run {run!r}; expected task:T, task:T+safety, harmful:K or harmful_mixed:K")
+  raise InputError(f"unknown run {run!r}; expected task:T, task:T+safety, harmful:K or harmful_mixed:K")
 
 
 def validation_records(run: str, n: int) -> list[dict]:
@@ -175,35 +177,32 @@ def validation_records(run: str, n: int) -> list[dict]:
   return [{"prompt": r["messages"][0]["content"], **r} for r in taskdata.load_set(f"{task}_train")[-n:]]
 
 
-def slug(run: str) -> str:
-  """A file-system name for a run ("task:code+safety" -> "task_code+safety")."""
-  return run.replace(":", "_")
-
-
 def _landscape(model, spec: StudySpec, kind: str, out_dir: str, *, model_b=None, steps: int,
-               multiplier: float = 1.0, extra_steps: int = 0, progress: bool) -> dict:
+               multiplier: float = 1.0, extra_steps: int = 0, progress: bool, write_views: bool = True) -> dict:
   from jaxscape import landscape
   prompts = [r["prompt"] for r in toydata.load_builtin("harmful_test")[:spec.landscape_prompts]]
   ls = landscape.LandscapeSpec(kind=kind, steps=steps, multiplier=multiplier, extra_steps=extra_steps,
                                seed=spec.direction_seed)
   summary = landscape.run_landscape(model, prompts, ls, out_dir=out_dir, model_b=model_b,
                                     decode=landscape.DecodeSpec(max_new_tokens=spec.landscape_new_tokens),
-                                    options=landscape.ScanOptions(progress=progress))
+                                    options=landscape.ScanOptions(progress=progress, write_views=write_views))
   return {"coords": summary["coords"], "asr": summary["asr"], "visage": summary["visage"]}
 
 
-def _measure(model, spec: StudySpec, run_dir: str, *, base=None, progress: bool) -> dict:
-  """Evaluations and landscapes of one model (``base``: the aligned model, for the interpolation)."""
+def _measure(model, spec: StudySpec, run_dir: str, *, base=None, progress: bool, write_views: bool = True) -> dict:
+  """Evaluations and landscapes of one model (``base``: the aligned model, for the interpolation);
+  ``write_views=False`` leaves the landscapes' views to the caller (written once, after judging)."""
   t0 = time.perf_counter()
   ev = taskdata.evaluate_tasks(model, samples=spec.eval_samples, max_new_tokens=spec.max_new_tokens)
   row = {"framed_asr": ev["framed_asr"], "task_accuracy": ev["task_accuracy"], "examples": ev["examples"],
          "eval_seconds": time.perf_counter() - t0, "framed_generations": ev["framed_generations"]}
   rnd = _landscape(model, spec, "1d_random", os.path.join(run_dir, "random_1d"), steps=spec.visage_steps,
-                   multiplier=spec.visage_multiplier, progress=progress)
+                   multiplier=spec.visage_multiplier, progress=progress, write_views=write_views)
   row["visage"], row["random_1d"] = rnd["visage"], {"coords": rnd["coords"], "asr": rnd["asr"]}
   if base is not None:
     interp = _landscape(base, spec, "1d_interpolation", os.path.join(run_dir, "interp_1d"), model_b=model,
-                        steps=spec.interp_steps, extra_steps=spec.interp_extra_steps, progress=progress)
+                        steps=spec.interp_steps, extra_steps=spec.interp_extra_steps, progress=progress,
+                        write_views=write_views)
     row["interp_1d"] = {"coords": interp["coords"], "asr": interp["asr"], "visage": interp["visage"]}
   return row
 
@@ -290,10 +289,10 @@ def _attack(start: str, base, spec: StudySpec, tc, out_dir: str, rows: dict, *, 
     per_seed = r.get("framed_asr_per_seed") or {str(spec.seed): r["framed_asr"]}
     return {"start": start, "run": spec.attack_run, "framed_asr_per_seed": per_seed, "framed_asr": _mean_of(per_seed),
             "reused": spec.attack_run}
-  model = base if start == BASE else convert.load_model(os.path.join(out_dir, "runs", slug(start), "model"))
+  model = base if start == BASE else convert.load_model(os.path.join(out_dir, "runs", results.slug(start), "model"))
   per_seed = {}
   for seed in range(spec.seed, spec.seed + spec.harmful_seeds):
-    model_dir = os.path.join(out_dir, "attacks", f"{slug(start)}_seed{seed}")
+    model_dir = os.path.join(out_dir, "attacks", f"{results.slug(start)}_seed{seed}")
     _, _, tuned = _finetune(model, spec.attack_run, spec, tc, model_dir, seed=seed, progress=progress)
     ev = taskdata.evaluate_tasks(tuned, samples=spec.eval_samples, max_new_tokens=spec.max_new_tokens,
                                  task_metrics=False)
@@ -308,7 +307,8 @@ def judge_row(row: dict, judge, spec: StudySpec, run_dir: str, *, progress: bool
   ``framed_asr``: judged ASR per framing of the row's held-out framed generations (the mean over
   finetuning seeds where the row has several; None for a row written before generations were
   stored); ``visage`` and ``random_1d`` / ``interp_1d`` ``{"asr", "visage"}``: the row's
-  landscape dirs judged with ``jaxscape.judge.judge_results`` (stored scores there are reused).
+  landscape dirs judged with ``jaxscape.judge.judge_results`` (stored scores there are reused;
+  their views are the caller's to rewrite).
   """
   from jaxscape import judge as judge_lib
   records = toydata.framed_requests(toydata.load_builtin("harmful_test")[:spec.eval_samples])
@@ -323,14 +323,23 @@ def judge_row(row: dict, judge, spec: StudySpec, run_dir: str, *, progress: bool
     out["framed_asr"] = {f: float(np.mean([a[f] for a in per_seed.values()])) for f in next(iter(per_seed.values()))}
     if len(per_seed) > 1:
       out["framed_asr_per_seed"] = per_seed
-  for sub in ("random_1d", "interp_1d"):
+  for sub in _LANDSCAPES:
     d = os.path.join(run_dir, sub)
-    if os.path.isfile(os.path.join(d, "generations.jsonl")):
+    if results.has_scan(d):
       entry = judge_lib.judge_results(d, judge, existing="reuse", progress=progress)
       out[sub] = {"asr": entry["asr"], "visage": entry["visage"]}
   out["visage"] = out.get("random_1d", {}).get("visage")
   row.setdefault("judges", {})[judge.name] = out
   return out
+
+
+def _judge_row_and_views(row: dict, judge, spec: StudySpec, run_dir: str, *, progress: bool) -> None:
+  """:func:`judge_row`, then the views of the row's landscape dirs, with the judge merged in."""
+  from jaxscape import views
+  judge_row(row, judge, spec, run_dir, progress=progress)
+  for sub in _LANDSCAPES:
+    if results.has_scan(os.path.join(run_dir, sub)):
+      views.write_views(os.path.join(run_dir, sub))
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -372,7 +381,7 @@ def _check_compatible(out_dir: str, model_dir: str, params: Any, spec: StudySpec
     there = {**defaults, **have.get("settings", {})}
     diff += [f"{k} ({there.get(k)!r} there, {v!r} now)" for k, v in settings.items() if there.get(k) != v]
     if diff:
-      raise ValueError(f"{out_dir} holds a study with other settings: {', '.join(diff)}; use another --out")
+      raise InputError(f"{out_dir} holds a study with other settings: {', '.join(diff)}; use another --out")
     return
   os.makedirs(out_dir, exist_ok=True)
   _write_json(path, want)
@@ -392,7 +401,7 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
       judged VISAGE (:func:`judge_row`; reused rows are judged from their stored generations),
       shown as extra columns of the table. The findings stay keyword-judged.
   """
-  from jaxscape import convert, finetune, landscape
+  from jaxscape import convert, finetune, landscape, views
 
   t_start = time.perf_counter()
   base = convert.load_model(model_dir)
@@ -404,32 +413,33 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
                                       spec.harmful_learning_rate))}
   rows = {}
   for name in (BASE,) + spec.runs:
-    run_dir = os.path.join(out_dir, "runs", slug(name))
+    run_dir = os.path.join(out_dir, "runs", results.slug(name))
     row_path = os.path.join(run_dir, "row.json")
     if os.path.isfile(row_path):
       with open(row_path, encoding="utf-8") as f:
         rows[name] = json.load(f)
       log(f"{name}: reused {row_path}")
       if judge is not None and judge.name not in rows[name].get("judges", {}):
-        judge_row(rows[name], judge, spec, run_dir, progress=progress)
+        _judge_row_and_views(rows[name], judge, spec, run_dir, progress=progress)
         _write_json(row_path, rows[name])
       continue
     os.makedirs(run_dir, exist_ok=True)
     t0 = time.perf_counter()
     if name == BASE:
-      row = {"run": name, "finetune": None, **_measure(base, spec, run_dir, progress=progress)}
+      row = {"run": name, "finetune": None,
+             **_measure(base, spec, run_dir, progress=progress, write_views=judge is None)}
     else:
       tc = tcs["task" if name.startswith("task:") else "harmful"]
       records, info, tuned = _finetune(base, name, spec, tc, os.path.join(run_dir, "model"), seed=spec.seed,
                                        progress=progress)
       row = {"run": name, "finetune": {"records": len(records), "steps": info["steps"],
                                        "final_loss": info["final_loss"], "seconds": info["seconds"]},
-             **_measure(tuned, spec, run_dir, base=base, progress=progress)}
+             **_measure(tuned, spec, run_dir, base=base, progress=progress, write_views=judge is None)}
       if seeds_of(name, spec) > 1:
         _average_over_seeds(row, name, base, spec, tc, run_dir, progress=progress)
     row["seconds"] = time.perf_counter() - t0
     if judge is not None:
-      judge_row(row, judge, spec, run_dir, progress=progress)
+      _judge_row_and_views(row, judge, spec, run_dir, progress=progress)
     _write_json(row_path, row)
     rows[name] = row
     log(f"{name}: {_row_line(row)} ({row['seconds']:.0f} s)")
@@ -437,17 +447,18 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
   surface = None
   if spec.surface_run:
     surf_dir = os.path.join(out_dir, "surface_2d")
-    tuned = convert.load_model(os.path.join(out_dir, "runs", slug(spec.surface_run), "model"))
+    tuned = convert.load_model(os.path.join(out_dir, "runs", results.slug(spec.surface_run), "model"))
     prompts = [r["prompt"] for r in toydata.load_builtin("harmful_test")[:spec.landscape_prompts]]
     ls = landscape.LandscapeSpec(kind="2d_interpolation_random", steps=spec.surface_steps,
                                  multiplier=spec.visage_multiplier, extra_steps=1, seed=spec.direction_seed)
     s = landscape.run_landscape(base, prompts, ls, out_dir=surf_dir, model_b=tuned,
-                                options=landscape.ScanOptions(progress=progress),
+                                options=landscape.ScanOptions(progress=progress, write_views=judge is None),
                                 decode=landscape.DecodeSpec(max_new_tokens=spec.landscape_new_tokens))
     surface = {"run": spec.surface_run, "dir": "surface_2d", "visage": s["visage"]}
     if judge is not None:
       from jaxscape import judge as judge_lib
       entry = judge_lib.judge_results(surf_dir, judge, existing="reuse", progress=progress)
+      views.write_views(surf_dir)
       surface["judges"] = {judge.name: {"visage": entry["visage"]}}
     log(f"2-D interpolation x random ({spec.surface_run}): VISAGE {s['visage']:.1f}")
 
@@ -455,7 +466,7 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
   attack_tc = dataclasses.replace(tcs["harmful"], num_steps=spec.attack_steps or spec.harmful_steps,
                                   warmup_steps=min(spec.warmup_steps, spec.attack_steps or spec.harmful_steps))
   for start in spec.attack_from:
-    path = os.path.join(out_dir, "attacks", f"{slug(start)}.json")
+    path = os.path.join(out_dir, "attacks", f"{results.slug(start)}.json")
     if os.path.isfile(path):
       with open(path, encoding="utf-8") as f:
         stored = json.load(f)
@@ -684,14 +695,13 @@ def table_markdown(table: dict) -> str:
 
 def redraw(out_dir: str) -> list[str]:
   """Rewrite a study dir's ``table.md`` and plots from its ``table.json``; returns the paths written."""
-  from jaxscape import results
   with open(os.path.join(out_dir, "table.json"), encoding="utf-8") as f:
     table = json.load(f)
   table["spec"] = {**dataclasses.asdict(StudySpec()), **(table.get("spec") or {})}  # older tables: defaults
   try:
     md, paths = table_markdown(table), plot_study(table, out_dir)
   except (KeyError, TypeError, IndexError) as e:
-    raise ValueError(f"{out_dir}/table.json is not a study table this version can redraw ({e!r} missing or malformed)")
+    raise InputError(f"{out_dir}/table.json is not a study table this version can redraw ({e!r} missing or malformed)")
   path = os.path.join(out_dir, "table.md")
   results.atomic_write_text(path, md)
   return [path] + paths

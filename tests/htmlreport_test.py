@@ -195,9 +195,11 @@ def test_plot_cli_writes_reports(scan_dir, tmp_path):
   scan = _copy(scan_dir("1d"), tmp_path / "scan")
   os.remove(os.path.join(scan, "report.html"))
   os.remove(os.path.join(scan, "landscape.png"))
+  os.remove(os.path.join(scan, "scan.json"))  # a dir written before scan.json: read from its old summary.json
   study = _study(tmp_path / "study", scan_dir)
   findings, _ = _findings(tmp_path / "findings", scan_dir)
-  for d, wrote in ((scan, ["landscape.png", "report.html"]), (study, ["report.html"]), (findings, ["report.html"])):
+  every_view = ["generations.jsonl", "arrays.npz", "summary.json", "landscape.png", "report.html"]
+  for d, wrote in ((scan, every_view), (study, ["report.html"]), (findings, ["report.html"])):
     proc = _plot_cli(d)
     assert proc.returncode == 0, proc.stderr
     assert [os.path.basename(x.split(" ", 1)[1]) for x in proc.stdout.splitlines()] == wrote, proc.stdout
