@@ -35,7 +35,8 @@ def test_each_view_is_written_once_per_scan_and_per_judge(tiny_model, tmp_path, 
   counts = _count_writes(monkeypatch)
   out = str(tmp_path / "scan")
   summary = landscape.run_landscape(tiny_model("llama"), PROMPTS, landscape.LandscapeSpec(kind="1d_random", steps=2),
-                                    out_dir=out, decode=landscape.DecodeSpec(max_new_tokens=6), progress=False)
+                                    out_dir=out, decode=landscape.DecodeSpec(max_new_tokens=6),
+                                    options=landscape.ScanOptions(progress=False))
   once = dict.fromkeys(views.VIEW_FILES, 1)
   assert {name: counts[name] for name in views.VIEW_FILES} == once, counts
   assert counts[results.SCAN_FILE] == 1 and counts[results.RUN_FILE] == 1
@@ -52,6 +53,22 @@ def test_each_view_is_written_once_per_scan_and_per_judge(tiny_model, tmp_path, 
   summary = views.write_views(out)
   assert {name: counts[name] for name in views.VIEW_FILES} == once, counts
   assert summary["judges"]["tiny"] == json.loads(json.dumps(entry))
+
+
+def test_scan_then_judge_writes_each_view_once(tiny_model, tmp_path, monkeypatch):
+  """run_grid --judge: the scan leaves its views (ScanOptions.write_views=False), the judge writes its store,
+  then the views are written once, with the judge merged."""
+  counts = _count_writes(monkeypatch)
+  out = str(tmp_path / "scan")
+  jm = convert.load_model(testing.make_tiny_judge(str(tmp_path / "judge"), "yes-no", seed=3))
+  summary = landscape.run_landscape(tiny_model("llama"), PROMPTS, landscape.LandscapeSpec(kind="1d_random", steps=2),
+                                    out_dir=out, decode=landscape.DecodeSpec(max_new_tokens=6),
+                                    options=landscape.ScanOptions(progress=False, write_views=False))
+  assert not set(counts) & set(views.VIEW_FILES), counts
+  judge.judge_results(out, judge.make_judge(jm, judge.JudgeSpec(fmt="yes-no", batch_size=2), name="tiny"))
+  final = views.write_views(out)
+  assert {name: counts[name] for name in views.VIEW_FILES} == dict.fromkeys(views.VIEW_FILES, 1), counts
+  assert final["asr"] == summary["asr"] and "tiny" in final["judges"]
 
 
 @pytest.mark.parametrize("name", ["1d", "1d_multi", "2d"])
