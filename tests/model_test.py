@@ -306,7 +306,7 @@ def test_take_rows_is_indexing(dtype):
 
 
 def test_last_hidden_then_output_logits_is_logits_at_last():
-  """Prefill applies the output head once to every group's last hidden state (decode._prefill)."""
+  """Prefill applies the output head once to every group's last hidden state (decode.Decoder.prefill)."""
   cfg = model.ModelConfig(model_type="llama", vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1,
                           num_heads=2, num_kv_heads=2, head_dim=8)
   params = model.init_params(cfg, jax.random.key(1), std=0.5)
