@@ -249,9 +249,12 @@ def read_safetensors(model_dir: str) -> dict[str, np.ndarray]:
   return dict(SafetensorsReader(model_dir))
 
 
-def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, *, dtype=np.float32,
+def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, *, dtype=None,
                  place: Callable[[np.ndarray], Any] = lambda x: x) -> PyTree:
   """HF tensors -> params pytree, layers stacked (numpy leaves cast to ``dtype``, then passed through ``place``).
+
+  ``dtype`` None: each leaf in its resident dtype (``ModelConfig.resident_dtype``): matrices in the
+  compute dtype (bfloat16 residency halves θ's bytes), vectors float32.
 
   Each stacked leaf [L, ...] is filled layer by layer into one preallocated array and then
   placed (``place``, e.g. ``jax.device_put``), so with a lazy ``tensors``
@@ -269,22 +272,39 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, *, dtype=n
     if path[0] == "layers":
       stacks.setdefault(path[2:], []).append((path[1], name, to_ours))
       continue
-    value = np.asarray(to_ours(tensors[name])).astype(dtype)
     want = _get(shapes, path).shape
+    value = np.asarray(to_ours(tensors[name])).astype(_np_dtype(dtype, cfg, len(want)))
     if value.shape != want:
       raise InputError(f"tensor {name} has shape {value.shape}, config.json implies {want}")
     _set(params, path, place(value))
   for rest, entries in stacks.items():
     want = _get(shapes["layers"], rest).shape
-    stacked = np.empty(want, dtype)
+    stacked = np.empty(want, _np_dtype(dtype, cfg, len(want) - 1))
     for i, name, to_ours in entries:
       value = np.asarray(to_ours(tensors[name]))
       if value.shape != want[1:]:
         raise InputError(f"tensor {name} has shape {value.shape}, config.json implies {want[1:]}")
-      stacked[i] = value.astype(dtype)
+      stacked[i] = value.astype(stacked.dtype)
     _set(params, ("layers",) + rest, place(stacked))
     del stacked
   return params
+
+
+def _np_dtype(dtype, cfg: ModelConfig, ndim_per_layer: int):
+  """``dtype``, or (None) the numpy form of the leaf's resident dtype (bfloat16 via ``ml_dtypes``)."""
+  if dtype is not None:
+    return dtype
+  return _NP_DTYPES[jnp.dtype(cfg.resident_dtype(ndim_per_layer)).name]
+
+
+def to_residency(params: PyTree, cfg: ModelConfig) -> PyTree:
+  """``params`` (float32, e.g. restored from orbax) with each leaf cast to its resident dtype, one leaf
+  at a time (the float32 leaf is dropped once cast)."""
+  def one(path, w):
+    stacked = jax.tree_util.keystr(path[:1]) == "['layers']"
+    want = cfg.resident_dtype(w.ndim - 1 if stacked else w.ndim)
+    return w if w.dtype == want else jax.device_put(w).astype(want)
+  return jax.tree_util.tree_map_with_path(one, params)
 
 
 def params_to_hf(params: PyTree, cfg: ModelConfig, *, dtype: str | None = None) -> dict[str, np.ndarray]:
@@ -315,7 +335,7 @@ def load_hf(model_dir: str, *, compute_dtype: str = "float32") -> tuple[ModelCon
   """
   cfg = read_config(model_dir, compute_dtype=compute_dtype)
   # Lazily, tensor by tensor: the host holds the stacked params and one file tensor, not both in full.
-  return cfg, hf_to_params(SafetensorsReader(model_dir), cfg)
+  return cfg, hf_to_params(SafetensorsReader(model_dir), cfg, dtype=np.float32)
 
 
 def save_hf(params: PyTree, cfg: ModelConfig, out_dir: str, *, dtype: str | None = None,
@@ -444,9 +464,12 @@ def is_converted_dir(model_dir: str) -> bool:
 def load_model(model_dir: str, *, compute_dtype: str = "float32") -> Model:
   """Load a model with its tokenizer: an HF checkpoint dir, a converted dir (orbax ``params/``),
   a GGUF file (a ``.gguf`` path, a dir holding exactly one, or ``package:NAME``; see
-  ``jaxscape.gguf_io``), dequantized to float32, or a hub id ``org/name[@revision]`` (its
-  snapshot in the hub cache, downloaded if missing; see ``jaxscape.hub``). ``Model.path`` is
-  the local path loaded."""
+  ``jaxscape.gguf_io``), dequantized, or a hub id ``org/name[@revision]`` (its snapshot in the
+  hub cache, downloaded if missing; see ``jaxscape.hub``). ``Model.path`` is the local path loaded.
+
+  The weights are held in their resident dtype (``ModelConfig.resident_dtype``): with
+  ``compute_dtype="bfloat16"`` θ's matrices are bfloat16 (the values the model computes with),
+  converted tensor by tensor as they are read; float32 keeps float32."""
   from jaxscape import gguf_io, hub  # noqa: PLC0415 - light; keeps this module's import list HF-only
 
   model_dir = hub.resolve(model_dir)  # an existing local path is returned as it is
@@ -457,7 +480,7 @@ def load_model(model_dir: str, *, compute_dtype: str = "float32") -> Model:
     raise InputError(f"model dir {model_dir} does not exist")
   cfg = read_config(model_dir, compute_dtype=compute_dtype)
   if is_converted_dir(model_dir):
-    params = restore_converted(os.path.join(model_dir, ORBAX_DIR), cfg)
+    params = to_residency(restore_converted(os.path.join(model_dir, ORBAX_DIR), cfg), cfg)
   else:
     # device_put, not jnp.asarray: a transfer, where asarray compiles a copy program per shape.
     params = hf_to_params(SafetensorsReader(model_dir), cfg, place=jax.device_put)

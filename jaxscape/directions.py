@@ -227,9 +227,16 @@ def _normalize(d: jax.Array, w: jax.Array, path: str, norm: str) -> jax.Array:
   return d / jnp.where(d_norm > 0, d_norm, 1.0) * w_norm
 
 
+def direction_dtype(w) -> jnp.dtype:
+  """The dtype of a direction's leaf along param leaf ``w``: ``w``'s when it is a 16-bit float
+  (bfloat16 residency: drawn and normalised in float32, then cast), else float32."""
+  dtype = jnp.dtype(w.dtype)
+  return dtype if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize == 2 else jnp.dtype(jnp.float32)
+
+
 def _random_leaf(w: jax.Array, key: jax.Array, *, norm: str, path: str) -> jax.Array:
   """One (per-layer) tensor's normalised Gaussian draw; ``key`` is its key. The reference program."""
-  return _normalize(jax.random.normal(key, w.shape, jnp.float32), w, path, norm)
+  return _normalize(jax.random.normal(key, w.shape, jnp.float32), w, path, norm).astype(direction_dtype(w))
 
 
 @functools.lru_cache(maxsize=64)
@@ -333,6 +340,8 @@ def _fused_ok(leaf, norm: str) -> bool:
   """Whether the fused path gives this leaf the per-tensor program's bits (see above)."""
   _, w, stacked, _, keep, sharding = leaf
   if sharding is not None or isinstance(w, jax.core.Tracer) or not keep.any():
+    return False
+  if direction_dtype(w) != jnp.float32:  # the fused path holds a float32 copy of every drawn leaf
     return False
   # "none" has no reductions: its values are exact whatever the shape.
   return norm == "none" or math.prod(np.shape(w)[1:] if stacked else np.shape(w)) >= FUSED_MIN_SLICE
@@ -439,9 +448,10 @@ def _per_tensor(leaf, norm: str) -> jax.Array:
   path, w, stacked, keys, keep, sharding = leaf
   shape = np.shape(w)
   traced = isinstance(w, jax.core.Tracer)
+  dtype = direction_dtype(w)
   # Zeros from the host: a transfer, where jnp.zeros compiles a program per shape.
-  zeros = (lambda: jnp.zeros(shape, jnp.float32)) if traced else (
-      lambda: jax.device_put(np.zeros(shape, np.float32), sharding))
+  zeros = (lambda: jnp.zeros(shape, dtype)) if traced else (
+      lambda: jax.device_put(np.zeros(shape, dtype), sharding))
   if not keep.any():
     return zeros()
   npath = _norm_path(path, norm)
@@ -457,7 +467,7 @@ def _per_tensor(leaf, norm: str) -> jax.Array:
     else:
       d = None
     if traced:
-      slices.append(d if d is not None else jnp.zeros(shape[1:], jnp.float32))
+      slices.append(d if d is not None else jnp.zeros(shape[1:], dtype))
     elif d is not None:
       out = _put_slice_jit(sharding)(out, d, np.int32(i))
   return jnp.stack(slices) if traced else out
@@ -477,8 +487,10 @@ def random_direction(params: PyTree, *, seed: int, index: int = 0, norm: str = "
       any (``re.search``) get zeros.
 
   Returns:
-    Same tree as ``params``, float32 leaves of the same shapes (placed like the params
-    when they are sharded). Bit-identical when regenerated with the same arguments.
+    Same tree as ``params``, leaves of the same shapes (placed like the params when they are
+    sharded): float32, or a 16-bit param leaf's dtype (``direction_dtype``: each layer slice
+    drawn and normalised in float32, then cast). Bit-identical when regenerated with the same
+    arguments.
   """
   seed = _validate_int("seed", seed)
   index = _validate_int("index", index, minimum=0)
@@ -512,11 +524,13 @@ def random_direction(params: PyTree, *, seed: int, index: int = 0, norm: str = "
 
 @jax.jit
 def _subtract(a: PyTree, b: PyTree) -> PyTree:
-  return jax.tree.map(lambda x, y: y.astype(jnp.float32) - x.astype(jnp.float32), a, b)
+  # Elementwise, so a 16-bit leaf's float32 difference is fused into its cast, never a buffer.
+  return jax.tree.map(lambda x, y: (y.astype(jnp.float32) - x.astype(jnp.float32)).astype(direction_dtype(x)), a, b)
 
 
 def interpolation_direction(params_a: PyTree, params_b: PyTree) -> PyTree:
-  """``params_b − params_a`` leaf by leaf, in float32.
+  """``params_b − params_a`` leaf by leaf, formed in float32 (held in a 16-bit leaf's dtype, see
+  :func:`direction_dtype`: then θ_a + 1·d is θ_b only up to that rounding, documented in README).
 
   Raises:
     ValueError: naming the first path/shape that differs ("interpolation between models
@@ -535,7 +549,7 @@ def _orthogonalize(d2: PyTree, d1: PyTree) -> PyTree:
   dot = sum(jnp.sum(f32(a) * f32(b)) for a, b in zip(jax.tree.leaves(d2), jax.tree.leaves(d1)))
   nn = sum(jnp.sum(jnp.square(f32(b))) for b in jax.tree.leaves(d1))
   coef = jnp.where(nn > 0, dot / jnp.where(nn > 0, nn, 1.0), 0.0)
-  return jax.tree.map(lambda a, b: f32(a) - coef * f32(b), d2, d1)
+  return jax.tree.map(lambda a, b: (f32(a) - coef * f32(b)).astype(direction_dtype(a)), d2, d1)
 
 
 def orthogonalize(d2: PyTree, d1: PyTree) -> PyTree:

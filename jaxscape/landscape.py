@@ -244,6 +244,8 @@ def _directions(model, spec: LandscapeSpec, grid: Grid, model_b, model_c, direct
     if len(dirs) != grid.coeffs.shape[1]:
       raise InputError(f"kind {spec.kind} with {spec.num_directions} direction(s) needs {grid.coeffs.shape[1]} "
                        f"direction(s), {len(dirs)} were given")
+    # Held like the model's leaves (bfloat16 residency), one leaf at a time.
+    dirs = [jax.tree.map(lambda d, w: d.astype(directions_lib.direction_dtype(w)), d, model.params) for d in dirs]
   else:
     dirs, recipes = directions_lib.directions_for(
         spec.kind, model.params, params_b=model_b.params if model_b else None,
@@ -290,6 +292,7 @@ def _identity(model, model_b, model_c, dirs, recipes, grid: Grid, spec: Landscap
                                             "eos": list(model.eos_ids), "dtype": model.cfg.compute_dtype,
                                             "stop_when_decided": decode.stop_when_decided,
                                             "metric": metric}),
+      "residency": model.cfg.residency,  # θ and the directions held in it: a resume never mixes two
   }
 
 
@@ -366,10 +369,11 @@ def _finish(out_dir: str, meta: dict, done: dict, t_start: float, *, write: bool
 
 
 def _fingerprint(tree) -> str:
-  """``results.fingerprint_tree`` of the per-layer view (``convert.unstack_layers``): a results dir
-  written before the layers were stacked keeps its fingerprint, so it still resumes."""
+  """``results.fingerprint_tree`` of the values as float32, per layer (``convert.unstack_layers``): the
+  same model held in bfloat16 or float32 (a bfloat16 checkpoint) keeps its fingerprint, and a results
+  dir written before the layers were stacked still resumes."""
   from jaxscape import convert
-  return results.fingerprint_tree(convert.unstack_layers(jax.tree.map(np.asarray, tree)))
+  return results.fingerprint_tree(convert.unstack_layers(jax.tree.map(lambda x: np.asarray(x, np.float32), tree)))
 
 
 def _stack_owned(dirs: list) -> Any:

@@ -90,6 +90,16 @@ class ModelConfig:
     """The compute dtype as a jnp dtype."""
     return _DTYPES[self.compute_dtype]
 
+  @property
+  def residency(self) -> str:
+    """The dtype θ's and the directions' matrices are held in: the compute dtype. Vectors (norm
+    scales, biases) stay float32, as the model computes with them in float32."""
+    return self.compute_dtype
+
+  def resident_dtype(self, ndim_per_layer: int):
+    """The dtype a leaf is held in, by its rank per layer (a stacked ``[L, ...]`` leaf's rank less 1)."""
+    return _DTYPES[self.residency] if ndim_per_layer >= 2 else jnp.float32
+
   @classmethod
   def from_hf_dict(cls, d: dict, *, compute_dtype: str = "float32") -> "ModelConfig":
     """From a ``config.json`` dict, in the transformers 4 or 5 spelling."""

@@ -49,9 +49,46 @@ class Factored:
     return self.base.dtype
 
   def dense(self) -> jax.Array:
-    """The materialized weight, formed in float32 and cast to the base dtype."""
-    delta = jnp.tensordot(self.coeffs.astype(jnp.float32), self.dirs.astype(jnp.float32), axes=1)
+    """The materialized weight, formed in float32 and cast to the base dtype.
+
+    A 16-bit base (bfloat16 residency) is formed as one elementwise sum over the n directions,
+    which XLA fuses into the cast: no float32 copy of the weight is ever a buffer (a tensordot
+    over n is a dot, whose float32 result would be).
+    """
+    c = self.coeffs.astype(jnp.float32)
+    if _is_16bit(self.base):
+      total = self.base.astype(jnp.float32)
+      for i in range(self.dirs.shape[0]):
+        total = total + c[i] * self.dirs[i].astype(jnp.float32)
+      return total.astype(self.base.dtype)
+    delta = jnp.tensordot(c, self.dirs.astype(jnp.float32), axes=1)
     return (self.base.astype(jnp.float32) + delta).astype(self.base.dtype)
+
+
+def _is_16bit(w) -> bool:
+  return jnp.dtype(w.dtype).itemsize == 2
+
+
+def _index(w: jax.Array, i: jax.Array, axis: int) -> jax.Array:
+  """``w``'s slice ``i`` along ``axis``; 16-bit floats are sliced as uint16.
+
+  Inside a ``lax.scan`` over layers, XLA:CPU converts a whole stacked bfloat16 operand of a
+  dynamic slice to float32 once, outside the loop: a float32 copy of every layer. As bits the
+  slice is exact and nothing is converted.
+  """
+  if not _is_16bit(w):
+    return jax.lax.dynamic_index_in_dim(w, i, axis, keepdims=False)
+  bits = jax.lax.bitcast_convert_type(w, jnp.uint16)
+  return jax.lax.bitcast_convert_type(jax.lax.dynamic_index_in_dim(bits, i, axis, keepdims=False), w.dtype)
+
+
+def _rows(table: jax.Array, ids: jax.Array, axis: int = 0) -> jax.Array:
+  """``table[ids]`` (``axis`` 0) or ``table[:, ids]`` (1); 16-bit floats gathered as uint16 (XLA:CPU
+  gathered bfloat16 from a float32 copy of the table)."""
+  pick = (lambda t: t[ids]) if axis == 0 else (lambda t: t[:, ids])
+  if not _is_16bit(table):
+    return pick(table)
+  return jax.lax.bitcast_convert_type(pick(jax.lax.bitcast_convert_type(table, jnp.uint16)), table.dtype)
 
 
 def stack_directions(directions: Sequence[PyTree]) -> PyTree:
@@ -95,9 +132,8 @@ def layer_slice(layers: PyTree, i: jax.Array) -> PyTree:
   """
   def one(w):
     if isinstance(w, Factored):
-      return Factored(jax.lax.dynamic_index_in_dim(w.base, i, 0, keepdims=False),
-                      jax.lax.dynamic_index_in_dim(w.dirs, i, 1, keepdims=False), w.coeffs)
-    return jax.lax.dynamic_index_in_dim(w, i, 0, keepdims=False)
+      return Factored(_index(w.base, i, 0), _index(w.dirs, i, 1), w.coeffs)
+    return _index(w, i, 0)
   return jax.tree.map(one, layers, is_leaf=lambda w: isinstance(w, Factored))
 
 
@@ -195,11 +231,9 @@ def _concat_last(ws: Sequence[jax.Array]) -> jax.Array:
 def take_rows(table, ids: jax.Array, dtype) -> jax.Array:
   """Embedding lookup ``table[ids]`` ([V, D] table) in ``dtype``."""
   if not isinstance(table, Factored):
-    if jnp.dtype(table.dtype).itemsize == 2:  # as bits: XLA:CPU gathered bfloat16 from a float32 copy of the table
-      return jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(table, jnp.uint16)[ids], table.dtype).astype(dtype)
-    return table[ids].astype(dtype)
-  rows = table.base[ids].astype(jnp.float32)
-  drows = table.dirs[:, ids].astype(jnp.float32)  # [n, *ids.shape, D]
+    return _rows(table, ids).astype(dtype)
+  rows = _rows(table.base, ids).astype(jnp.float32)
+  drows = _rows(table.dirs, ids, axis=1).astype(jnp.float32)  # [n, *ids.shape, D]
   return (rows + _weighted_sum(table.coeffs.astype(jnp.float32), drows)).astype(dtype)
 
 

@@ -72,8 +72,8 @@ def estimate_bytes(cfg: ModelConfig, *, strategy: str, points: int, n_dirs: int,
                    seq_len: int, model_shards: int = 1) -> int:
   """Rough peak bytes per device for a slice of ``points`` points (weights + KV cache + activations)."""
   f32 = 4
-  weights = cfg.num_params() * f32 // model_shards
-  resident = weights * (1 + n_dirs)  # θ and the directions
+  weights = cfg.num_params() * np.dtype(cfg.resident_dtype(2)).itemsize // model_shards
+  resident = weights * (1 + n_dirs)  # θ and the directions, held in the resident dtype (vectors: negligible)
   kv = _kv_cache_bytes(cfg, batch=batch, seq_len=seq_len) // model_shards
   logits = batch * cfg.vocab_size * f32 * 2
   acts = batch * max(cfg.intermediate_size, cfg.hidden_size) * f32 * 8

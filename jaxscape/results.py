@@ -100,6 +100,10 @@ def check_writable(out_dir: str) -> None:
   os.remove(probe)
 
 
+# Identity fields added after results dirs existed, with the value every earlier run had.
+IDENTITY_DEFAULTS = {"residency": "float32"}
+
+
 def prepare_run(out_dir: str, identity: dict, *, resume: bool, write: bool = True) -> bool:
   """Check ``out_dir`` against this run's ``identity`` (fingerprints of model, directions, prompts, flags).
 
@@ -115,6 +119,7 @@ def prepare_run(out_dir: str, identity: dict, *, resume: bool, write: bool = Tru
         old = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
       raise InputError(f"{run_path}: unreadable ({e}); use a new --out") from None
+    old = {**IDENTITY_DEFAULTS, **old}  # a dir written before a field existed holds its default
     diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
     if diff:
       raise InputError(f"{out_dir} holds a different run (differs in: {', '.join(diff)}); "
