@@ -354,7 +354,8 @@ def _scan_meta(model, spec: LandscapeSpec, decode: DecodeSpec, options: ScanOpti
                "out_dir": os.path.abspath(out_dir),
                # The budget is detected from this machine's free memory, so it lives with the host.
                "memory_plan": {"bytes_per_device": plan.bytes_per_device, "budget": plan.budget,
-                               "reason": plan.reason, "compiled_bytes_per_device": compiled.compiled_bytes}},
+                               "reason": plan.reason, "compiled_bytes_per_device": compiled.compiled_bytes,
+                               "compiled_by_kind": compiled.memory}},
       "mesh": dict(mesh.shape)}
 
 

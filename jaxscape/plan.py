@@ -188,6 +188,19 @@ def replan_slice(plan: Plan, cfg: ModelConfig, *, slice_size: int, point_shards:
                                       seq_len=seq_len, model_shards=model_shards))
 
 
+def memory_breakdown(compiled) -> dict | None:
+  """Device bytes XLA assigned a compiled call, per device, by kind: ``arguments``, ``outputs``,
+  ``temporaries`` and ``aliased`` (outputs that reuse donated arguments). None when not reported."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # not every backend implements it
+    return None
+  if m is None:
+    return None
+  return {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
+          "temporaries": int(m.temp_size_in_bytes), "aliased": int(m.alias_size_in_bytes)}
+
+
 def compiled_bytes(compiled) -> int | None:
   """Device bytes XLA assigned a compiled call, per device: arguments + outputs + temporaries,
   less what donation aliases. None when the backend does not report it."""

@@ -375,6 +375,8 @@ class CompiledScan:
                compiled_bytes: int | None, compile_s: float):
     self.setup, self.plan, self.mesh = setup, plan, mesh
     self.compiled_bytes, self.compile_s = compiled_bytes, compile_s
+    # Per program, XLA's bytes by kind (plan.memory_breakdown): arguments are θ, the directions, the prompts.
+    self.memory = {name: plan_lib.memory_breakdown(p) for name, p in programs.items()}
     self._placed, self._programs = placed, programs
 
   def _put_points(self, x):
@@ -479,6 +481,8 @@ def compile_scan(params: PyTree, stacked_dirs: PyTree, setup: ScanSetup, *, mesh
   plan = plan_lib.plan_scan(cfg, n_points=max(1, n_points), budget=memory_budget, strategy=strategy,
                             slice_size=slice_size, point_shards=point_shards, **size)
   log(plan.describe())
+  if n_points == 0:  # every point is done (a finished run resumed): nothing to place or compile
+    return CompiledScan(setup, plan, mesh, {}, {}, None, 0.0)
   placed = _place(params, stacked_dirs, setup, mesh)
   t0 = time.perf_counter()
   shrunk = False
