@@ -191,3 +191,13 @@ def judge_line(entry: dict, name: str) -> str:
           f"agreement with keywords {entry['agreement_percent']:.1f}% (both unsafe {agree['both_unsafe']}, "
           f"keyword only {agree['keyword_only']}, judge only {agree['judge_only']}, both safe {agree['both_safe']}) "
           f"scored {t.get('pairs_scored', 0)} pairs in {t.get('total_s', 0.0):.1f}s")
+
+
+def parse_bytes(text: str, flag: str) -> int:
+  """'8G', '512M', '1.5GiB', '80GiB', '1000000' -> bytes; a malformed size is a user error naming ``flag``."""
+  import re
+  m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B)?\s*", text or "", re.I)
+  if not m:
+    raise UserError(f"{flag}={text!r} is not a size like 8G or 512M")
+  scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
+  return int(float(m.group(1)) * scale)

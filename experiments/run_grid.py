@@ -6,7 +6,6 @@ Flags given after --flagfile override the file.
 """
 
 import math
-import re
 import time
 
 _T_START = time.perf_counter()
@@ -55,15 +54,6 @@ flags.DEFINE_bool("distributed", False, "multi-host from the environment (SLURM,
 FLAGS = flags.FLAGS
 
 
-def parse_bytes(text):
-  """'8G', '512M', '1.5GiB', '1000000' -> bytes."""
-  m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B)?\s*", text or "", re.I)
-  if not m:
-    raise common.UserError(f"--memory_budget={text!r} is not a size like 8G or 512M")
-  scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
-  return int(float(m.group(1)) * scale)
-
-
 def main(argv):
   del argv
   import jaxscape
@@ -83,7 +73,7 @@ def main(argv):
     raise common.UserError(f"--kind={FLAGS.kind} needs --model_b")
   if FLAGS.kind == "2d_interpolation" and not FLAGS.model_c:
     raise common.UserError("--kind=2d_interpolation needs --model_c")
-  budget = parse_bytes(FLAGS.memory_budget) if FLAGS.memory_budget else None
+  budget = common.parse_bytes(FLAGS.memory_budget, "--memory_budget") if FLAGS.memory_budget else None
   if FLAGS.cpu_devices < 0:
     raise common.UserError(f"--cpu_devices must be >= 0, got {FLAGS.cpu_devices}")
   points = math.prod(len(a) for a in directions_lib.grid_axes(

@@ -12,6 +12,7 @@ import functools
 import jax
 import numpy as np
 
+from jaxscape.decode import phase_ends
 from jaxscape.errors import InputError
 from jaxscape.model import ModelConfig, kv_dtype
 
@@ -69,18 +70,35 @@ def detect_memory_budget() -> int:
 
 
 def estimate_bytes(cfg: ModelConfig, *, strategy: str, points: int, n_dirs: int, batch: int,
-                   seq_len: int, model_shards: int = 1) -> int:
-  """Rough peak bytes per device for a slice of ``points`` points (weights + KV cache + activations)."""
+                   seq_len: int, model_shards: int = 1, target: str | None = None,
+                   max_new_tokens: int | None = None) -> int:
+  """Rough peak bytes per device for a slice of ``points`` points (weights + KV cache + activations).
+
+  Two copies XLA makes are counted (read off compiled scans, BENCHMARKS.md session 12): on CPU,
+  a decoding ``while_loop`` over 16-bit weights holds a copy of them (the bits its layer slices
+  are cut from, ``perturb.layer_slice``: XLA:CPU hoists that bitcast out of the loop as a copy),
+  so the weights decoding reads count twice there: θ and the directions when decoding is
+  factored, a point's materialized weights when it is materialized; and while the cache grows to a new
+  phase (``decode.phase_ends``, given ``max_new_tokens``) the old and the new cache coexist.
+  """
   f32 = 4
   weights = cfg.num_params() * np.dtype(cfg.resident_dtype(2)).itemsize // model_shards
-  resident = weights * (1 + n_dirs)  # θ and the directions, held in the resident dtype (vectors: negligible)
-  kv = _kv_cache_bytes(cfg, batch=batch, seq_len=seq_len) // model_shards
+  pre, dec = phase_strategies(strategy)
+  resident = weights * (1 + n_dirs)  # θ and the directions (resident dtype)
+  loop_copy = _on_cpu(target) and np.dtype(cfg.resident_dtype(2)).itemsize == 2
+  if dec == "factored" and loop_copy:
+    resident *= 2  # the decode loop reads them: its copy
+  kv = _kv_cache_bytes(cfg, batch=batch, seq_len=seq_len, target=target) // model_shards
+  if max_new_tokens:
+    ends = phase_ends(max_new_tokens)
+    prompt = seq_len - max_new_tokens
+    if len(ends) > 1:  # the previous phase's cache, copied into the grown one
+      kv += _kv_cache_bytes(cfg, batch=batch, seq_len=prompt + ends[-2], target=target) // model_shards
   logits = batch * cfg.vocab_size * f32 * 2
   acts = batch * max(cfg.intermediate_size, cfg.hidden_size) * f32 * 8
   per_point = kv + logits + acts
-  pre, dec = phase_strategies(strategy)
   if pre == "materialize":
-    per_point += _point_weight_bytes(cfg) // model_shards
+    per_point += _point_weight_bytes(cfg) // model_shards * (2 if dec == "materialize" and loop_copy else 1)
   if dec == "factored":
     per_point += n_dirs * (logits + acts)  # one extra activation set per direction
   # Prefill holds [B, T, ...] activations and [B, H, T, T] scores once.
@@ -88,9 +106,26 @@ def estimate_bytes(cfg: ModelConfig, *, strategy: str, points: int, n_dirs: int,
   return int(resident + points * (per_point + prefill // 4))
 
 
-def _kv_cache_bytes(cfg: ModelConfig, *, batch: int, seq_len: int) -> int:
+TARGETS = ("cpu", "gpu")
+
+
+def _on_cpu(target: str | None) -> bool:
+  return (target or ("cpu" if jax.default_backend() == "cpu" else "gpu")) == "cpu"
+
+
+def kv_itemsize(cfg: ModelConfig, target: str | None = None) -> int:
+  """Bytes per cached key/value on ``target`` (None: this process's backend, ``model.kv_dtype``):
+  the compute dtype's on an accelerator, float32 on CPU."""
+  if target is None:
+    return np.dtype(kv_dtype(cfg)).itemsize
+  if target not in TARGETS:
+    raise InputError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+  return np.dtype(cfg.dtype).itemsize if target == "gpu" else 4
+
+
+def _kv_cache_bytes(cfg: ModelConfig, *, batch: int, seq_len: int, target: str | None = None) -> int:
   """Bytes of one point's KV cache: ``batch`` rows of ``seq_len`` slots."""
-  return 2 * cfg.num_layers * batch * seq_len * cfg.num_kv_heads * cfg.head_dim * np.dtype(kv_dtype(cfg)).itemsize
+  return 2 * cfg.num_layers * batch * seq_len * cfg.num_kv_heads * cfg.head_dim * kv_itemsize(cfg, target)
 
 
 def _point_weight_bytes(cfg: ModelConfig) -> int:
@@ -99,7 +134,7 @@ def _point_weight_bytes(cfg: ModelConfig) -> int:
 
 
 def decoding_reads_weights_most(cfg: ModelConfig, *, points_per_device: int, n_dirs: int, batch: int,
-                                seq_len: int) -> bool:
+                                seq_len: int, target: str | None = None) -> bool:
   """Whether factored decoding beats materialized decoding: the weights a materialized point reads
   each step outweigh its KV cache, and a device holds more than ``1 + n_dirs`` points (factored
   reads 1 + n shared copies a step, materialize one per point, at (1 + n)x fewer FLOPs).
@@ -111,12 +146,13 @@ def decoding_reads_weights_most(cfg: ModelConfig, *, points_per_device: int, n_d
   prompts (3.3) 33.5 vs 26.3 s; toy model, 80 prompts (KV cache 8.9x the weights) 6.6 vs 6.3 s.
   """
   return (points_per_device > 1 + n_dirs
-          and _point_weight_bytes(cfg) > _kv_cache_bytes(cfg, batch=batch, seq_len=seq_len))
+          and _point_weight_bytes(cfg) > _kv_cache_bytes(cfg, batch=batch, seq_len=seq_len, target=target))
 
 
 def plan_scan(cfg: ModelConfig, *, n_points: int, n_dirs: int, batch: int, seq_len: int,
               budget: int | None = None, strategy: str = "auto", slice_size: int = 0,
-              point_shards: int = 1, model_shards: int = 1) -> Plan:
+              point_shards: int = 1, model_shards: int = 1, target: str | None = None,
+              max_new_tokens: int | None = None) -> Plan:
   """Choose strategy and slice size that fit ``budget`` bytes per device.
 
   Slices are multiples of ``point_shards`` (devices along the points axis). ``auto`` takes the
@@ -126,13 +162,14 @@ def plan_scan(cfg: ModelConfig, *, n_points: int, n_dirs: int, batch: int, seq_l
   :func:`phase_strategies`). Raises InputError when no plan fits.
   """
   budget = budget or detect_memory_budget()
+  extra = dict(target=target, max_new_tokens=max_new_tokens)
   candidates = STRATEGIES if strategy == "auto" else (strategy,)
   if strategy not in STRATEGIES + ("auto",):
     raise InputError(f"unknown strategy {strategy!r}; expected auto or one of {', '.join(STRATEGIES)}")
   fits = {}
   per_shard_points = -(-n_points // point_shards)
   for s in candidates:
-    est = functools.partial(estimate_bytes, cfg, strategy=s, n_dirs=n_dirs, batch=batch, seq_len=seq_len,
+    est = functools.partial(estimate_bytes, cfg, strategy=s, n_dirs=n_dirs, batch=batch, seq_len=seq_len, **extra,
                             model_shards=model_shards)
     if slice_size:
       want = -(-slice_size // point_shards)
@@ -160,13 +197,14 @@ def plan_scan(cfg: ModelConfig, *, n_points: int, n_dirs: int, batch: int, seq_l
     if s in fits and (best is None or fits[s] > best[0]):
       best = (fits[s], s)
   if (strategy == "auto" and best is not None and best[1] == "materialize" and fits.get("hybrid") == best[0]
-      and decoding_reads_weights_most(cfg, points_per_device=best[0], n_dirs=n_dirs, batch=batch, seq_len=seq_len)):
+      and decoding_reads_weights_most(cfg, points_per_device=best[0], n_dirs=n_dirs, batch=batch, seq_len=seq_len,
+                                      target=target)):
     best = (best[0], "hybrid")
     reason = f"auto; decoding reads weights more than KV cache: {1 + n_dirs} shared copies, not {best[0]}"
   else:
     reason = "forced" if strategy != "auto" else "auto"
   if best is None:
-    need = min(estimate_bytes(cfg, strategy=s, points=1, n_dirs=n_dirs, batch=batch, seq_len=seq_len,
+    need = min(estimate_bytes(cfg, strategy=s, points=1, n_dirs=n_dirs, batch=batch, seq_len=seq_len, **extra,
                               model_shards=model_shards) for s in candidates)
     raise InputError(f"no scan plan fits the memory budget: one point needs ~{need / (1 << 30):.2f} GiB "
                      f"per device, budget is {budget / (1 << 30):.2f} GiB (raise --memory_budget, use fewer "
@@ -174,18 +212,20 @@ def plan_scan(cfg: ModelConfig, *, n_points: int, n_dirs: int, batch: int, seq_l
   per_dev, s = best
   size = per_dev * point_shards
   return Plan(strategy=s, slice_size=size, budget=budget, reason=reason,
-              bytes_per_device=estimate_bytes(cfg, strategy=s, points=per_dev, n_dirs=n_dirs, batch=batch,
+              bytes_per_device=estimate_bytes(cfg, strategy=s, points=per_dev, n_dirs=n_dirs, batch=batch, **extra,
                                               seq_len=seq_len, model_shards=model_shards))
 
 
 def replan_slice(plan: Plan, cfg: ModelConfig, *, slice_size: int, point_shards: int, n_dirs: int, batch: int,
-                 seq_len: int, model_shards: int = 1) -> Plan:
+                 seq_len: int, model_shards: int = 1, target: str | None = None,
+                 max_new_tokens: int | None = None) -> Plan:
   """``plan`` with a smaller slice (a multiple of ``point_shards``) and its estimate, same strategy."""
   per_dev = max(1, slice_size // point_shards)
   return dataclasses.replace(
       plan, slice_size=per_dev * point_shards, reason=f"{plan.reason}, slice shrunk to fit after compiling",
       bytes_per_device=estimate_bytes(cfg, strategy=plan.strategy, points=per_dev, n_dirs=n_dirs, batch=batch,
-                                      seq_len=seq_len, model_shards=model_shards))
+                                      seq_len=seq_len, model_shards=model_shards, target=target,
+                                      max_new_tokens=max_new_tokens))
 
 
 def memory_breakdown(compiled) -> dict | None:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscape import decode as decode_lib
+from jaxscape import model as model_lib
 from jaxscape import perturb
 from jaxscape import plan as plan_lib
 from jaxscape import prompts as prompts_lib
@@ -477,7 +478,8 @@ def compile_scan(params: PyTree, stacked_dirs: PyTree, setup: ScanSetup, *, mesh
   rows = setup.rows
   batch = len(rows.tokens) if rows is not None else len(setup.choices.tokens)
   width = (rows.tokens.shape[1] + rows.prefix_len) if rows is not None else setup.choices.tokens.shape[1]
-  size = dict(n_dirs=n_dirs, batch=batch, seq_len=width + setup.decoder.max_new_tokens, model_shards=model_shards)
+  size = dict(n_dirs=n_dirs, batch=batch, seq_len=width + setup.decoder.max_new_tokens, model_shards=model_shards,
+              max_new_tokens=setup.decoder.max_new_tokens)
   plan = plan_lib.plan_scan(cfg, n_points=max(1, n_points), budget=memory_budget, strategy=strategy,
                             slice_size=slice_size, point_shards=point_shards, **size)
   log(plan.describe())
@@ -502,6 +504,41 @@ def compile_scan(params: PyTree, stacked_dirs: PyTree, setup: ScanSetup, *, mesh
     log(f"compiled: {needed / (1 << 30):.2f} GiB per device (XLA's buffers for one slice: params, directions, "
         f"activations, KV cache)")
   return CompiledScan(setup, plan, mesh, placed, programs, needed, time.perf_counter() - t0)
+
+
+def abstract_inputs(cfg: ModelConfig, mesh, *, n_dirs: int) -> tuple[PyTree, PyTree]:
+  """θ and ``n_dirs`` stacked directions as ``jax.ShapeDtypeStruct`` trees: resident dtypes
+  (``ModelConfig.resident_dtype``), placed on ``mesh`` as a scan places them. Nothing is allocated."""
+  shapes = jax.eval_shape(lambda: model_lib.init_params(cfg, jax.random.key(0)))
+
+  def resident(path, s):
+    stacked = jax.tree_util.keystr(path[:1]) == "['layers']"
+    return jax.ShapeDtypeStruct(s.shape, cfg.resident_dtype(len(s.shape) - (1 if stacked else 0)))
+
+  params = jax.tree_util.tree_map_with_path(resident, shapes)
+  dirs = jax.tree.map(lambda s: jax.ShapeDtypeStruct((n_dirs,) + s.shape, s.dtype), params)
+  place = lambda tree, shardings: jax.tree.map(  # noqa: E731
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
+  return (place(params, sharding_lib.param_shardings(params, mesh)),
+          place(dirs, sharding_lib.direction_shardings(params, mesh)))
+
+
+def compile_abstract(cfg: ModelConfig, plan: plan_lib.Plan, mesh, *, n_dirs: int, batch: int, prompt_tokens: int,
+                     max_new_tokens: int) -> dict | None:
+  """XLA's bytes per device (``plan.memory_breakdown``) of ``plan``'s slice program, compiled ahead of time
+  from shapes alone: the exact program a scan of ``batch`` prompts of ``prompt_tokens`` tokens would run
+  (one length group, no shared prefix), for shapes this machine could never hold."""
+  cfg = sharding_lib.config_for_mesh(cfg, mesh)
+  params, dirs = abstract_inputs(cfg, mesh, n_dirs=n_dirs)
+  rep = sharding_lib.replicated(mesh)
+  tokens = jax.ShapeDtypeStruct((batch, prompt_tokens), jnp.int32, sharding=rep)
+  mask = jax.ShapeDtypeStruct((batch, prompt_tokens), jnp.bool_, sharding=rep)
+  coeffs = jax.ShapeDtypeStruct((plan.slice_size, n_dirs), jnp.float32, sharding=sharding_lib.points_sharding(mesh))
+  decoder = decode_lib.Decoder(cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=(0,),
+                               groups=((0, batch, prompt_tokens),))
+  compiled = decode_slice.lower(params, dirs, coeffs, tokens, mask, np.int32(max_new_tokens), np.int32(0), None,
+                                decoder=decoder, strategy=plan.strategy).compile()
+  return plan_lib.memory_breakdown(compiled)
 
 
 # ----------------------------------------------------------------- the loop
