@@ -120,7 +120,10 @@ def main(argv):
   while FLAGS.compile:  # as run_grid does (scan.compile_scan): XLA's bytes are the fact, a slice over them shrinks
     mem = scan.compile_abstract(cfg, p, mesh, n_dirs=n_dirs, batch=batch, prompt_tokens=prompt_tokens,
                                 max_new_tokens=FLAGS.max_new_tokens)
-    held = _report_compiled(mem, cfg, p, size, target=target, point_shards=mesh.shape["points"]) or p.bytes_per_device
+    held = _report_compiled(mem, cfg, p, size, target=target, point_shards=mesh.shape["points"])
+    if held is None:  # no count of the target's own: the estimate decides
+      held = p.bytes_per_device
+      break
     smaller = p.slice_size // mesh.shape["points"] // 2 * mesh.shape["points"]
     if held <= budget or FLAGS.slice_size or smaller <= 0:
       break
@@ -133,7 +136,8 @@ def main(argv):
 
 
 def _report_compiled(mem: dict | None, cfg, p, size: dict, *, target: str, point_shards: int) -> int | None:
-  """Print XLA's bytes beside the estimate; returns the bytes the target would hold (None: not reported)."""
+  """Print XLA's bytes beside the estimate; returns the bytes the target would hold by XLA's count (None: not
+  reported, or compiled on CPU for a GPU, whose count is a proxy only)."""
   import jax
   from jaxscape import plan
   if mem is None:
@@ -141,19 +145,17 @@ def _report_compiled(mem: dict | None, cfg, p, size: dict, *, target: str, point
     return None
   total = mem["arguments"] + mem["outputs"] + mem["temporaries"] - mem["aliased"]
   proxy = target == "gpu" and jax.default_backend() == "cpu"
-  # XLA:CPU holds a narrower compute dtype's KV cache in float32, a GPU in the compute dtype: the GPU
-  # holds what XLA:CPU does less the difference of the two estimates (which differ in that cache only).
-  per_device = p.slice_size // point_shards
-  est = lambda t: plan.estimate_bytes(cfg, strategy=p.strategy, points=per_device, **{**size, "target": t})  # noqa: E731
-  kv_extra = est("cpu") - est("gpu") if proxy else 0
-  held = total - kv_extra
-  print(f"XLA{' (compiled on CPU for a GPU target: a proxy)' if proxy else ''}: arguments "
-        f"{mem['arguments'] / GIB:.2f} GiB, outputs {mem['outputs'] / GIB:.2f}, temporaries {mem['temporaries'] / GIB:.2f}"
-        + (f" (less {kv_extra / GIB:.2f} for the KV cache XLA:CPU holds in float32 and a GPU in {cfg.compute_dtype})"
-           if proxy else ""))
-  print(f"held per device: {held / GIB:.2f} GiB; plan's estimate {p.bytes_per_device / GIB:.2f} GiB "
-        f"({p.bytes_per_device / held:.2f}x)")
-  return held
+  line = (f"XLA: arguments {mem['arguments'] / GIB:.2f} GiB, outputs {mem['outputs'] / GIB:.2f}, temporaries "
+          f"{mem['temporaries'] / GIB:.2f}; in all {total / GIB:.2f} GiB per device")
+  if not proxy:
+    print(f"{line}; plan's estimate {p.bytes_per_device / GIB:.2f} GiB ({p.bytes_per_device / total:.2f}x)")
+    return total
+  # XLA:CPU holds a bfloat16 KV cache in float32 (model.kv_dtype): its bytes are the CPU's, checked
+  # against the estimate of the same slice for a CPU target.
+  as_cpu = plan.estimate_bytes(cfg, strategy=p.strategy, points=p.slice_size // point_shards, **{**size, "target": "cpu"})
+  print(f"{line} (compiled on CPU: a proxy; the CPU estimate of the same slice is {as_cpu / GIB:.2f} GiB, "
+        f"{as_cpu / total:.2f}x)")
+  return None
 
 
 def _what_would_fit(cfg, p, mesh, held: int, budget: int) -> str:

@@ -74,8 +74,7 @@ def _index(w: jax.Array, i: jax.Array, axis: int) -> jax.Array:
 
   Inside a ``lax.scan`` over layers, XLA:CPU converts a whole stacked bfloat16 operand of a
   dynamic slice to float32 once, outside the loop: a float32 copy of every layer. As bits the
-  slice is exact and nothing is converted (inside a decoding ``while_loop`` XLA:CPU still keeps
-  one 16-bit copy of the bits, half the float32 one; ``plan.estimate_bytes`` counts it).
+  slice is exact and nothing is converted.
   """
   if not _is_16bit(w) or jax.default_backend() != "cpu":  # accelerators slice 16-bit floats natively
     return jax.lax.dynamic_index_in_dim(w, i, axis, keepdims=False)

@@ -74,31 +74,25 @@ def estimate_bytes(cfg: ModelConfig, *, strategy: str, points: int, n_dirs: int,
                    max_new_tokens: int | None = None) -> int:
   """Rough peak bytes per device for a slice of ``points`` points (weights + KV cache + activations).
 
-  Two copies XLA makes are counted (read off compiled scans, BENCHMARKS.md session 12): on CPU,
-  a decoding ``while_loop`` over 16-bit weights holds a copy of them (the bits its layer slices
-  are cut from, ``perturb.layer_slice``: XLA:CPU hoists that bitcast out of the loop as a copy),
-  so the weights decoding reads count twice there: θ and the directions when decoding is
-  factored, a point's materialized weights when it is materialized; and while the cache grows to a new
-  phase (``decode.phase_ends``, given ``max_new_tokens``) the old and the new cache coexist.
+  Given ``max_new_tokens``, the cache of every decoding phase counts (``decode.phase_ends``): each
+  phase after the first runs inside the previous one's ``lax.cond`` (``Decoder.run_phases``), and
+  XLA keeps a conditional's operands, so all phase caches are live at the deepest phase (read off
+  compiled scans: 1.7x the last cache at 64 new tokens, 3.6x at 512; BENCHMARKS.md session 12).
   """
   f32 = 4
   weights = cfg.num_params() * np.dtype(cfg.resident_dtype(2)).itemsize // model_shards
   pre, dec = phase_strategies(strategy)
   resident = weights * (1 + n_dirs)  # θ and the directions (resident dtype)
-  loop_copy = _on_cpu(target) and np.dtype(cfg.resident_dtype(2)).itemsize == 2
-  if dec == "factored" and loop_copy:
-    resident *= 2  # the decode loop reads them: its copy
   kv = _kv_cache_bytes(cfg, batch=batch, seq_len=seq_len, target=target) // model_shards
-  if max_new_tokens:
-    ends = phase_ends(max_new_tokens)
+  if max_new_tokens:  # every earlier phase's cache too (see above)
     prompt = seq_len - max_new_tokens
-    if len(ends) > 1:  # the previous phase's cache, copied into the grown one
-      kv += _kv_cache_bytes(cfg, batch=batch, seq_len=prompt + ends[-2], target=target) // model_shards
+    kv += sum(_kv_cache_bytes(cfg, batch=batch, seq_len=prompt + end, target=target)
+              for end in phase_ends(max_new_tokens)[:-1]) // model_shards
   logits = batch * cfg.vocab_size * f32 * 2
   acts = batch * max(cfg.intermediate_size, cfg.hidden_size) * f32 * 8
   per_point = kv + logits + acts
   if pre == "materialize":
-    per_point += _point_weight_bytes(cfg) // model_shards * (2 if dec == "materialize" and loop_copy else 1)
+    per_point += _point_weight_bytes(cfg) // model_shards
   if dec == "factored":
     per_point += n_dirs * (logits + acts)  # one extra activation set per direction
   # Prefill holds [B, T, ...] activations and [B, H, T, T] scores once.
@@ -107,10 +101,6 @@ def estimate_bytes(cfg: ModelConfig, *, strategy: str, points: int, n_dirs: int,
 
 
 TARGETS = ("cpu", "gpu")
-
-
-def _on_cpu(target: str | None) -> bool:
-  return (target or ("cpu" if jax.default_backend() == "cpu" else "gpu")) == "cpu"
 
 
 def kv_itemsize(cfg: ModelConfig, target: str | None = None) -> int:

@@ -119,8 +119,7 @@ def test_bfloat16_materialized_points_count_bfloat16_weights():
                for c in (LLAMA_100M, bf16)}
   weights = LLAMA_100M.num_params() * 4
   kv_and_acts = per_point["float32"] - weights  # the KV cache: float32 on CPU for both (model.kv_dtype)
-  # bfloat16 points are half the bytes, and on CPU the decoding loop holds a copy of them (plan.estimate_bytes)
-  assert per_point["bfloat16"] == pytest.approx(kv_and_acts + 2 * (weights // 2), rel=1e-6)
+  assert per_point["bfloat16"] == pytest.approx(kv_and_acts + weights // 2, rel=1e-6)
 
 
 def test_stop_when_decided_checks_its_largest_chunk_near_the_budget(tmp_path, monkeypatch):
