@@ -254,8 +254,9 @@ def plan_one(check: Check, config: str, timeout: float) -> dict:
          f"--samples={s.samples}", f"--max_new_tokens={s.max_new_tokens}", "--prompt_tokens=50",
          "--compute_dtype=bfloat16", "--target=gpu"]
   _, _, rc, tail = benchkit.run_child_rc(cmd, timeout=timeout, cwd=ROOT, env=check.env)
-  return {"status": "ok" if rc == 0 else f"failed (exit {rc})", "exit_code": rc,
-          "last_lines": tail.strip().splitlines()[-8:]}
+  # Exit 2 is the planner's answer "does not fit" (one error: line), not a failure of the check.
+  verdict = {0: "ok (fits)", 2: "ok (does not fit)"}.get(rc, f"failed (exit {rc})")
+  return {"status": verdict, "exit_code": rc, "last_lines": tail.strip().splitlines()[-8:]}
 
 
 def stage_plan(check: Check) -> None:

@@ -36,10 +36,12 @@ def test_smoke_runs_every_stage(tmp_path):
   for name, stage in report["stages"].items():
     assert _is_status(stage["status"]), (name, stage)
     for step, rec in stage.get("steps", {}).items():
-      assert rec["status"] == "ok", (name, step, rec)  # no deadline pressure in a smoke run: every step ran
+      assert rec["status"].startswith("ok"), (name, step, rec)  # no deadline pressure in a smoke run: every step ran
   plan = report["stages"]["2_plan"]
-  if not os.path.isfile(os.path.join(ROOT, "experiments", "plan.py")):
-    assert plan["status"] == "not built"
+  assert {rec["status"] for rec in plan["steps"].values()} <= {"ok (fits)", "ok (does not fit)"}, plan
+  assert len(plan["steps"]) == 5  # the committed configs
+  runs = report["stages"]["3_jaxscape"]["steps"]
+  assert {runs[n]["residency"] for n in ("factored_cold", "materialize_cold")} == {"bfloat16"}
 
   env = report["stages"]["1_environment"]["steps"]
   assert env["probe"]["matmul_flops_bf16"] > 0 and env["probe"]["copy_bytes_s"] > 0
