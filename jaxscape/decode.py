@@ -337,25 +337,17 @@ class Decoder:
     """Decoding in phases (:func:`phase_ends`) up to ``limit`` tokens: the rows' :class:`Generation`.
 
     Before each phase the cache grows to hold its last step (:func:`grow`: a copy of the whole
-    cache). A phase after the first runs only while a row is still decoding (``lax.cond``), so a
-    slice whose rows all end early never grows its cache.
+    cache, after which the outgrown one is dead), so at most two caches are live at once. A
+    phase's loop exits at once when every row has stopped. (Phases nested in ``lax.cond``s, to
+    skip the growth copy of a finished slice, kept every phase's cache live at the deepest one,
+    because XLA keeps a conditional's operands: BENCHMARKS.md, session 12.)
     """
     limit = jnp.minimum(jnp.asarray(limit, jnp.int32), state.out.shape[-1])
-    ends = phase_ends(self.max_new_tokens)
-    first = jnp.asarray(step, jnp.int32)
-
-    def results(st, i):
-      return Generation(tokens=st.out, lengths=st.lengths, nonfinite=st.nonfinite,
-                        truncated=jnp.zeros_like(st.done), row_steps=(i - first) * st.done.size)
-
-    def from_phase(carry, k):
-      st, i = self.run_loop(advance, grow(carry[0], ends[k]), carry[1], limit, pad_id)
-      if k == len(ends) - 1:
-        return results(st, i)
-      return jax.lax.cond((i < limit) & ~jnp.all(st.done), lambda c: from_phase(c, k + 1),
-                          lambda c: results(*c), (st, i))
-
-    return from_phase((state, first), 0)
+    first = i = jnp.asarray(step, jnp.int32)
+    for end in phase_ends(self.max_new_tokens):
+      state, i = self.run_loop(advance, grow(state, end), i, limit, pad_id)
+    return Generation(tokens=state.out, lengths=state.lengths, nonfinite=state.nonfinite,
+                      truncated=jnp.zeros_like(state.done), row_steps=(i - first) * state.done.size)
 
   def generate(self, params: PyTree, tokens: jax.Array, mask: jax.Array, max_steps: jax.Array,
                pad_id: jax.Array, prefix: jax.Array | None = None, key: jax.Array | None = None) -> Generation:

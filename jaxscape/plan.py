@@ -74,20 +74,20 @@ def estimate_bytes(cfg: ModelConfig, *, strategy: str, points: int, n_dirs: int,
                    max_new_tokens: int | None = None) -> int:
   """Rough peak bytes per device for a slice of ``points`` points (weights + KV cache + activations).
 
-  Given ``max_new_tokens``, the cache of every decoding phase counts (``decode.phase_ends``): each
-  phase after the first runs inside the previous one's ``lax.cond`` (``Decoder.run_phases``), and
-  XLA keeps a conditional's operands, so all phase caches are live at the deepest phase (read off
-  compiled scans: 1.7x the last cache at 64 new tokens, 3.6x at 512; BENCHMARKS.md session 12).
+  Given ``max_new_tokens``, half the previous decoding phase's cache counts too
+  (``decode.phase_ends``): keys and values grow into the last phase's cache one after the other
+  (``Decoder.run_phases``), so the old values are live beside the whole new cache (read off
+  compiled scans, BENCHMARKS.md session 12).
   """
   f32 = 4
   weights = cfg.num_params() * np.dtype(cfg.resident_dtype(2)).itemsize // model_shards
   pre, dec = phase_strategies(strategy)
   resident = weights * (1 + n_dirs)  # θ and the directions (resident dtype)
   kv = _kv_cache_bytes(cfg, batch=batch, seq_len=seq_len, target=target) // model_shards
-  if max_new_tokens:  # every earlier phase's cache too (see above)
-    prompt = seq_len - max_new_tokens
-    kv += sum(_kv_cache_bytes(cfg, batch=batch, seq_len=prompt + end, target=target)
-              for end in phase_ends(max_new_tokens)[:-1]) // model_shards
+  ends = phase_ends(max_new_tokens) if max_new_tokens else ()
+  if len(ends) > 1:  # half the previous phase's cache, live while it is copied into the last one (see above)
+    kv += _kv_cache_bytes(cfg, batch=batch, seq_len=seq_len - max_new_tokens + ends[-2],
+                          target=target) // 2 // model_shards
   logits = batch * cfg.vocab_size * f32 * 2
   acts = batch * max(cfg.intermediate_size, cfg.hidden_size) * f32 * 8
   per_point = kv + logits + acts
