@@ -88,15 +88,16 @@ def estimate_bytes(cfg: ModelConfig, *, strategy: str, points: int, n_dirs: int,
   if len(ends) > 1:  # half the previous phase's cache, live while it is copied into the last one (see above)
     kv += _kv_cache_bytes(cfg, batch=batch, seq_len=seq_len - max_new_tokens + ends[-2],
                           target=target) // 2 // model_shards
-  logits = batch * cfg.vocab_size * f32 * 2
-  acts = batch * max(cfg.intermediate_size, cfg.hidden_size) * f32 * 8
+  # Activations are split over the model axis like the weights that make them (heads, MLP units, vocab).
+  logits = batch * cfg.vocab_size * f32 * 2 // model_shards
+  acts = batch * max(cfg.intermediate_size, cfg.hidden_size) * f32 * 8 // model_shards
   per_point = kv + logits + acts
   if pre == "materialize":
     per_point += _point_weight_bytes(cfg) // model_shards
   if dec == "factored":
     per_point += n_dirs * (logits + acts)  # one extra activation set per direction
   # Prefill holds [B, T, ...] activations and [B, H, T, T] scores once.
-  prefill = batch * seq_len * (cfg.intermediate_size * 3 + cfg.num_heads * seq_len) * f32
+  prefill = batch * seq_len * (cfg.intermediate_size * 3 + cfg.num_heads * seq_len) * f32 // model_shards
   return int(resident + points * (per_point + prefill // 4))
 
 
