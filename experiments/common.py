@@ -141,6 +141,19 @@ def define_prompt_flags(default_prompts: str | None = None) -> None:
   flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "matmul dtype")
 
 
+def define_grid_flags() -> None:
+  """Flags that shape a landscape's grid and its slices (run_grid's, and experiments.plan's for the same run)."""
+  flags.DEFINE_enum("kind", "1d_random", ["1d_random", "2d_random", "1d_interpolation", "2d_interpolation",
+                                          "2d_interpolation_random"], "landscape kind")
+  flags.DEFINE_integer("steps", 20, "grid steps per axis (random: steps+1 points; interpolation: steps+2e+1)")
+  flags.DEFINE_float("multiplier", 1.0, "random axes span [-m/2, m/2]")
+  flags.DEFINE_integer("extra_steps", 0, "interpolation: points beyond each model")
+  flags.DEFINE_integer("num_directions", 1, "1d_random: scan N independent directions in one batched scan")
+  flags.DEFINE_enum("strategy", "auto", ["auto", "materialize", "factored", "hybrid"],
+                    "perturbation strategy (hybrid: materialized prefill, factored decoding)")
+  flags.DEFINE_integer("slice_size", 0, "grid points per jitted call (0: from the memory plan)")
+
+
 def define_judge_flags(default_judge: str | None = "keyword") -> None:
   """Flags that pick a classifier judge (``jaxscape.judge``) and how it is asked."""
   flags.DEFINE_string("judge", default_judge, "keyword (the refusal keywords only), the path of a judge "

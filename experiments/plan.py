@@ -24,16 +24,10 @@ from absl import flags
 from experiments import common
 
 common.define_prompt_flags(default_prompts=None)
+common.define_grid_flags()  # run_grid's: a run's flagfile plans as it runs
 flags.DEFINE_string("model", None, "checkpoint dir, hub id org/name[@revision], or a bare config.json (required)")
-flags.DEFINE_enum("kind", "1d_random", ["1d_random", "2d_random", "1d_interpolation", "2d_interpolation",
-                                        "2d_interpolation_random"], "landscape kind")
-flags.DEFINE_integer("steps", 20, "grid steps per axis")
-flags.DEFINE_integer("extra_steps", 0, "interpolation: points beyond each model")
-flags.DEFINE_integer("num_directions", 1, "1d_random: N directions in one scan")
 flags.DEFINE_integer("prompt_tokens", 0, "tokens of the longest rendered prompt (0: render --prompts with the "
                      "model's tokenizer)")
-flags.DEFINE_enum("strategy", "auto", ["auto", "materialize", "factored", "hybrid"], "perturbation strategy")
-flags.DEFINE_integer("slice_size", 0, "grid points per jitted call (0: from the plan)")
 flags.DEFINE_integer("devices", 0, "CPU: simulate this many devices (all on the points axis unless --mesh)")
 flags.DEFINE_string("mesh", None, "device mesh, e.g. points:1,model:8")
 flags.DEFINE_enum("target", None, ["gpu", "cpu"], "the device the plan is for (default: this machine's)")

@@ -16,26 +16,18 @@ from experiments import common  # noqa: E402
 
 common.define_prompt_flags(default_prompts="builtin:harmful_test")
 common.define_judge_flags()
+common.define_grid_flags()
 flags.DEFINE_string("model", common.DEFAULT_MODEL, "model a: HF checkpoint dir, converted dir, GGUF file or "
                     "hub id org/name[@revision] (also for --model_b, --model_c)")
 flags.DEFINE_string("model_b", None, "model b (interpolation kinds)")
 flags.DEFINE_string("model_c", None, "model c (2d_interpolation)")
-flags.DEFINE_enum("kind", "1d_random", ["1d_random", "2d_random", "1d_interpolation", "2d_interpolation",
-                                        "2d_interpolation_random"], "landscape kind")
-flags.DEFINE_integer("steps", 20, "grid steps per axis (random: steps+1 points; interpolation: steps+2e+1)")
-flags.DEFINE_float("multiplier", 1.0, "random axes span [-m/2, m/2]")
-flags.DEFINE_integer("extra_steps", 0, "interpolation: points beyond each model")
 flags.DEFINE_integer("seed", 123, "random direction seed")
-flags.DEFINE_integer("num_directions", 1, "1d_random: scan N independent directions in one batched scan")
 flags.DEFINE_enum("norm", "layer", ["layer", "filter", "none"], "random direction normalisation")
 flags.DEFINE_list("exclude", ["norm"], "regexes of param paths whose direction is zero")
 flags.DEFINE_bool("orthogonal", False, "2d_random: orthogonalise the second direction")
 flags.DEFINE_enum("metric", "safety", ["safety", "capability", "both"], "what to scan")
 flags.DEFINE_string("capability_set", "builtin:mc_test", "multiple-choice JSONL (question, options, answer)")
-flags.DEFINE_enum("strategy", "auto", ["auto", "materialize", "factored", "hybrid"],
-                  "perturbation strategy (hybrid: materialized prefill, factored decoding)")
 flags.DEFINE_string("memory_budget", None, "bytes per device, e.g. 8G or 512M (default: detected)")
-flags.DEFINE_integer("slice_size", 0, "grid points per jitted call (0: from the memory plan)")
 flags.DEFINE_string("directions", None, "scan along directions saved by an earlier run (DIR/directions)")
 flags.DEFINE_bool("save_directions", None, "write directions to OUT/directions (default: random ones only)")
 flags.DEFINE_bool("stop_when_decided", False, "stop decoding a prompt once its text holds a refusal keyword "

@@ -234,13 +234,8 @@ def memory_breakdown(compiled) -> dict | None:
 
 def compiled_bytes(compiled) -> int | None:
   """Device bytes XLA assigned a compiled call, per device: arguments + outputs + temporaries,
-  less what donation aliases. None when the backend does not report it."""
-  try:
-    m = compiled.memory_analysis()
-  except Exception:  # not every backend implements it
-    return None
-  if m is None:
-    return None
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+  less what donation aliases (:func:`memory_breakdown`). None when the backend does not report it."""
+  m = memory_breakdown(compiled)
+  return None if m is None else m["arguments"] + m["outputs"] + m["temporaries"] - m["aliased"]
 
 
