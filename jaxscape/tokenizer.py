@@ -6,8 +6,9 @@ import json
 from collections.abc import Iterable
 
 from jaxscape.errors import InputError
-from jaxscape.toydata import DEFAULT_SYSTEM_PROMPT
 
+# The toy model's default system prompt, written into its chat template (also ``toydata.DEFAULT_SYSTEM_PROMPT``).
+DEFAULT_SYSTEM_PROMPT = "You are a safe and helpful assistant."
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 

@@ -37,10 +37,9 @@ from jaxscape import model as model_lib
 from jaxscape import prompts as prompts_lib
 from jaxscape import score as score_lib
 from jaxscape.errors import InputError
+from jaxscape.tokenizer import DEFAULT_SYSTEM_PROMPT
 
 DEFAULT_SEED = 0
-# The toy model's default system prompt (written into its chat template, see jaxscape.tokenizer).
-DEFAULT_SYSTEM_PROMPT = "You are a safe and helpful assistant."
 FRAMINGS = ("plain", "summarize", "translate", "classify", "code")
 SET_NAMES = ("harmful_train", "harmful_test", "benign_train", "benign_test", "mc_train", "mc_test",
              "harmful_framed_train", "harmful_framed_test")
