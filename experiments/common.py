@@ -206,6 +206,63 @@ def judge_line(entry: dict, name: str) -> str:
           f"scored {t.get('pairs_scored', 0)} pairs in {t.get('total_s', 0.0):.1f}s")
 
 
+def define_coherence_flags(default: bool = False) -> None:
+  """Flags of the coherence scorer (``jaxscape.coherence``): labels every generation refusal,
+  coherent compliance or incoherent by its NLL under the reference model θ₀."""
+  flags.DEFINE_bool("coherence", default, "score every generation's NLL per token under θ₀ and label it refusal, "
+                    "coherent or incoherent (coherent ASR beside keyword ASR)")
+  flags.DEFINE_float("coherence_threshold", None, "NLL per token at or below which a generation is coherent "
+                     "(default: calibrated per model on --coherence_calibration)")
+  flags.DEFINE_string("coherence_reference", None, "score under this model instead of the scan's θ₀ (texts are "
+                      "re-tokenized with its tokenizer; it gets its own calibration)")
+  flags.DEFINE_string("coherence_calibration", "builtin:align/heldout_benign", "benign prompts (JSONL with "
+                      "'prompt', and reference answers) whose temperature-1 samples calibrate the threshold")
+  flags.DEFINE_integer("coherence_calibration_samples", None, "use the first N calibration records (default: all)")
+  flags.DEFINE_float("coherence_percentile", 95.0, "the threshold is this percentile of the calibration NLLs")
+  flags.DEFINE_integer("coherence_seed", 0, "PRNG seed of the calibration samples")
+  flags.DEFINE_integer("coherence_batch_size", 32, "rows per jitted coherence forward")
+
+
+def coherence_settings():
+  """The ``jaxscape.coherence.Settings`` the coherence flags name, checked (a bad calibration set
+  fails here, before any model loads or a scan starts)."""
+  from jaxscape import coherence
+  if FLAGS.coherence_threshold is not None and FLAGS.coherence_threshold <= 0:
+    raise UserError(f"--coherence_threshold must be > 0, got {FLAGS.coherence_threshold}")
+  if not 0 < FLAGS.coherence_percentile <= 100:
+    raise UserError(f"--coherence_percentile must be in (0, 100], got {FLAGS.coherence_percentile}")
+  if FLAGS.coherence_batch_size <= 0:
+    raise UserError(f"--coherence_batch_size must be > 0, got {FLAGS.coherence_batch_size}")
+  settings = coherence.Settings(threshold=FLAGS.coherence_threshold, source=FLAGS.coherence_calibration,
+                                samples=FLAGS.coherence_calibration_samples, percentile=FLAGS.coherence_percentile,
+                                seed=FLAGS.coherence_seed, batch_size=FLAGS.coherence_batch_size)
+  if settings.threshold is None:
+    coherence.calibration_set(settings.source, settings.samples)
+  return settings
+
+
+def coherence_reference(theta0=None):
+  """``(reference model, whether it is the scan's θ₀)``: ``--coherence_reference`` when given, else
+  ``theta0`` (run_grid's loaded model) or ``--model``."""
+  import jaxscape
+  dtype = FLAGS.compute_dtype if "compute_dtype" in FLAGS else "float32"
+  if FLAGS.coherence_reference:
+    return jaxscape.load_model(FLAGS.coherence_reference, compute_dtype=dtype), False
+  if theta0 is None and not FLAGS.model:
+    raise UserError("--model (the scan's θ₀) or --coherence_reference is required to score coherence")
+  return theta0 or jaxscape.load_model(FLAGS.model, compute_dtype=dtype), True
+
+
+def coherence_line(summary: dict) -> str:
+  """One line about a results dir's coherence: coherent ASR, incoherent share, threshold."""
+  flat = lambda v: [a for row in v for a in row] if v and isinstance(v[0], list) else v  # noqa: E731
+  c = summary["coherence"]
+  return (f"coherence (threshold {c['threshold']:.4g} nll/token): "
+          f"coherent ASR=[{', '.join(f'{a:.1f}' for a in flat(summary['asr_coherent']))}] "
+          f"incoherent=[{', '.join(f'{a:.1f}' for a in flat(summary['incoherent']))}] "
+          f"VISAGE(coherent)={summary['visage_coherent']:.2f}")
+
+
 def parse_bytes(text: str, flag: str) -> int:
   """'8G', '512M', '1.5GiB', '80GiB', '1000000' -> bytes; a malformed size is a user error naming ``flag``."""
   import re

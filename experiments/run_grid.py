@@ -16,6 +16,7 @@ from experiments import common  # noqa: E402
 
 common.define_prompt_flags(default_prompts="builtin:harmful_test")
 common.define_judge_flags()
+common.define_coherence_flags()
 common.define_grid_flags()
 flags.DEFINE_string("model", common.DEFAULT_MODEL, "model a: HF checkpoint dir, converted dir, GGUF file or "
                     "hub id org/name[@revision] (also for --model_b, --model_c)")
@@ -87,6 +88,9 @@ def main(argv):
   capability = (prompts_lib.load_choice_set(FLAGS.capability_set) if FLAGS.metric != "safety" else None)
   if FLAGS.judge not in (None, "", "keyword") and FLAGS.metric == "capability":
     raise common.UserError("--judge needs generations to judge: --metric=safety or both")
+  if FLAGS.coherence and FLAGS.metric == "capability":
+    raise common.UserError("--coherence needs generations to score: --metric=safety or both (or --nocoherence)")
+  coherence_settings = common.coherence_settings() if FLAGS.coherence else None
   judge = common.judge_from_flags()  # before the scan: a bad judge is refused with the results untouched
   if judge is not None:
     from jaxscape import judge as judge_lib
@@ -101,7 +105,9 @@ def main(argv):
   options = jaxscape.ScanOptions(metric=FLAGS.metric, strategy=FLAGS.strategy, slice_size=FLAGS.slice_size,
                                  memory_budget=budget, resume=FLAGS.resume, mesh=mesh,
                                  save_directions=FLAGS.save_directions, flags=_flag_values(), t_start=_T_START,
-                                 load_s=load_s, write_views=judge is None)  # with a judge: once, after it
+                                 load_s=load_s,
+                                 write_views=judge is None and not FLAGS.coherence)  # else once, after those
+
   summary = jaxscape.run_landscape(model, prompts, spec, out_dir=FLAGS.out, decode=decode, options=options,
                                    model_b=model_b, model_c=model_c, capability_set=capability, directions=dirs)
   import jax
@@ -109,9 +115,16 @@ def main(argv):
     return
   if judge is not None:  # on process 0's devices, after the scan wrote its results
     entry = judge_lib.judge_results(FLAGS.out, judge, existing="reuse", progress=True)
-    from jaxscape import views
-    views.write_views(FLAGS.out)  # the scan's and the judge's stores are in: the views, written once
     print(common.judge_line(entry, judge.name))
+  if FLAGS.coherence:
+    from jaxscape import coherence
+    reference, theta0 = common.coherence_reference(theta0=model)
+    coherence.score_dir(FLAGS.out, reference, coherence_settings, theta0=theta0, existing="reuse", progress=True)
+  if judge is not None or FLAGS.coherence:
+    from jaxscape import views
+    summary = views.write_views(FLAGS.out)  # the scan's, the judge's and coherence's stores are in: written once
+    if FLAGS.coherence:
+      print(common.coherence_line(summary))
   t = summary["timings"]
   vis = summary.get("visage")
   asr = summary.get("asr")

@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jaxscape import checkpoint
+from jaxscape import results
 from jaxscape.errors import InputError
 from jaxscape.model import ModelConfig, init_params
 
@@ -162,6 +163,13 @@ def unstack_layers(tree: PyTree) -> PyTree:
     one = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s.shape[1:]), s.dtype), layers)
     return {**tree, "layers": [one] * L}
   return {**tree, "layers": [jax.tree.map(lambda x, i=i: x[i], layers) for i in range(L)]}
+
+
+def fingerprint(tree: PyTree) -> str:
+  """``results.fingerprint_tree`` of the values as float32, per layer (:func:`unstack_layers`): the
+  same model held in bfloat16 or float32 (a bfloat16 checkpoint) keeps its fingerprint, and a results
+  dir written before the layers were stacked still resumes. (A run's identity names its model by it.)"""
+  return results.fingerprint_tree(unstack_layers(jax.tree.map(lambda x: np.asarray(x, np.float32), tree)))
 
 
 def abstract_params(cfg: ModelConfig) -> PyTree:

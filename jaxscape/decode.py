@@ -395,11 +395,12 @@ def decode_text(tokenizer, row: np.ndarray, eos_ids: tuple[int, ...]) -> str:
   return tokenizer.decode(row, skip_special_tokens=True)
 
 
-def generate_texts(model, prompts: list[str], *, max_new_tokens: int, prompt_format: str = "chat",
-                   system_prompt: str | None = None, batch_size: int = 64, truncate_prompts: bool = False,
-                   temperature: float = 0.0, key: jax.Array | None = None) -> list[str]:
-  """Generations for ``prompts`` with a loaded :class:`jaxscape.convert.Model`: greedy, or sampled
-  at ``temperature`` > 0 with the PRNG ``key`` (batch k draws with ``fold_in(key, k)``).
+def generate_ids(model, prompts: list[str], *, max_new_tokens: int, prompt_format: str = "chat",
+                 system_prompt: str | None = None, batch_size: int = 64, truncate_prompts: bool = False,
+                 temperature: float = 0.0, key: jax.Array | None = None) -> list[list[int]]:
+  """New token ids for ``prompts`` with a loaded :class:`jaxscape.convert.Model`, each up to and
+  including its first EOS (a row that hit ``max_new_tokens`` has none): greedy, or sampled at
+  ``temperature`` > 0 with the PRNG ``key`` (batch k draws with ``fold_in(key, k)``).
 
   Prompts are formatted per ``prompt_format``/``system_prompt`` (see
   :func:`jaxscape.prompts.render`), tokenized into batches of ``batch_size`` (the last one
@@ -408,6 +409,8 @@ def generate_texts(model, prompts: list[str], *, max_new_tokens: int, prompt_for
   """
   if max_new_tokens <= 0:
     raise InputError(f"max_new_tokens must be > 0, got {max_new_tokens}")
+  if temperature > 0 and key is None:
+    raise InputError("sampling (temperature > 0) needs a PRNG key")
   decoder = Decoder(cfg=model.cfg, max_new_tokens=max_new_tokens, eos_ids=tuple(model.eos_ids),
                     sampling=Sampling(temperature))
   texts, add_special = prompts_lib.render(prompts, model.tokenizer, prompt_format=prompt_format,
@@ -427,6 +430,12 @@ def generate_texts(model, prompts: list[str], *, max_new_tokens: int, prompt_for
     batch_key = None if key is None else jax.random.fold_in(key, start // B)
     gen = generate(model.params, tok, msk, np.int32(max_new_tokens), np.int32(model.pad_id), None, batch_key,
                    decoder=decoder)
-    rows = np.asarray(gen.tokens)[:n_real]
-    out += [decode_text(model.tokenizer, r, model.eos_ids) for r in rows]
+    rows, lengths = np.asarray(gen.tokens)[:n_real], np.asarray(gen.lengths)[:n_real]
+    out += [row[:n].tolist() for row, n in zip(rows, lengths)]
   return out
+
+
+def generate_texts(model, prompts: list[str], **kwargs) -> list[str]:
+  """Generations for ``prompts`` as text (up to the first EOS, special tokens skipped); the
+  arguments are :func:`generate_ids`'s: greedy by default, sampled with ``temperature`` and ``key``."""
+  return [decode_text(model.tokenizer, ids, model.eos_ids) for ids in generate_ids(model, prompts, **kwargs)]

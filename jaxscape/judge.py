@@ -517,17 +517,7 @@ def point_hash(output: list[dict]) -> str:
 
 def _load_store(store: str) -> tuple[dict | None, dict[int, dict]]:
   """(identity record or None, {point: {"hash", "p_unsafe", "truncated"}}) of a judge's store."""
-  meta_path = os.path.join(store, _STORE_FILE)
-  meta = results.read_json(meta_path) if os.path.isfile(meta_path) else None
-  done = {}
-  for path in sorted(glob.glob(os.path.join(store, "part-*.json"))):
-    try:
-      part = results.read_json(path)
-      for pid, h, p, cut in zip(part["point_ids"], part["hashes"], part["p_unsafe"], part["truncated"]):
-        done[int(pid)] = {"hash": h, "p_unsafe": p, "truncated": cut}
-    except (ValueError, KeyError, TypeError):
-      continue  # atomic writes leave no partial part; a foreign file is ignored
-  return meta, done
+  return results.load_score_store(store, _STORE_FILE, ("p_unsafe", "truncated"))
 
 
 def check_results_dir(out_dir: str, judge: Judge, *, existing: str = "refuse") -> None:
@@ -588,8 +578,7 @@ def judge_results(out_dir: str, judge: Judge, *, existing: str = "refuse", mesh:
     os.makedirs(store, exist_ok=True)
     meta = {"identity": judge.identity(), "complete": False}
     results.atomic_write_json(os.path.join(store, _STORE_FILE), meta)
-  for path in glob.glob(os.path.join(store, ".*.tmp*")):  # a killed run's temporary file
-    os.remove(path)
+  results.clean_temporary(store)  # a killed run's temporary file
   hashes = [point_hash(out) for out in outputs]
   todo = [i for i in range(len(outputs)) if done.get(i, {}).get("hash") != hashes[i]]
   timings = {"encode_s": 0.0, "first_batch_s": 0.0, "score_s": 0.0, "pairs_scored": 0}
@@ -634,7 +623,7 @@ def _score_parts(judge: Judge, store: str, outputs: list[list[dict]], hashes: li
       part["p_unsafe"].append([float(x) for x in p[sel]])
       part["truncated"].append([bool(x) for x in enc.truncated[starts[i]:starts[i + 1]]])
       done[i] = {"hash": hashes[i], "p_unsafe": part["p_unsafe"][-1], "truncated": part["truncated"][-1]}
-    results.atomic_write_json(os.path.join(store, f"part-{ids[0]:06d}-{ids[-1]:06d}.json"), part, indent=None)
+    results.save_score_part(store, ids, part["hashes"], p_unsafe=part["p_unsafe"], truncated=part["truncated"])
     bar.update(len(ids))
     if on_part is not None:
       on_part(ids)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxscape import convert
 from jaxscape import decode as decode_lib
 from jaxscape import directions as directions_lib
 from jaxscape import metrics
@@ -280,11 +281,11 @@ def _identity(model, model_b, model_c, dirs, recipes, grid: Grid, spec: Landscap
               capability_set, decode: DecodeSpec, metric: str) -> dict:
   """Fingerprints of everything that makes two runs' points comparable (``results.prepare_run``)."""
   return {
-      "model": _fingerprint(model.params),
-      "model_b": _fingerprint(model_b.params) if model_b else None,
-      "model_c": _fingerprint(model_c.params) if model_c else None,
+      "model": convert.fingerprint(model.params),
+      "model_b": convert.fingerprint(model_b.params) if model_b else None,
+      "model_c": convert.fingerprint(model_c.params) if model_c else None,
       "directions": results.fingerprint_json([r.to_json() for r in recipes])
-      if recipes and all(recipes) else _fingerprint(dirs),
+      if recipes and all(recipes) else convert.fingerprint(dirs),
       "grid": results.fingerprint_json({"coeffs": grid.coeffs.tolist(), "kind": spec.kind}),
       "prompts": results.fingerprint_json(texts),
       "capability_set": results.fingerprint_json(capability_set) if metric != "safety" else None,
@@ -316,7 +317,9 @@ def _slice_records(ids: list[int], out: scan.SliceOutput, model, rows: scan.Scan
     rec = {"point": pid}
     if gen is not None:
       gens = [decode_lib.decode_text(model.tokenizer, row, model.eos_ids) for row in toks[j]]
-      rec.update(generations=gens, lengths=lens[j].tolist(), asr=metrics.asr(gens), nonfinite=bool(nonfin[j].any()))
+      rec.update(generations=gens, lengths=lens[j].tolist(), asr=metrics.asr(gens), nonfinite=bool(nonfin[j].any()),
+                 # what the model emitted, up to and including its first EOS: coherence scores these ids
+                 token_ids=[row[:n].tolist() for row, n in zip(toks[j], lens[j])])
       if cut.any():
         rec["truncated"] = cut[j].tolist()
     if logp is not None:
@@ -367,14 +370,6 @@ def _finish(out_dir: str, meta: dict, done: dict, t_start: float, *, write: bool
     return views.summarize(meta, done)
   results.save_scan(out_dir, meta)
   return views.write_views(out_dir) if write_views else views.summarize(meta, done)
-
-
-def _fingerprint(tree) -> str:
-  """``results.fingerprint_tree`` of the values as float32, per layer (``convert.unstack_layers``): the
-  same model held in bfloat16 or float32 (a bfloat16 checkpoint) keeps its fingerprint, and a results
-  dir written before the layers were stacked still resumes."""
-  from jaxscape import convert
-  return results.fingerprint_tree(convert.unstack_layers(jax.tree.map(lambda x: np.asarray(x, np.float32), tree)))
 
 
 def _stack_owned(dirs: list) -> Any:

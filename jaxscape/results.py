@@ -241,3 +241,40 @@ def scan_from_views(out_dir: str) -> dict:
              "visage_per_direction", "capability", "judges"}
   return {**{k: summary[k] for k in SCAN_SPEC_KEYS if k in summary}, "grid": grid, "prompts": prompts,
           "metric": metric, **{k: v for k, v in summary.items() if k not in derived and k not in SCAN_SPEC_KEYS}}
+
+
+# ----------------------------------------------------------------- score stores (judges, coherence)
+
+
+def load_score_store(store: str, meta_file: str, fields: tuple[str, ...]) -> tuple[dict | None, dict[int, dict]]:
+  """``(meta or None, {point: {"hash", *fields}})`` of a score store: ``store/meta_file`` and its parts.
+
+  A score store holds per-point scores of a scan's generations (a judge's p(unsafe), coherence
+  NLLs), one atomic ``part-*.json`` per chunk of points (:func:`save_score_part`), each point
+  with the hash of the generations it scored, so an interrupted scorer resumes and a stale
+  score is never used.
+  """
+  meta_path = os.path.join(store, meta_file)
+  meta = read_json(meta_path) if os.path.isfile(meta_path) else None
+  done = {}
+  for path in sorted(glob.glob(os.path.join(store, "part-*.json"))):
+    try:
+      part = read_json(path)
+      for k, pid in enumerate(part["point_ids"]):
+        done[int(pid)] = {"hash": part["hashes"][k], **{f: part[f][k] for f in fields}}
+    except (InputError, KeyError, TypeError, IndexError):
+      continue  # atomic writes leave no partial part; a foreign file is ignored
+  return meta, done
+
+
+def save_score_part(store: str, ids: list[int], hashes: list[str], **fields: list) -> str:
+  """Write one part of a score store (:func:`load_score_store`) atomically; returns its path."""
+  path = os.path.join(store, f"part-{ids[0]:06d}-{ids[-1]:06d}.json")
+  atomic_write_json(path, {"point_ids": list(ids), "hashes": list(hashes), **fields}, indent=None)
+  return path
+
+
+def clean_temporary(folder: str) -> None:
+  """Remove the temporary files a killed writer left in ``folder`` (never a finished file)."""
+  for path in glob.glob(os.path.join(folder, ".*.tmp*")):
+    os.remove(path)

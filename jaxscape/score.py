@@ -65,16 +65,17 @@ def choice_targets(batch: int, choice_ids) -> np.ndarray:
 
 def score_in_batches(params: PyTree, tokens: np.ndarray, mask: np.ndarray, targets: np.ndarray,
                      target_mask: np.ndarray | None = None, *, cfg: model_lib.ModelConfig,
-                     batch_size: int = 64, put=jnp.asarray) -> np.ndarray:
+                     batch_size: int = 64, put=jnp.asarray, multiple_of: int = 1) -> np.ndarray:
   """:func:`score` over N rows in fixed [batch_size, ...] batches (one compiled program for all).
 
   The last batch is padded with copies of its first row, whose outputs are dropped. ``put``
-  places each batch's arrays (e.g. split over a mesh's points axis). Returns [N, C, K] float32.
+  places each batch's arrays (e.g. split over a mesh's points axis, whose size the batch must be
+  a ``multiple_of``). Returns [N, C, K] float32.
   """
   n = len(tokens)
   if target_mask is None:
     target_mask = np.ones(targets.shape[:2], bool)
-  size = max(1, min(batch_size, n))
+  size = -(-max(1, min(batch_size, n)) // multiple_of) * multiple_of
   outs = []
   for start in range(0, n, size):  # dispatch every batch before pulling any to the host
     real = np.arange(start, min(start + size, n))

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxscape import coherence
 from jaxscape import htmlreport
 from jaxscape import judge as judge_lib
 from jaxscape import metrics
@@ -61,6 +62,7 @@ def write_views(out_dir: str) -> dict:
   summary = summarize(meta, points)
   if lines and all("output" in line for line in lines):
     merge_judges(out_dir, lines, summary)
+    merge_coherence(out_dir, lines, summary)
   results.atomic_write_text(os.path.join(out_dir, results.GENERATIONS_FILE),
                             "".join(json.dumps(x) + "\n" for x in lines))
   results.atomic_write_bytes(os.path.join(out_dir, ARRAYS_FILE), _arrays(meta, summary))
@@ -154,6 +156,30 @@ def merge_judges(out_dir: str, lines: list[dict], summary: dict) -> list[str]:
   return names
 
 
+def merge_coherence(out_dir: str, lines: list[dict], summary: dict) -> bool:
+  """Add a finished coherence store's scores to generations ``lines`` and ``summary`` (in place).
+
+  Each generation gets ``nll_per_token`` and ``label`` (``refusal`` / ``coherent`` /
+  ``incoherent``, ``jaxscape.coherence``), the summary ``asr_coherent``, ``incoherent``,
+  ``visage_coherent`` and ``coherence`` (``coherence.summary_fields``). Returns whether a store
+  was merged (none, or one whose generations no longer match, is left out).
+  """
+  texts = [[o["generation"] for o in line["output"]] for line in lines]
+  found = coherence.finished_scores(out_dir, texts)
+  if found is None:
+    return False
+  meta, nll = found
+  threshold = meta["identity"]["threshold"]
+  for line, values in zip(lines, nll):
+    marks = coherence.labels([o["generation"] for o in line["output"]], values, threshold)
+    for item, v, m in zip(line["output"], values, marks):
+      item["nll_per_token"] = v
+      item["label"] = m
+  summary.update(coherence.summary_fields(meta, nll, texts, num_directions=int(summary.get("num_directions", 1)),
+                                          grid_shape=_grid_shape(summary)))
+  return True
+
+
 def _grid_shape(summary: dict) -> tuple[int, int] | None:
   """(n1, n2) of a 2-D scan from its summary's axes; None for 1-D."""
   axes = summary.get("axes") or {}
@@ -161,12 +187,13 @@ def _grid_shape(summary: dict) -> tuple[int, int] | None:
 
 
 def _arrays(meta: dict, summary: dict) -> bytes:
-  """arrays.npz's bytes: coeffs [K, n] float32, nonfinite [K], axis0/axis1, asr and capability as summarized."""
+  """arrays.npz's bytes: coeffs [K, n] float32, nonfinite [K], axis0/axis1, asr, capability, asr_coherent and
+  incoherent as summarized."""
   grid = meta["grid"]
   arrays = {"coeffs": np.asarray(grid["coeffs"], np.float32), "nonfinite": np.asarray(summary["nonfinite"])}
   for i, a in enumerate(grid["axes"]):
     arrays[f"axis{i}"] = np.asarray(a, np.float64)
-  for key in ("asr", "capability"):
+  for key in ("asr", "capability", "asr_coherent", "incoherent"):
     if key in summary:
       arrays[key] = np.asarray(summary[key], np.float64)
   buf = io.BytesIO()
