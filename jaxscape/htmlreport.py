@@ -52,7 +52,7 @@ details{margin:.4em 0}summary{cursor:pointer;color:#335}code,pre{font-family:ui-
 #generations ol{padding-left:2em}.gen{margin:.6em 0;border-bottom:1px dashed #ddd;padding-bottom:.4em}
 .prompt{color:#335;font-weight:600}.mark{display:inline-block;font-size:12px;padding:0 6px;margin-right:6px;
  border-radius:7px;background:#eee}.mark.refusal,.mark.safe{background:#d8efd8}
-.mark.complies,.mark.unsafe{background:#f6d5d0}img{max-width:100%}
+.mark.complies,.mark.unsafe,.mark.coherent{background:#f6d5d0}.mark.incoherent{background:#e4e0f0}img{max-width:100%}
 """
 
 _JS = """
@@ -78,6 +78,8 @@ _JS = """
     panel.appendChild(el("h3", "point-title", "Point " + i + dir + " at (" + p.coords.join(", ") + "): ASR " +
                          pct(p.asr)));
     var meta = [];
+    if (p.asr_coherent !== undefined) meta.push("coherent ASR " + pct(p.asr_coherent) + ", incoherent " +
+                                                pct(p.incoherent));
     if (p.capability !== undefined) meta.push("capability " + pct(p.capability));
     Object.keys(p.judged_asr || {}).forEach(function (n) {
       meta.push("judge " + n + ": ASR " + pct(p.judged_asr[n]));
@@ -96,6 +98,10 @@ _JS = """
       marks.appendChild(el("span", "mark " + (r ? "refusal" : "complies"),
                            r ? "keyword: refusal" : "keyword: no refusal"));
       if (p.truncated && p.truncated.indexOf(j) >= 0) marks.appendChild(el("span", "mark", "stopped once decided"));
+      if (p.coherence) {
+        var lab = p.coherence.label[j];
+        marks.appendChild(el("span", "mark " + lab, lab + " (nll/token " + p.coherence.nll[j].toFixed(3) + ")"));
+      }
       Object.keys(p.judges || {}).forEach(function (n) {
         var jj = p.judges[n], u = jj.unsafe[j];
         marks.appendChild(el("span", "mark " + (u ? "unsafe" : "safe"),
@@ -236,9 +242,11 @@ def scan_data(summary: dict, lines: list[dict]) -> dict:
 
   Each point holds ``coords``, ``asr``, ``gen`` (its generations), ``refused`` (0/1 keyword refusal,
   ``metrics.is_refusal``), ``prompt`` (indices into ``prompts``, only where they differ from
-  0..n-1), ``truncated`` (indices), ``judges`` ``{name: {"p": [..], "unsafe": [0/1 ..]}}``.
+  0..n-1), ``truncated`` (indices), ``judges`` ``{name: {"p": [..], "unsafe": [0/1 ..]}}``, and with
+  coherence scores ``asr_coherent``, ``incoherent`` and ``coherence`` ``{"label": [..], "nll": [..]}``.
   """
   asr, cap = _flat(summary.get("asr")), _flat(summary.get("capability"))
+  coherent, incoherent = _flat(summary.get("asr_coherent")), _flat(summary.get("incoherent"))
   judged = {n: _flat(j.get("asr")) for n, j in (summary.get("judges") or {}).items() if isinstance(j, dict)}
   n_dirs = int(summary.get("num_directions") or 1)
   coords = summary.get("coords") or []
@@ -253,7 +261,11 @@ def scan_data(summary: dict, lines: list[dict]) -> dict:
     if cap or "capability" in line:
       p["capability"] = line.get("capability", cap[i] if cap else None)
     p["judged_asr"] = {name: v[i] for name, v in judged.items() if v and i < len(v)}
+    if coherent and incoherent and i < len(coherent):
+      p["asr_coherent"], p["incoherent"] = coherent[i], incoherent[i]
     out = line.get("output") or []
+    if out and all("label" in o for o in out):
+      p["coherence"] = {"label": [o["label"] for o in out], "nll": [round(float(o["nll_per_token"]), 4) for o in out]}
     p["gen"] = [o["generation"] for o in out]
     p["refused"] = [int(metrics.is_refusal(g)) for g in p["gen"]]
     idx = [prompts.setdefault(o["prompt"], len(prompts)) for o in out]
@@ -271,7 +283,8 @@ def scan_data(summary: dict, lines: list[dict]) -> dict:
 
 
 def _svg_1d(data: dict, summary: dict) -> str:
-  """Curves of ASR (and capability, dashed; judges, dotted) per point; one colour per direction."""
+  """Curves of ASR (and coherent ASR, the incoherent share, capability, judges: dashed and dotted) per
+  point; one colour per direction."""
   pts = data["points"]
   W, H, L, R, T, B = 760, 330, 52, 16, 18, 46
   xs = [float(p["coords"][0]) if p["coords"] else float(i) for i, p in enumerate(pts)]
@@ -298,6 +311,8 @@ def _svg_1d(data: dict, summary: dict) -> str:
   for d, ids in by_dir.items():
     colour = _COLOURS[d % len(_COLOURS)]
     series = [(key, "", True)]  # (value, dash pattern, clickable)
+    if key == "asr" and any(pts[i].get("asr_coherent") is not None for i in ids):
+      series += [("asr_coherent", "8 3 2 3", False), ("incoherent", "1 3", False)]
     if key == "asr" and any(pts[i].get("capability") is not None for i in ids):
       series.append(("capability", "6 4", False))
     series += [(f"judge:{n}", "2 3", False) for n in pts[ids[0]]["judged_asr"]]
@@ -307,7 +322,8 @@ def _svg_1d(data: dict, summary: dict) -> str:
       xy = [(X(xs[i]), Y(v)) for i, v in zip(ids, vals) if v is not None]
       out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.8" stroke-dasharray="{dash or "none"}" '
                  f'points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in xy)}"/>')
-      label = ({"asr": "keyword ASR", "capability": "capability"}.get(name) or f"judge {name[6:]} ASR") + (
+      label = ({"asr": "keyword ASR", "capability": "capability", "asr_coherent": "coherent ASR",
+                "incoherent": "incoherent share"}.get(name) or f"judge {name[6:]} ASR") + (
           f", direction {d}" if len(by_dir) > 1 else "")
       legend.append((colour, dash, label))
       if not clickable:
@@ -380,7 +396,10 @@ def _point_table(data: dict, summary: dict) -> str:
   """ASR (and capability, judges) per point; every cell selects its point like the plot does."""
   pts = data["points"]
   cell = lambda i, v: (f'<td class="num" data-point="{i}">{"-" if v is None else f"{v:.4g}"}</td>')  # noqa: E731
-  rows = [("ASR %", "asr")] + ([("capability %", "capability")] if any("capability" in p for p in pts) else [])
+  rows = [("ASR %", "asr")]
+  if any("asr_coherent" in p for p in pts):
+    rows += [("coherent ASR %", "asr_coherent"), ("incoherent %", "incoherent")]
+  rows += [("capability %", "capability")] if any("capability" in p for p in pts) else []
   rows += [(f"judge {n} ASR %", f"judge:{n}") for n in (pts[0]["judged_asr"] if pts else {})]
   get = lambda p, k: p["judged_asr"].get(k[6:]) if k.startswith("judge:") else p.get(k)  # noqa: E731
   axes = summary.get("axes") or {}
@@ -427,6 +446,15 @@ def render_scan(results_dir: str) -> str:
                f" ± {summary['visage_std']:.2f} (per direction {_fmt(summary.get('visage_per_direction'))})"
                if summary.get("visage_std") is not None else ""),
            "non-finite points": _fmt(summary.get("nonfinite_points")) or "none"}
+  if summary.get("coherence"):
+    c = summary["coherence"]
+    cal = c.get("calibration") or {}
+    how = (f"{cal.get('percentile')}th percentile of {cal.get('samples')} temperature-1 samples and "
+           f"{cal.get('references')} reference answers ({cal.get('source')})" if cal.get("percentile") else "given")
+    facts["VISAGE, coherent ASR"] = f"{summary['visage_coherent']:.2f}" + (
+        f" ± {summary['visage_coherent_std']:.2f}" if summary.get("visage_coherent_std") is not None else "")
+    facts["coherence threshold"] = (f"{c['threshold']:.4g} NLL per token under {c.get('reference')}: {how}"
+                                    + (" (texts re-tokenized)" if c.get("retokenized") else ""))
   for name, j in (summary.get("judges") or {}).items():
     if isinstance(j, dict):
       facts[f"judge {name}"] = (f"VISAGE {_fmt(j.get('visage'))}, {j.get('format')}, threshold {j.get('threshold')}, "

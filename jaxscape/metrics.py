@@ -295,15 +295,38 @@ def visage_summary(asr_curves: Any) -> dict:
     asr_curves: float[N, K], one ASR curve per direction.
 
   Returns:
-    ``{"visage": mean over directions, "visage_std": population std (ddof=0) over directions,
+    ``{"visage": mean over directions, "visage_std": sample standard deviation (ddof=1) over
+    directions (0 for one),
     "visage_per_direction": [N] floats}``.
   """
   a = np.asarray(asr_curves, dtype=np.float64)
   if a.ndim != 2 or a.size == 0:
     raise ValueError(f"asr_curves must be a non-empty [num_directions, K] array, got shape {a.shape}")
   per = np.array([visage(None, row) for row in a])
-  return {"visage": float(per.mean()), "visage_std": float(per.std(ddof=0)),
+  return {"visage": float(per.mean()), "visage_std": _sample_sd(per[:, None])[0],
           "visage_per_direction": per.tolist()}
+
+
+def _sample_sd(a: np.ndarray) -> list[float]:
+  """Sample standard deviation (ddof=1) over axis 0; 0 for a single row."""
+  return (a.std(0, ddof=1) if a.shape[0] > 1 else np.zeros(a.shape[1:])).tolist()
+
+
+def curve_spread(curves: Any) -> dict:
+  """Mean and spread over directions of a metric measured along N directions.
+
+  Args:
+    curves: float[N, K], one curve per direction (ASR, coherent ASR, capability, ...).
+
+  Returns:
+    ``{"mean": [K], "sd": [K]}``: the mean over directions and the sample standard deviation
+    (ddof=1: the directions are a sample of the random-direction distribution, and the sd
+    estimates that distribution's spread; 0 with one direction).
+  """
+  a = np.asarray(curves, dtype=np.float64)
+  if a.ndim != 2 or a.size == 0:
+    raise ValueError(f"curves must be a non-empty [num_directions, K] array, got shape {a.shape}")
+  return {"mean": a.mean(0).tolist(), "sd": _sample_sd(a)}
 
 
 def visage_fields(asr_points: Any, *, num_directions: int = 1, grid_shape: tuple[int, int] | None = None) -> dict:

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from jaxscape.errors import InputError
-from jaxscape.metrics import SAFE_REGION_MARGIN, safe_region, visage_edges, visage_mask_2d
+from jaxscape.metrics import SAFE_REGION_MARGIN, curve_spread, safe_region, visage_edges, visage_mask_2d
 
 _FLAG_STYLE = dict(marker="X", s=70, color="crimson", edgecolors="black", linewidths=0.5, zorder=5, clip_on=False)
 _FLAG_LABEL = "numerical fault (non-finite logits)"
@@ -112,14 +112,18 @@ def plot_1d(coords: Any, series: dict[str, Any], out_path: str, *, basin: tuple[
 
 def plot_1d_multi(coords: Any, asr_curves: Any, out_path: str, *, flagged: Any = None, title: str | None = None,
                   label: str = "ASR", xlabel: str = "coordinate", extra: dict[str, Any] | None = None) -> str:
-  """Several 1-D scans (one per direction): thin line per direction, bold mean, ±std band.
+  """Several 1-D scans (one per direction): every metric as its mean over directions with a ±1 sd band.
+
+  The first metric (``asr_curves``) also gets a thin line per direction. The sd is the sample
+  standard deviation over directions (ddof=1, ``metrics.curve_spread``): the directions are a
+  sample of the random-direction distribution; with one direction there is no band.
 
   Args:
     coords: float[K] coordinates shared by every direction.
     asr_curves: float[N, K], one curve per direction.
     flagged: bool[N, K] (or bool[N*K], direction-major) numerical faults, marked per curve.
     label: name of the metric in ``asr_curves``.
-    extra: more name -> float[N, K] metrics (e.g. capability), each drawn as its mean curve.
+    extra: more name -> float[N, K] metrics (e.g. coherent ASR, capability), each a mean curve with its band.
   """
   x = _vec("coords", coords)
   a = np.asarray(asr_curves, np.float64)
@@ -129,14 +133,15 @@ def plot_1d_multi(coords: Any, asr_curves: Any, out_path: str, *, flagged: Any =
   fig = Figure(figsize=(6.4, 4.2))
   ax = fig.add_subplot()
   for i, y in enumerate(a):
-    ax.plot(x, y, lw=0.8, alpha=0.45, color="tab:blue", label=f"{label} per direction" if i == 0 else None)
-  mean, std = a.mean(0), a.std(0)
-  ax.fill_between(x, mean - std, mean + std, color="tab:blue", alpha=0.12, label="±1 std")
-  ax.plot(x, mean, lw=2.2, color="tab:blue", label=f"mean {label} ({a.shape[0]} directions)")
-  drawn = [a]
-  for k, (name, v) in enumerate((extra or {}).items()):
+    ax.plot(x, y, lw=0.8, alpha=0.45, color="C0", label=f"{label} per direction" if i == 0 else None)
+  drawn = []
+  for k, (name, v) in enumerate({label: a, **(extra or {})}.items()):
     e = np.asarray(v, np.float64).reshape(a.shape)
-    ax.plot(x, e.mean(0), lw=2.0, color=f"C{k + 1}", label=f"mean {name}")
+    spread = curve_spread(e)
+    mean, sd = np.asarray(spread["mean"]), np.asarray(spread["sd"])
+    if a.shape[0] > 1:
+      ax.fill_between(x, mean - sd, mean + sd, color=f"C{k}", alpha=0.12, label="±1 sd" if k == 0 else None)
+    ax.plot(x, mean, lw=2.2 if k == 0 else 1.8, color=f"C{k}", label=f"mean {name} ({a.shape[0]} directions)")
     drawn.append(e)
   if fl is not None:
     for i in range(a.shape[0]):
@@ -145,7 +150,7 @@ def plot_1d_multi(coords: Any, asr_curves: Any, out_path: str, *, flagged: Any =
   ax.set_xlabel(xlabel)
   ax.set_ylabel(" / ".join([label, *(extra or {})]))
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7)
   if title:
     ax.set_title(title, fontsize=10)
   return _save(fig, out_path)
@@ -342,6 +347,8 @@ def plot_results(results_dir: str) -> list[str]:
     axes: optional ``{"x": [n1], "y": [n2]}``; 2-D axes are otherwise the distinct coords.
     asr: per point percent; a list of N per-direction lists for multi-direction 1-D scans.
     capability: optional, same layout as ``asr``; drawn with it (or alone when no ``asr``).
+    asr_coherent, incoherent: optional (``jaxscape.coherence``), same layout as ``asr``; drawn
+      with it on the same axis (keyword ASR = coherent ASR + incoherent share).
     judges: optional ``{name: {"asr", "visage"}}`` (``jaxscape.judge``): each judge's ASR, same
       layout as ``asr``, drawn beside the keyword ASR (2-D: one more row per judge).
     nonfinite: optional per point bools (all directions, direction-major), marked as faults.
@@ -363,11 +370,12 @@ def plot_results(results_dir: str) -> list[str]:
     except json.JSONDecodeError as e:
       raise InputError(f"{path}: unreadable ({e})") from None
   kind = str(s.get("kind", ""))
-  found = {name: s[name] for name in ("asr", "capability") if s.get(name) is not None}
-  if not found:
+  found = {name: s[name] for name in ("asr", "asr_coherent", "incoherent", "capability") if s.get(name) is not None}
+  if "asr" not in found and "capability" not in found:
     raise InputError(f"{path} holds neither 'asr' nor 'capability'; nothing to plot")
   judges = {name: j for name, j in (s.get("judges") or {}).items() if isinstance(j, dict) and j.get("asr") is not None}
-  labels = {"asr": "keyword ASR (%)" if judges else "ASR (%)", "capability": "capability (%)"}
+  labels = {"asr": "keyword ASR (%)" if judges or "asr_coherent" in found else "ASR (%)",
+            "asr_coherent": "coherent ASR (%)", "incoherent": "incoherent share (%)", "capability": "capability (%)"}
   for name, j in judges.items():  # classifier judges' ASR, drawn beside the keyword ASR
     found[f"judge:{name}"] = j["asr"]
     labels[f"judge:{name}"] = f"ASR, judge {name} (%)"
@@ -377,6 +385,9 @@ def plot_results(results_dir: str) -> list[str]:
   title = kind or "landscape"
   if s.get("visage") is not None:
     title += f"  VISAGE={s['visage']:.2f}" + (f" ± {s['visage_std']:.2f}" if s.get("visage_std") is not None else "")
+  if s.get("visage_coherent") is not None:
+    title += f", coherent {s['visage_coherent']:.2f}" + (
+        f" ± {s['visage_coherent_std']:.2f}" if s.get("visage_coherent_std") is not None else "")
   for name, j in judges.items():
     if j.get("visage") is not None:
       title += f"\njudge {name}: VISAGE={j['visage']:.2f}"
@@ -429,5 +440,5 @@ def plot_results(results_dir: str) -> list[str]:
     if threshold - SAFE_REGION_MARGIN < UNSAFE_ORIGIN:  # an unsafe origin has no safe region to show
       safe = (xs[s_lo], xs[s_hi], threshold)
   fl = _flags(path, nonfinite, xs.shape)
-  ylabel = "ASR (%)" if judges and "capability" not in found else None  # keyword and judged ASR
+  ylabel = "percent of prompts" if (judges or "asr_coherent" in found) and "capability" not in found else None
   return [plot_1d(xs, series, out, basin=basin, safe=safe, flagged=fl, title=title, xlabel=xlabel, ylabel=ylabel)]

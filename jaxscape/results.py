@@ -238,7 +238,8 @@ def scan_from_views(out_dir: str) -> dict:
   metric = "both" if "asr" in summary and "capability" in summary else (
       "capability" if "capability" in summary else "safety")
   derived = {"coords", "axes", "nonfinite", "nonfinite_points", "asr", "visage", "visage_std",
-             "visage_per_direction", "capability", "judges"}
+             "visage_per_direction", "capability", "judges", "spread", "asr_coherent", "incoherent",
+             "visage_coherent", "visage_coherent_std", "visage_coherent_per_direction", "coherence"}
   return {**{k: summary[k] for k in SCAN_SPEC_KEYS if k in summary}, "grid": grid, "prompts": prompts,
           "metric": metric, **{k: v for k, v in summary.items() if k not in derived and k not in SCAN_SPEC_KEYS}}
 

@@ -63,6 +63,7 @@ def write_views(out_dir: str) -> dict:
   if lines and all("output" in line for line in lines):
     merge_judges(out_dir, lines, summary)
     merge_coherence(out_dir, lines, summary)
+  add_spread(summary)
   results.atomic_write_text(os.path.join(out_dir, results.GENERATIONS_FILE),
                             "".join(json.dumps(x) + "\n" for x in lines))
   results.atomic_write_bytes(os.path.join(out_dir, ARRAYS_FILE), _arrays(meta, summary))
@@ -178,6 +179,18 @@ def merge_coherence(out_dir: str, lines: list[dict], summary: dict) -> bool:
   summary.update(coherence.summary_fields(meta, nll, texts, num_directions=int(summary.get("num_directions", 1)),
                                           grid_shape=_grid_shape(summary)))
   return True
+
+
+def add_spread(summary: dict) -> dict:
+  """With several directions, ``summary["spread"][curve] = {"mean": [K], "sd": [K]}`` (in place)
+  for every per-point curve it holds: ``asr``, ``asr_coherent``, ``incoherent``, ``capability`` and
+  ``judge:NAME`` (``metrics.curve_spread``: mean over directions, sample sd). Returns ``summary``."""
+  if int(summary.get("num_directions", 1)) <= 1:
+    return summary
+  curves = {k: summary[k] for k in ("asr", "asr_coherent", "incoherent", "capability") if summary.get(k) is not None}
+  curves.update((f"judge:{n}", j["asr"]) for n, j in (summary.get("judges") or {}).items() if j.get("asr"))
+  summary["spread"] = {k: metrics.curve_spread(v) for k, v in curves.items()}
+  return summary
 
 
 def _grid_shape(summary: dict) -> tuple[int, int] | None:

@@ -247,8 +247,12 @@ def test_visage_summary():
   per = [reference_visage(c) for c in curves]
   assert out["visage_per_direction"] == per
   assert out["visage"] == pytest.approx(np.mean(per))
-  assert out["visage_std"] == pytest.approx(np.std(per))  # population std
+  assert out["visage_std"] == pytest.approx(np.std(per, ddof=1))  # sample sd over directions
   assert metrics.visage_summary(curves[:1])["visage_std"] == 0.0
+  spread = metrics.curve_spread(curves)
+  np.testing.assert_allclose(spread["mean"], curves.mean(0))
+  np.testing.assert_allclose(spread["sd"], curves.std(0, ddof=1))
+  assert metrics.curve_spread(curves[:1])["sd"] == [0.0] * 11
   with pytest.raises(ValueError, match="num_directions"):
     metrics.visage_summary(np.zeros(5))
 
