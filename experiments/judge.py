@@ -54,17 +54,17 @@ def main(argv):
 
 
 def _coherence():
-  from jaxscape import coherence
+  from jaxscape import coherence_results
   from jaxscape import views
-  coherence.read_dir(FLAGS.results)  # before loading a model: a dir without generations fails fast
+  coherence_results.read_dir(FLAGS.results)  # before loading a model: a dir without generations fails fast
   settings = common.coherence_settings()
   if FLAGS.coherence_calibration == flags.FLAGS["coherence_calibration"].default:
     # the calibration set the scan named, when it named one (e.g. the toy's own benign set)
-    scan_flags = coherence.read_dir(FLAGS.results).meta.get("flags") or {}
+    scan_flags = coherence_results.read_dir(FLAGS.results).meta.get("flags") or {}
     if scan_flags.get("coherence_calibration") and FLAGS["coherence_calibration"].using_default_value:
       settings = dataclasses.replace(settings, source=scan_flags["coherence_calibration"])
   reference, theta0 = common.coherence_reference()
-  coherence.score_dir(FLAGS.results, reference, settings, theta0=theta0,
+  coherence_results.score_dir(FLAGS.results, reference, settings, theta0=theta0,
                       existing="overwrite" if FLAGS.overwrite else "refuse", progress=FLAGS.progress)
   summary = views.write_views(FLAGS.results)
   print(common.coherence_line(summary) + f" (whole process {time.perf_counter() - _T_START:.1f}s) -> {FLAGS.results}")

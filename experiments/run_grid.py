@@ -117,9 +117,9 @@ def main(argv):
     entry = judge_lib.judge_results(FLAGS.out, judge, existing="reuse", progress=True)
     print(common.judge_line(entry, judge.name))
   if FLAGS.coherence:
-    from jaxscape import coherence
+    from jaxscape import coherence_results
     reference, theta0 = common.coherence_reference(theta0=model)
-    coherence.score_dir(FLAGS.out, reference, coherence_settings, theta0=theta0, existing="reuse", progress=True)
+    coherence_results.score_dir(FLAGS.out, reference, coherence_settings, theta0=theta0, existing="reuse", progress=True)
   if judge is not None or FLAGS.coherence:
     from jaxscape import views
     summary = views.write_views(FLAGS.out)  # the scan's, the judge's and coherence's stores are in: written once

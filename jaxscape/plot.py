@@ -96,7 +96,9 @@ def plot_1d(coords: Any, series: dict[str, Any], out_path: str, *, basin: tuple[
       ax.axvline(float(edge), color="tab:gray", linestyle="--", linewidth=1.0,
                  label="VISAGE window (to the first 100% point)" if k == 0 else None)
   for k, (name, y) in enumerate(ys.items()):  # past 10 curves the colours repeat: vary the line style
-    ax.plot(x, y, marker="o", markersize=3.5, label=name, linestyle=("-", "--", ":")[(k // 10) % 3])
+    # Thinner each: a curve equal to an earlier one (keyword ASR all incoherent) leaves that one visible.
+    ax.plot(x, y, marker="o", markersize=max(2.0, 4.5 - k), linewidth=max(1.0, 3.0 - 0.7 * k), label=name,
+            linestyle=("-", "--", ":")[(k // 10) % 3])
   if fl is not None:
     for k, y in enumerate(ys.values()):
       _draw_flags(ax, x, y, fl, _FLAG_LABEL if k == 0 else None)

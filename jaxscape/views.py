@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from jaxscape import coherence
+from jaxscape import coherence_results
 from jaxscape import htmlreport
 from jaxscape import judge as judge_lib
 from jaxscape import metrics
@@ -162,11 +163,11 @@ def merge_coherence(out_dir: str, lines: list[dict], summary: dict) -> bool:
 
   Each generation gets ``nll_per_token`` and ``label`` (``refusal`` / ``coherent`` /
   ``incoherent``, ``jaxscape.coherence``), the summary ``asr_coherent``, ``incoherent``,
-  ``visage_coherent`` and ``coherence`` (``coherence.summary_fields``). Returns whether a store
+  ``visage_coherent`` and ``coherence`` (``coherence_results.summary_fields``). Returns whether a store
   was merged (none, or one whose generations no longer match, is left out).
   """
   texts = [[o["generation"] for o in line["output"]] for line in lines]
-  found = coherence.finished_scores(out_dir, texts)
+  found = coherence_results.finished_scores(out_dir, texts)
   if found is None:
     return False
   meta, nll = found
@@ -176,7 +177,7 @@ def merge_coherence(out_dir: str, lines: list[dict], summary: dict) -> bool:
     for item, v, m in zip(line["output"], values, marks):
       item["nll_per_token"] = v
       item["label"] = m
-  summary.update(coherence.summary_fields(meta, nll, texts, num_directions=int(summary.get("num_directions", 1)),
+  summary.update(coherence_results.summary_fields(meta, nll, texts, num_directions=int(summary.get("num_directions", 1)),
                                           grid_shape=_grid_shape(summary)))
   return True
 

@@ -6,11 +6,11 @@ import shutil
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
 from jaxscape import coherence
+from jaxscape import coherence_results
 from jaxscape import decode
 from jaxscape import results
 from jaxscape import views
@@ -62,38 +62,19 @@ def test_labels_and_shares():
   assert s == pytest.approx({"refusal": 100 / 3, "coherent": 100 / 3, "incoherent": 100 / 3})
 
 
-def _shuffled(ids_list, eos_ids, rng):
-  """Each generation's tokens (its final EOS kept last) in a random different order; rows under 4 tokens dropped."""
-  out, keep = [], []
-  for k, ids in enumerate(ids_list):
-    body = ids[:-1] if ids and ids[-1] in eos_ids else list(ids)
-    if len(body) < 4 or len(set(body)) < 2:
-      continue
-    perm = rng.permutation(len(body))
-    while [body[i] for i in perm] == body:
-      perm = rng.permutation(len(body))
-    out.append([body[i] for i in perm] + ids[len(body):])
-    keep.append(k)
-  return out, keep
-
-
-def test_toy_calibration_holds_out(tmp_path):
+def test_toy_calibration_holds_out():
   """Calibrated on half the toy's held-out benign prompts (seed 0), θ₀'s temperature-1 samples to the other
   half (seed 1) are >= 90% coherent, and the same samples with their tokens shuffled >= 95% incoherent."""
   import jaxscape
-  model = jaxscape.load_model(TOY)
-  prompts, refs = coherence.calibration_set("builtin:benign_test")
-  calib, held = prompts[:100], prompts[100:]
-  cal = coherence.calibrate(model, calib, references=[r for r in refs if r[0] in set(calib)],
-                            key=jax.random.key(0), max_new_tokens=32)
-  assert cal.samples == 100 and cal.references == 100 and cal.percentile == 95.0
-  ids = decode.generate_ids(model, held, max_new_tokens=32, temperature=1.0, key=jax.random.key(1))
-  nll = coherence.score(model, held, ids, max_new_tokens=32)
-  assert np.mean(nll <= cal.threshold) >= 0.90
-  shuffled, keep = _shuffled(ids, model.eos_ids, np.random.default_rng(0))
-  assert len(keep) >= 50
-  nll_shuffled = coherence.score(model, [held[k] for k in keep], shuffled, max_new_tokens=32)
-  assert np.mean(nll_shuffled > cal.threshold) >= 0.95
+  check = coherence.holdout_check(jaxscape.load_model(TOY), "builtin:benign_test", max_new_tokens=32)
+  assert check["calibration"]["samples"] == 100 and check["calibration"]["references"] == 100
+  assert check["heldout"] == 100 and check["shuffled"] >= 50
+  assert check["coherent_heldout"] >= 90.0 and check["incoherent_shuffled"] >= 95.0, check
+
+
+def test_shuffle_tokens_keeps_eos_last():
+  out, keep = coherence.shuffle_tokens([[1, 2, 3, 4, 9], [5, 5, 5, 5], [1, 2]], eos_ids=(9,))
+  assert keep == [0] and out[0][-1] == 9 and sorted(out[0][:-1]) == [1, 2, 3, 4] and out[0][:-1] != [1, 2, 3, 4]
 
 
 def test_sampling_needs_a_key(tiny_model):
@@ -114,15 +95,15 @@ def test_results_dir_store_views_and_resume(scan_dir, tiny_model, tmp_path):
     raise KeyboardInterrupt
 
   with pytest.raises(KeyboardInterrupt):
-    coherence.score_results(out, m, cal, batch_size=4, points_per_part=2, on_part=stop)
-  _, partial = coherence.load_store(out)
+    coherence_results.score_results(out, m, cal, batch_size=4, points_per_part=2, on_part=stop)
+  _, partial = coherence_results.load_store(out)
   assert sorted(partial) == stopped[0]
-  coherence.score_results(out, m, cal, batch_size=4, points_per_part=2)
-  _, done = coherence.load_store(out)
+  coherence_results.score_results(out, m, cal, batch_size=4, points_per_part=2)
+  _, done = coherence_results.load_store(out)
   whole = str(tmp_path / "whole")
   shutil.copytree(scan_dir("1d"), whole)
-  coherence.score_results(whole, m, cal, batch_size=4)
-  assert [done[i]["nll"] for i in sorted(done)] == [coherence.load_store(whole)[1][i]["nll"] for i in sorted(done)]
+  coherence_results.score_results(whole, m, cal, batch_size=4)
+  assert [done[i]["nll"] for i in sorted(done)] == [coherence_results.load_store(whole)[1][i]["nll"] for i in sorted(done)]
   summary = views.write_views(out)
   lines = [json.loads(x) for x in open(os.path.join(out, "generations.jsonl"))]
   for line in lines:
@@ -133,9 +114,9 @@ def test_results_dir_store_views_and_resume(scan_dir, tiny_model, tmp_path):
     assert a == pytest.approx(c + i)  # keyword ASR = coherent ASR + incoherent share
   assert summary["coherence"]["threshold"] == 8.0 and summary["coherence"]["retokenized"] is False
   with pytest.raises(ValueError, match="already holds coherence scores"):
-    coherence.score_results(out, m, cal, batch_size=4)
+    coherence_results.score_results(out, m, cal, batch_size=4)
   with pytest.raises(ValueError, match="other settings"):
-    coherence.score_results(out, m, coherence.Calibration(threshold=3.0), batch_size=4, existing="reuse")
+    coherence_results.score_results(out, m, coherence.Calibration(threshold=3.0), batch_size=4, existing="reuse")
 
 
 def test_older_dir_is_retokenized_and_marked(scan_dir, tiny_model, tmp_path):
@@ -148,7 +129,7 @@ def test_older_dir_is_retokenized_and_marked(scan_dir, tiny_model, tmp_path):
     for rec in data["points"]:
       rec.pop("token_ids")
     results.atomic_write_json(full, data)
-  coherence.score_results(out, tiny_model("llama"), coherence.Calibration(threshold=8.0), batch_size=4)
+  coherence_results.score_results(out, tiny_model("llama"), coherence.Calibration(threshold=8.0), batch_size=4)
   summary = views.write_views(out)
   assert summary["coherence"]["retokenized"] is True
 
@@ -156,7 +137,7 @@ def test_older_dir_is_retokenized_and_marked(scan_dir, tiny_model, tmp_path):
 def test_multi_direction_fields(scan_dir, tiny_model, tmp_path):
   out = str(tmp_path / "multi")
   shutil.copytree(scan_dir("1d_multi"), out)
-  coherence.score_results(out, tiny_model("llama"), coherence.Calibration(threshold=8.0), batch_size=4)
+  coherence_results.score_results(out, tiny_model("llama"), coherence.Calibration(threshold=8.0), batch_size=4)
   summary = views.write_views(out)
   assert np.asarray(summary["asr_coherent"]).shape == np.asarray(summary["asr"]).shape == (2, 3)
   assert len(summary["visage_coherent_per_direction"]) == 2 and "visage_coherent_std" in summary
@@ -175,11 +156,11 @@ def test_scan_then_judge_give_identical_scores(tmp_path):
   r = _run("-m", "experiments.run_grid", *common, "--coherence", "--out=" + out)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "coherence (threshold" in r.stdout
-  _, first = coherence.load_store(out)
+  _, first = coherence_results.load_store(out)
   r = _run("-m", "experiments.judge", "--results=" + out, "--judge=coherence", "--model=" + TOY, "--overwrite",
            "--coherence_calibration_samples=24", "--noprogress")
   assert r.returncode == 0, r.stderr[-3000:]
-  _, second = coherence.load_store(out)
+  _, second = coherence_results.load_store(out)
   assert first == second
   summary = json.load(open(os.path.join(out, "summary.json")))
   assert summary["coherence"]["calibration"]["source"] == "builtin:benign_test"  # taken from the scan's flags
@@ -190,4 +171,4 @@ def test_scan_then_judge_give_identical_scores(tmp_path):
   r = _run("-m", "experiments.judge", "--results=" + out, "--judge=coherence", "--model=" + TOY,
            "--coherence_calibration=/nonexistent.jsonl", "--overwrite")
   assert r.returncode == 2 and "error:" in r.stderr and r.stderr.strip().count("\n") == 0
-  assert coherence.load_store(out)[1] == second
+  assert coherence_results.load_store(out)[1] == second
