@@ -63,6 +63,8 @@ import json
 import os
 from typing import Any
 
+import numpy as np
+
 from jaxscape import metrics
 from jaxscape import prompts as prompts_lib
 from jaxscape.errors import InputError
@@ -166,6 +168,51 @@ def answer_token_ids(cset: CapabilitySet, tokenizer, prompt_format: str) -> tupl
     if len(ids) == 4 and len(set(ids)) == 4:
       return tuple(ids)
   return metrics.letter_token_ids(tokenizer)
+
+
+def choice_inputs(model, cset: CapabilitySet, *, prompt_format: str = "chat", system_prompt: str | None = None,
+                  truncate: bool = False) -> tuple:
+  """A multiple-choice set rendered (``prompts.render``) and tokenized for ``score``.
+
+  Returns:
+    ``(tokens [Q, T] int32 left-padded, mask [Q, T] bool, letters (4 token ids, A-D))``.
+  """
+  tok = model.tokenizer
+  rendered, add = prompts_lib.render(list(cset.prompts), tok, prompt_format=prompt_format, system_prompt=system_prompt)
+  tokens, mask = prompts_lib.tokenize(rendered, tok, add_special_tokens=add, pad_id=model.pad_id,
+                                      max_length=model.cfg.max_position_embeddings, truncate=truncate)
+  return tokens, mask, answer_token_ids(cset, tok, prompt_format)
+
+
+def evaluate(model, cset: CapabilitySet, *, prompt_format: str = "chat", system_prompt: str | None = None,
+             batch_size: int = 8, max_new_tokens: int = 64) -> dict:
+  """Capability of a loaded model at its own weights (no grid): the scan's metric at the origin.
+
+  Returns:
+    ``{"capability": %, "per_topic": {subject: %}, **cset.meta}`` and, for a multiple-choice set,
+    ``letter_logprobs`` [Q, 4] float32 and ``letters``; for a generative one, ``generations`` [Q].
+  """
+  from jaxscape import score  # noqa: PLC0415 - JAX only when scoring
+  if cset.generative:
+    from jaxscape import decode  # noqa: PLC0415
+    gens = decode.generate_texts(model, list(cset.prompts), max_new_tokens=max_new_tokens,
+                                 prompt_format=prompt_format, system_prompt=system_prompt, batch_size=batch_size)
+    return {**cset.meta, "capability": generative_accuracy(cset, gens), "generations": gens}
+  tokens, mask, letters = choice_inputs(model, cset, prompt_format=prompt_format, system_prompt=system_prompt)
+  logp = score.score_in_batches(model.params, tokens, mask, score.choice_targets(len(tokens), letters),
+                                cfg=model.cfg, batch_size=batch_size)[:, 0]  # [Q, 4]
+  right = _right(logp, cset.answers)
+  subjects = [r.get("subject") for r in cset.records]  # MMLU items only
+  per_topic = {t: 100.0 * float(np.mean([ok for ok, s in zip(right, subjects) if s == t]))
+               for t in dict.fromkeys(subjects) if t is not None}
+  return {**cset.meta, "capability": 100.0 * float(np.mean(right)), "per_topic": per_topic,
+          "letter_logprobs": logp, "letters": list(letters)}
+
+
+def _right(letter_logprobs, answers) -> list[bool]:
+  """Per item: is the highest letter the right one (``metrics.multiple_choice_accuracy``'s rule, NaN wrong)."""
+  logp = np.nan_to_num(np.asarray(letter_logprobs, np.float64), nan=-np.inf)
+  return (np.argmax(logp, -1) == np.asarray(answers)).tolist()
 
 
 def generative_accuracy(cset: CapabilitySet, generations: list[str]) -> float:

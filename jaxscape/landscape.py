@@ -277,12 +277,9 @@ def _prompt_rows(model, prompts: list[str], decode: DecodeSpec) -> tuple[scan.Sc
 
 def _choice_rows(model, cset: capability_lib.CapabilitySet, decode: DecodeSpec) -> scan.ChoiceRows:
   """Multiple-choice questions rendered and tokenized, with the answer letters' token ids."""
-  tok = model.tokenizer
-  rendered, add = prompts_lib.render(list(cset.prompts), tok, prompt_format=decode.prompt_format,
-                                     system_prompt=decode.system_prompt)
-  tokens, mask = prompts_lib.tokenize(rendered, tok, add_special_tokens=add, pad_id=model.pad_id,
-                                      max_length=model.cfg.max_position_embeddings, truncate=decode.truncate_prompts)
-  letters = capability_lib.answer_token_ids(cset, tok, decode.prompt_format)
+  tokens, mask, letters = capability_lib.choice_inputs(model, cset, prompt_format=decode.prompt_format,
+                                                       system_prompt=decode.system_prompt,
+                                                       truncate=decode.truncate_prompts)
   return scan.ChoiceRows(tokens=tokens, mask=mask, targets=score.choice_targets(len(tokens), letters),
                          answers=np.asarray(cset.answers))
 

@@ -238,3 +238,22 @@ def test_cli_capability_errors_are_one_line(tmp_path, case):
   assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
   assert want in lines[0], lines[0]
   assert not (tmp_path / "out").exists()
+
+
+def test_eval_capability_entry_point(tmp_path):
+  """Smoke: the toy model on its own multiple-choice set and on a generative set, scores written as JSON."""
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
+  benign = tmp_path / "b.jsonl"
+  benign.write_text(json.dumps({"prompt": "Name a colour.", "answer": "red"}) + "\n")
+  for name, source in (("mc", "builtin:mc_test"), ("gen", str(benign))):
+    proc = subprocess.run([sys.executable, "-m", "experiments.eval_capability", "--nocompilation_cache",
+                           "--model=checkpoints/toy-chat", f"--capability_set={source}", "--max_new_tokens=8",
+                           f"--out={tmp_path / name}.json"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads((tmp_path / f"{name}.json").read_text())
+    assert 0 <= out["capability"] <= 100 and f"capability {out['capability']:.1f}%" in proc.stdout
+  assert len(out["generations"]) == 1
