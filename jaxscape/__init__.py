@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 # public name -> submodule that defines it, imported on first access (see __getattr__)
 _LAZY = {
+    "CapabilitySet": "capability", "load_capability_set": "capability",
     "Model": "convert", "load_hf": "convert", "load_model": "convert", "save_hf": "convert",
     "Decoder": "decode", "Generation": "decode", "Sampling": "decode", "generate": "decode",
     "generate_texts": "decode", "greedy_generate": "decode",
@@ -37,7 +38,7 @@ _LAZY = {
     "continuation_logprobs": "score",
     "StudySpec": "study", "run_study": "study",
 }
-_SUBMODULES = ("aligndata", "checkpoint", "compilation_cache", "convert", "decode", "directions", "errors", "findings",
+_SUBMODULES = ("aligndata", "capability", "checkpoint", "compilation_cache", "convert", "decode", "directions", "errors", "findings",
                "finetune", "gguf_io", "htmlreport", "hub", "judge", "landscape", "metrics", "model", "perturb", "plan",
                "plot", "prompts", "report", "results", "scan", "score", "sharding", "study", "taskdata", "testing",
                "tokenizer", "toydata", "views")
@@ -45,6 +46,7 @@ _SUBMODULES = ("aligndata", "checkpoint", "compilation_cache", "convert", "decod
 __all__ = sorted(_LAZY) + ["__version__"]
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+  from jaxscape.capability import CapabilitySet, load_capability_set  # noqa: F401
   from jaxscape.convert import Model, load_hf, load_model, save_hf  # noqa: F401
   from jaxscape.decode import Decoder, Generation, Sampling, generate, generate_texts, greedy_generate  # noqa: F401
   from jaxscape.errors import InputError  # noqa: F401

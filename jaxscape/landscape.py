@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxscape import capability as capability_lib
 from jaxscape import convert
 from jaxscape import decode as decode_lib
 from jaxscape import directions as directions_lib
@@ -158,28 +159,36 @@ class ScanOptions:
 
 def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: str, decode: DecodeSpec = DecodeSpec(),
                   options: ScanOptions = ScanOptions(), model_b=None, model_c=None,
-                  capability_set: list[dict] | None = None, directions: tuple[list, list] | None = None) -> dict:
+                  capability_set: capability_lib.CapabilitySet | str | list[dict] | None = None,
+                  capability_shots: int = 0, directions: tuple[list, list] | None = None) -> dict:
   """Scan a landscape and write its results dir; returns the summary dict.
 
   Args:
     model: a loaded ``jaxscape.convert.Model`` (θ_a); ``model_b``/``model_c`` for interpolation kinds.
     prompts: harmful prompts (safety metric).
     spec: grid and directions; decode: prompt format and decoding; options: :class:`ScanOptions`.
-    capability_set: multiple-choice items ``{"question", "options": [4], "answer": "A".."D"}``
-      for metric "capability" or "both".
+    capability_set: for metric "capability" or "both": a set's name (``capability.load``, e.g.
+      ``"mmlu:us_foreign_policy"`` or ``"builtin:align/heldout_benign"``), a loaded
+      ``capability.CapabilitySet``, or toy-layout items ``{"question", "options": [4], "answer": "A".."D"}``.
+      A generative set's prompts are decoded beside the harmful ones (with metric "capability", alone).
+    capability_shots: shots per subject when ``capability_set`` is an ``mmlu:`` name.
     directions: ``(direction trees, recipes)`` to scan along instead of generating them from
       ``spec`` (e.g. from ``directions.load_directions``); validated against the model.
   """
   t_start = options.t_start or time.perf_counter()
-  _check_request(spec, decode, options, capability_set)
+  cset = capability_lib.as_set(capability_set, capability_shots) if options.metric != "safety" else None
+  _check_request(spec, decode, options, cset)
   grid = make_grid(spec)
   t0 = time.perf_counter()
   dirs, recipes = _directions(model, spec, grid, model_b, model_c, directions)
   directions_s = time.perf_counter() - t0
-  rows, texts = _prompt_rows(model, prompts, decode)
-  choices = _choice_rows(model, capability_set, decode) if options.metric != "safety" else None
-  identity = _identity(model, model_b, model_c, dirs, recipes, grid, spec, texts, capability_set, decode,
-                       options.metric)
+  # A generative set's prompts are decoded as rows after the harmful ones (alone for metric capability).
+  benign = list(cset.prompts) if cset is not None and cset.generative else []
+  harmful = list(prompts) if not (benign and options.metric == "capability") else []
+  rows, texts = _prompt_rows(model, harmful + benign, decode)
+  choices = _choice_rows(model, cset, decode) if cset is not None and not cset.generative else None
+  identity = _identity(model, model_b, model_c, dirs, recipes, grid, spec, texts, cset, decode, options.metric)
+  texts = texts[:len(harmful)]
   mesh = options.mesh or sharding_lib.make_mesh()
   writer = jax.process_index() == 0
   reuse = results.prepare_run(out_dir, identity, resume=options.resume, write=writer)
@@ -198,7 +207,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   setup = scan.ScanSetup(
       decoder=decode_lib.Decoder(cfg=sharding_lib.config_for_mesh(model.cfg, mesh), max_new_tokens=decode.max_new_tokens,
                                  eos_ids=tuple(model.eos_ids), groups=rows.groups),
-      rows=rows if options.metric != "capability" else None, choices=choices, pad_id=model.pad_id,
+      rows=rows if options.metric != "capability" or benign else None, choices=choices, pad_id=model.pad_id,
       is_decided=_refusal_is_decided(model) if decode.stop_when_decided else None, chunk_tokens=decode.chunk_tokens)
   compiled = scan.compile_scan(model.params, stacked, setup, mesh=mesh, n_points=len(todo), strategy=options.strategy,
                                slice_size=options.slice_size, memory_budget=options.memory_budget, log=log)
@@ -206,7 +215,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   row_steps = [0]
 
   def on_result(ids, out):
-    records, steps = _slice_records(ids, out, model, rows, choices)
+    records, steps = _slice_records(ids, out, model, rows, choices, cset if benign else None)
     row_steps[0] += steps
     if writer:
       results.save_slice(out_dir, records)
@@ -218,8 +227,10 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
                   on_result=on_result, progress=options.progress and writer)
   timings = dict(load_s=options.load_s, directions_s=directions_s, compile_s=compiled.compile_s,
                  scan_s=time.perf_counter() - t0, decode_row_steps=row_steps[0])
-  meta = _scan_meta(model, spec, decode, options, grid, prompts, texts, recipes, identity, compiled, mesh, out_dir,
+  meta = _scan_meta(model, spec, decode, options, grid, harmful, texts, recipes, identity, compiled, mesh, out_dir,
                     _work_timings(model.cfg, rows, done, todo, len(grid.coeffs), timings))
+  if cset is not None:
+    meta["capability_set"] = cset.meta
   return _finish(out_dir, meta, done, t_start, write=writer, write_views=options.write_views)
 
 
@@ -231,8 +242,8 @@ def _check_request(spec: LandscapeSpec, decode: DecodeSpec, options: ScanOptions
     raise InputError(f"unknown metric {options.metric!r}; expected safety, capability or both")
   if decode.max_new_tokens <= 0:
     raise InputError(f"max_new_tokens must be > 0, got {decode.max_new_tokens}")
-  if options.metric != "safety" and not capability_set:
-    raise InputError("metric capability needs a multiple-choice set")
+  if options.metric != "safety" and (capability_set is None or not capability_set.prompts):
+    raise InputError("metric capability needs a capability set (--capability_set)")
 
 
 def _directions(model, spec: LandscapeSpec, grid: Grid, model_b, model_c, directions) -> tuple[list, list]:
@@ -265,20 +276,17 @@ def _prompt_rows(model, prompts: list[str], decode: DecodeSpec) -> tuple[scan.Sc
   return scan.layout_rows(tokens, mask, pad_id=model.pad_id, share_prefix=decode.share_prefix), texts
 
 
-def _choice_rows(model, capability_set: list[dict], decode: DecodeSpec) -> scan.ChoiceRows:
+def _choice_rows(model, cset: capability_lib.CapabilitySet, decode: DecodeSpec) -> scan.ChoiceRows:
   """Multiple-choice questions rendered and tokenized, with the answer letters' token ids."""
-  tok = model.tokenizer
-  questions = [prompts_lib.format_choice_question(item) for item in capability_set]
-  rendered, add = prompts_lib.render(questions, tok, prompt_format=decode.prompt_format,
-                                     system_prompt=decode.system_prompt)
-  tokens, mask = prompts_lib.tokenize(rendered, tok, add_special_tokens=add, pad_id=model.pad_id,
-                                      max_length=model.cfg.max_position_embeddings, truncate=decode.truncate_prompts)
-  return scan.ChoiceRows(tokens=tokens, mask=mask, targets=score.choice_targets(len(tokens), metrics.letter_token_ids(tok)),
-                         answers=np.asarray(["ABCD".index(item["answer"]) for item in capability_set]))
+  tokens, mask, letters = capability_lib.choice_inputs(model, cset, prompt_format=decode.prompt_format,
+                                                       system_prompt=decode.system_prompt,
+                                                       truncate=decode.truncate_prompts)
+  return scan.ChoiceRows(tokens=tokens, mask=mask, targets=score.choice_targets(len(tokens), letters),
+                         answers=np.asarray(cset.answers))
 
 
 def _identity(model, model_b, model_c, dirs, recipes, grid: Grid, spec: LandscapeSpec, texts: list[str],
-              capability_set, decode: DecodeSpec, metric: str) -> dict:
+              cset, decode: DecodeSpec, metric: str) -> dict:
   """Fingerprints of everything that makes two runs' points comparable (``results.prepare_run``)."""
   return {
       "model": convert.fingerprint(model.params),
@@ -288,7 +296,7 @@ def _identity(model, model_b, model_c, dirs, recipes, grid: Grid, spec: Landscap
       if recipes and all(recipes) else convert.fingerprint(dirs),
       "grid": results.fingerprint_json({"coeffs": grid.coeffs.tolist(), "kind": spec.kind}),
       "prompts": results.fingerprint_json(texts),
-      "capability_set": results.fingerprint_json(capability_set) if metric != "safety" else None,
+      "capability_set": results.fingerprint_json(cset.identity) if cset is not None else None,
       "decoding": results.fingerprint_json({"max_new_tokens": decode.max_new_tokens,
                                             "eos": list(model.eos_ids), "dtype": model.cfg.compute_dtype,
                                             "stop_when_decided": decode.stop_when_decided,
@@ -304,18 +312,26 @@ def _refusal_is_decided(model):
 
 
 def _slice_records(ids: list[int], out: scan.SliceOutput, model, rows: scan.ScanRows,
-                   choices: scan.ChoiceRows | None) -> tuple[dict[int, dict], int]:
-  """A finished slice's point records (generations in prompt order, ASR, capability) and its decode row-steps."""
+                   choices: scan.ChoiceRows | None, generative=None) -> tuple[dict[int, dict], int]:
+  """A finished slice's point records (generations in prompt order, ASR, capability) and its decode row-steps.
+
+  ``generative``: the generative capability set whose prompts are the last rows; ASR counts the rows before.
+  """
   host = sharding_lib.to_host
   gen = out.generation
   if gen is not None:
     toks, lens = host(gen.tokens)[:, rows.unsort], host(gen.lengths)[:, rows.unsort]  # back to prompt order
     nonfin, cut = host(gen.nonfinite), host(gen.truncated)[:, rows.unsort]
+    if generative is not None:
+      n = toks.shape[1] - len(generative.prompts)
+      (toks, b_toks), (lens, b_lens), (cut, b_cut) = [(a[:, :n], a[:, n:]) for a in (toks, lens, cut)]
   logp = host(out.choice_logprobs) if out.choice_logprobs is not None else None
   records = {}
   for j, pid in enumerate(ids):
     rec = {"point": pid}
-    if gen is not None:
+    if generative is not None:
+      rec.update(_generative_record(model, generative, b_toks[j], b_lens[j], b_cut[j], bool(nonfin[j].any())))
+    if gen is not None and toks.shape[1]:
       gens = [decode_lib.decode_text(model.tokenizer, row, model.eos_ids) for row in toks[j]]
       rec.update(generations=gens, lengths=lens[j].tolist(), asr=metrics.asr(gens), nonfinite=bool(nonfin[j].any()),
                  # what the model emitted, up to and including its first EOS: coherence scores these ids
@@ -329,11 +345,24 @@ def _slice_records(ids: list[int], out: scan.SliceOutput, model, rows: scan.Scan
   return records, (int(host(gen.row_steps)) if gen is not None else 0)
 
 
+def _generative_record(model, cset: capability_lib.CapabilitySet, toks: np.ndarray, lens: np.ndarray,
+                       cut: np.ndarray, nonfinite: bool) -> dict:
+  """One point's generative capability: its benign rows' generations [Q] (kept for resuming and the
+  judge-free views), lengths, and the % of checkable answers right."""
+  gens = [decode_lib.decode_text(model.tokenizer, row, model.eos_ids) for row in toks]
+  rec = {"capability_generations": gens, "capability_lengths": lens.tolist(),
+         "capability": capability_lib.generative_accuracy(cset, gens), "nonfinite": nonfinite}
+  if cut.any():  # stopped at a refusal keyword: check_answer's False either way
+    rec["capability_truncated"] = cut.tolist()
+  return rec
+
+
 def _work_timings(cfg, rows: scan.ScanRows, done: dict, todo: list[int], n_points: int, timings: dict) -> dict:
   """The run's timings with the work it did: points, tokens, useful FLOPs and KV-cache bytes."""
-  lengths = [done[i].get("lengths") for i in todo]
+  # Rows in decoding order: the harmful prompts', then a generative capability set's.
+  lengths = [(done[i].get("lengths", []) + done[i].get("capability_lengths", [])) or None for i in todo]
   return {"total_s": None, **timings, "points_computed": len(todo), "points": n_points,
-          "tokens_generated": int(sum(sum(done[i].get("lengths", [])) for i in todo)),
+          "tokens_generated": int(sum(sum(x or []) for x in lengths)),
           "prompt_tokens": int(rows.prompt_lengths.sum()) * len(todo),
           "useful_flops": _useful_flops(cfg, rows.prompt_lengths, lengths, rows.prefix_len),
           "useful_kv_bytes": _useful_kv_bytes(cfg, rows.prompt_lengths, lengths, rows.prefix_len)}
