@@ -230,7 +230,7 @@ def generative_accuracy(cset: CapabilitySet, generations: list[str]) -> float:
   """% of the checkable records (answer not None) whose generation ``aligndata.check_answer`` finds right."""
   from jaxscape import aligndata  # noqa: PLC0415 - its data tables load only for generative sets
   assert len(generations) == len(cset.records), (len(generations), len(cset.records))
-  checks = [aligndata.check_answer(r, g) for r, g in zip(cset.records, generations) if r.get("answer") is not None]
+  checks = [aligndata.check_answer(r, g) for r, g in zip(cset.records, generations)]
   return 100.0 * sum(c is True for c in checks) / len(checks)
 
 
@@ -239,15 +239,17 @@ def _generative(source: str, records: list[dict]) -> CapabilitySet:
   for n, r in enumerate(records, 1):
     if r["answer"] is not None and not isinstance(r["answer"], str):
       raise InputError(f"{source}: record {n}'s answer must be a string or null, got {r['answer']!r}")
-  checkable = sum(r["answer"] is not None for r in records)
+  # Only checkable records are decoded: an answer nobody can check costs a decode at every point for nothing.
+  checkable = [r for r in records if r["answer"] is not None]
   if not checkable:
     raise InputError(f"{source}: no record has a checkable answer (all answers are null)")
-  return CapabilitySet(kind="generative", prompts=tuple(r["prompt"] for r in records),
-                       answers=tuple(r["answer"] for r in records), records=tuple(records),
+  return CapabilitySet(kind="generative", prompts=tuple(r["prompt"] for r in checkable),
+                       answers=tuple(r["answer"] for r in checkable), records=tuple(checkable),
                        answer_follows_text=False,
-                       identity={"generative": [[r["prompt"], r["answer"]] for r in records]},
-                       meta={"source": source, "format": "generative", "questions": len(records),
-                             "checkable": checkable, "shots": 0, "chance": 0.0})
+                       identity={"generative": [[r["prompt"], r["answer"]] for r in checkable]},
+                       meta={"source": source, "format": "generative", "questions": len(checkable),
+                             "checkable": len(checkable), "records_without_answer": len(records) - len(checkable),
+                             "shots": 0, "chance": 0.0})
 
 
 # ----------------------------------------------------------------- MMLU
