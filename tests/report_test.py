@@ -32,8 +32,8 @@ def test_page_holds_numbers_commands_and_the_ends(tmp_path):
   page = report.landscape_page([("first", a), ("second", b)], str(tmp_path / "page"), title="T", intro="hello")
   text = open(page).read()
   assert text.startswith("# T\n\nhello")
-  assert "| first | `m` | 1d_random | 1.0 | 42.50 | 5.0 | 90.0 / 80.0 | 12 s |" in text
-  assert "| second | `m` | 1d_random | 1.0 | 42.50 | 0.0 | 100.0 / 100.0 | 12 s |" in text
+  assert "| first | `m` | 1d_random | 1.0 | 42.50 | – | 5.0 | 90.0 / 80.0 | 12 s |" in text
+  assert "| second | `m` | 1d_random | 1.0 | 42.50 | – | 0.0 | 100.0 / 100.0 | 12 s |" in text
   assert "python -m experiments.run_grid --model=m --kind=1d_random --steps=2" in text
   assert "--stop_when_decided" not in text
   assert "![first](first.png)" in text and os.path.isfile(tmp_path / "page" / "first.png")
@@ -41,6 +41,28 @@ def test_page_holds_numbers_commands_and_the_ends(tmp_path):
   for c in ("-0.5", "0", "0.5"):
     assert f"gen at {float(c)} 'x'" in text  # backticks in generations cannot break the code span
   assert "y" * 200 not in text  # long generations are clipped
+
+
+def test_page_of_several_directions_with_coherence(scan_dir, tiny_model, tmp_path):
+  """Mean ± sample sd per point of every curve, coherent VISAGE, labels beside the generations, the walls."""
+  import shutil
+
+  import numpy as np
+
+  from jaxscape import coherence, coherence_results, views
+  d = str(tmp_path / "multi")
+  shutil.copytree(scan_dir("1d_multi"), d)
+  coherence_results.score_results(d, tiny_model("llama"), coherence.Calibration(threshold=8.0), batch_size=4)
+  summary = views.write_views(d)
+  page = open(report.landscape_page([("multi", d)], str(tmp_path / "page"), title="T")).read()
+  asr = np.asarray(summary["asr"])
+  cell = f"{asr[:, 0].mean():.1f} ± {asr[:, 0].std(ddof=1):.1f}"
+  assert f"| keyword ASR % | {cell} |" in page
+  assert "| coherent ASR % |" in page and "| incoherent % |" in page
+  assert f"{summary['visage_coherent']:.2f} ± {summary['visage_coherent_std']:.2f}" in page
+  assert "1d_random × 2" in page
+  assert "nll " in page  # each sample carries its label and NLL
+  assert report._walls(np.array([[100.0, 40.0, 0.0, 30.0, 90.0]]), 2) == [(0, 1), (0, 3)]
 
 
 def test_page_refuses_2d_and_unfinished_runs(tmp_path):
@@ -75,4 +97,4 @@ def test_interpolation_page_has_no_random_axis_flags_and_no_duplicate_origin(tmp
   assert "| interp | `m` | 1d_interpolation | – |" in text
   assert "--multiplier" not in text and "--seed" not in text
   assert "at the origin" not in text  # the origin is the left end here: shown once
-  assert "Generations at the left end (coordinate 0)" in text
+  assert "Generations at the left end (coordinate 0, keyword ASR 0.0%)" in text
