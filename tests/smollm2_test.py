@@ -106,3 +106,26 @@ def test_convert_gguf_hf_dir_decodes_the_same(gguf_path, reference_tokens, tmp_p
                                      "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
   m = convert.load_model(str(out))
   np.testing.assert_array_equal(_greedy(m), reference_tokens)  # same shapes: the compiled decode is reused
+
+
+def test_coherence_nll_equals_transformers_loss(ours, reference, reference_tokens):
+  """A few SmolLM2 rows: each greedy generation's NLL per token (through its EOS) within 1e-4 of transformers'
+  cross-entropy over the same tokens after the same rendered prompt."""
+  import torch
+
+  from jaxscape import coherence
+  hf, tok = reference
+  rows = [0, 3, 4]
+  gens = []
+  for r in rows:
+    ids = reference_tokens[r].tolist()
+    end = next((k for k, t in enumerate(ids) if t in ours.eos_ids), None)
+    gens.append(ids[:end + 1] if end is not None else ids)
+  nll = coherence.score(ours, [PROMPTS[r] for r in rows], gens, max_new_tokens=NEW, batch_size=4)
+  rendered, add = prompts.render([PROMPTS[r] for r in rows], tok)
+  for k, g in enumerate(gens):
+    prompt = tok(rendered[k], add_special_tokens=add)["input_ids"]
+    with torch.no_grad():
+      logits = hf(torch.tensor([prompt + g])).logits[0, len(prompt) - 1:-1].double()
+    want = torch.nn.functional.cross_entropy(logits, torch.tensor(g)).item()
+    assert abs(float(nll[k]) - want) < 1e-4, (k, float(nll[k]), want)
