@@ -115,24 +115,13 @@ def main(argv):
                                  save_directions=FLAGS.save_directions, flags=_flag_values(), t_start=_T_START,
                                  load_s=load_s,
                                  write_views=judge is None and not FLAGS.coherence)  # else once, after those
-
   summary = jaxscape.run_landscape(model, prompts, spec, out_dir=FLAGS.out, decode=decode, options=options,
                                    model_b=model_b, model_c=model_c, capability_set=capability, directions=dirs)
   import jax
   if jax.process_index():
     return
-  if judge is not None:  # on process 0's devices, after the scan wrote its results
-    entry = judge_lib.judge_results(FLAGS.out, judge, existing="reuse", progress=True)
-    print(common.judge_line(entry, judge.name))
-  if FLAGS.coherence:
-    from jaxscape import coherence_results
-    reference, theta0 = common.coherence_reference(theta0=model)
-    coherence_results.score_dir(FLAGS.out, reference, coherence_settings, theta0=theta0, existing="reuse", progress=True)
   if judge is not None or FLAGS.coherence:
-    from jaxscape import views
-    summary = views.write_views(FLAGS.out)  # the scan's, the judge's and coherence's stores are in: written once
-    if FLAGS.coherence:
-      print(common.coherence_line(summary))
+    summary = _score_and_render(judge, coherence_settings, model)
   if capability is not None:
     print(_capability_line(capability.meta))
   t = summary["timings"]
@@ -142,6 +131,25 @@ def main(argv):
         f"VISAGE={'n/a' if vis is None else f'{vis:.2f}'} "
         + (f"ASR=[{', '.join(f'{a:.1f}' for a in asr)}] " if asr and not isinstance(asr[0], list) else "")
         + f"total={t['total_s']:.1f}s compile={t['compile_s']:.1f}s scan={t['scan_s']:.1f}s -> {FLAGS.out}")
+
+
+def _score_and_render(judge, coherence_settings, model) -> dict:
+  """After the scan, on process 0's devices: the judge's and the coherence scores into their stores,
+  then the views, written once with all of them; returns the summary."""
+  from jaxscape import views
+  if judge is not None:
+    from jaxscape import judge as judge_lib
+    entry = judge_lib.judge_results(FLAGS.out, judge, existing="reuse", progress=True)
+    print(common.judge_line(entry, judge.name))
+  if FLAGS.coherence:
+    from jaxscape import coherence_results
+    reference, theta0 = common.coherence_reference(theta0=model)
+    coherence_results.score_dir(FLAGS.out, reference, coherence_settings, theta0=theta0, existing="reuse",
+                                progress=True)
+  summary = views.write_views(FLAGS.out)
+  if FLAGS.coherence:
+    print(common.coherence_line(summary))
+  return summary
 
 
 def _capability_line(meta: dict) -> str:

@@ -12,9 +12,9 @@ A capability set is named by a string (``--capability_set``, or ``run_landscape(
 * ``builtin:NAME`` or a JSONL file of ``{"question", "options": [4], "answer": "A".."D"}`` items (the
   toy's layout): rendered as before (``prompts.format_choice_question``), no shots.
 * a JSONL of records with a ``prompt`` and an ``answer`` (str or null), e.g.
-  ``builtin:align/heldout_benign``: a *generative* set. Its prompts are decoded at every point with
-  the harmful prompts' decoder; capability = % of the checkable records (answer not null) whose
-  generation ``aligndata.check_answer`` finds right (a refusal is never right).
+  ``builtin:align/heldout_benign``: a *generative* set. Its checkable records (answer not null; the
+  others are left out) are decoded at every point with the harmful prompts' decoder; capability =
+  % of them whose generation ``aligndata.check_answer`` finds right (a refusal is never right).
 
 Multiple-choice prompt (the reference's, poloclub/llm-landscape ``src/dataset/mmlu.py``, which is
 Hendrycks et al.'s MMLU format with one newline after the header)::
