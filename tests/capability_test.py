@@ -200,10 +200,12 @@ def test_generative_set_decoded_beside_harmful_prompts(tiny_model, tmp_path):
   s_pts, b_pts = results.load_points(str(tmp_path / "safe")), results.load_points(str(tmp_path / "both"))
   cset = capability.load(str(benign))
   for pid, rec in b_pts.items():
-    assert rec["generations"] == s_pts[pid]["generations"] and len(rec["capability_generations"]) == 3  # the checkable ones
+    assert rec["generations"] == s_pts[pid]["generations"]
+    assert len(rec["capability_generations"]) == 3  # the checkable records only
     assert rec["capability"] == capability.generative_accuracy(cset, rec["capability_generations"])
   assert both["capability"] == [b_pts[i]["capability"] for i in range(3)]
-  assert both["capability_set"]["checkable"] == 3 and both["capability_set"]["records_without_answer"] == 1 and both["n_prompts"] == 3
+  assert both["capability_set"]["checkable"] == 3 and both["capability_set"]["records_without_answer"] == 1
+  assert both["n_prompts"] == 3
   cap = run("cap", "capability", str(benign))
   c_pts = results.load_points(str(tmp_path / "cap"))
   assert "generations" not in c_pts[0] and "asr" not in cap and cap["n_prompts"] == 0
