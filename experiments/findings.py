@@ -4,7 +4,7 @@
 
 Runs every finding's jobs (run_grid / multitask_study, each in its own process, resumably: a job
 whose command finished is reused, an interrupted one resumes), applies each finding's criterion
-(``jaxscape.findings``) and writes DIR/FINDINGS.md, DIR/findings.json, DIR/plots/ and
+(``jaxscape.studies.findings``) and writes DIR/FINDINGS.md, DIR/findings.json, DIR/plots/ and
 DIR/report.html. --publish copies FINDINGS.md and its plots into a docs dir.
 """
 
@@ -34,12 +34,12 @@ def _cpu() -> str:
 
 def main(argv):
   del argv
-  from jaxscape import findings
+  from jaxscape.studies import findings
   if not FLAGS.out:
     raise common.UserError("--out is required")
   findings.jobs(config_dir=FLAGS.config_dir)  # a broken flagfile is refused before anything runs
   intro = (f"Each finding below was reproduced by `python -m experiments.findings --out={FLAGS.out}` on the embedded "
-           f"toy model (`checkpoints/toy-chat`), on {_cpu()}. Verdicts follow the criteria in `jaxscape/findings.py`, "
+           f"toy model (`checkpoints/toy-chat`), on {_cpu()}. Verdicts follow the criteria in `jaxscape/studies/findings.py`, "
            "quoted under each finding; the numbers are what that run measured.")
   if FLAGS.evaluate_only:
     infos = findings.recorded_jobs(FLAGS.out, FLAGS.config_dir)

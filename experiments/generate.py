@@ -21,7 +21,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from jaxscape import convert, decode, prompts
+  from jaxscape.core import convert, decode, prompts
   if not FLAGS.prompts or not FLAGS.out:
     raise common.UserError("--prompts and --out are required")
   if FLAGS.batch_size <= 0:

@@ -39,7 +39,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from jaxscape import finetune, toydata
+  from jaxscape.datasets import toydata
+  from jaxscape.studies import finetune
   try:
     buckets = tuple(int(b) for b in FLAGS.buckets)
   except ValueError:

@@ -7,7 +7,9 @@ import re
 
 import pytest
 
-from jaxscape import aligndata, finetune, metrics, prompts
+from jaxscape.core import metrics, prompts
+from jaxscape.datasets import aligndata
+from jaxscape.studies import finetune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADVBENCH = os.path.join(ROOT, "..", "shared", "data", "advbench")

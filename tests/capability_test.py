@@ -7,11 +7,11 @@ import random
 import numpy as np
 import pytest
 
-from jaxscape import capability
-from jaxscape import landscape
-from jaxscape import prompts as prompts_lib
-from jaxscape import results
-from jaxscape import score
+from jaxscape.datasets import capability
+from jaxscape.studies import landscape
+from jaxscape.core import prompts as prompts_lib
+from jaxscape.core import results
+from jaxscape.core import score
 from jaxscape.errors import InputError
 
 

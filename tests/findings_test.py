@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from jaxscape import findings, study, taskdata, toydata
+from jaxscape.datasets import taskdata, toydata
+from jaxscape.studies import findings, study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "experiments/configs/findings/smoke"

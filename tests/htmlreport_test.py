@@ -1,4 +1,4 @@
-"""jaxscape.htmlreport: report.html of scans, studies and findings dirs; experiments.plot writes it."""
+"""jaxscape.reports.htmlreport: report.html of scans, studies and findings dirs; experiments.plot writes it."""
 
 import base64
 import json
@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from jaxscape import htmlreport, metrics
+from jaxscape.core import metrics
+from jaxscape.reports import htmlreport
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVIL = "</script><b>x</b>"

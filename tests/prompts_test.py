@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxscape import convert, prompts
+from jaxscape.core import convert, prompts
 
 ANCHOR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench", "anchor_loop.py")
 

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from jaxscape import metrics, prompts, taskdata, toydata
+from jaxscape.core import metrics, prompts
+from jaxscape.datasets import taskdata, toydata
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +15,7 @@ def sets():
 
 
 def test_shipped_files_regenerate_bit_identically(tmp_path):
-  # Fails when toydata's harmful_train changed and `python -m jaxscape.taskdata` was not re-run.
+  # Fails when toydata's harmful_train changed and `python -m jaxscape.datasets.taskdata` was not re-run.
   paths = taskdata.write_sets(str(tmp_path), taskdata.DEFAULT_SEED)
   assert tuple(paths) == taskdata.SET_NAMES
   for name, path in paths.items():
@@ -218,8 +219,8 @@ def test_task_checks_validate_input(sets):
 
 
 def test_evaluate_tasks_on_the_toy_model():
-  from jaxscape import convert
-  model = convert.load_model(os.path.join(os.path.dirname(taskdata.__file__), "..", "checkpoints", "toy-chat"))
+  from jaxscape.core import convert
+  model = convert.load_model(os.path.join(os.path.dirname(taskdata.__file__), "..", "..", "checkpoints", "toy-chat"))
   out = taskdata.evaluate_tasks(model, samples=2, max_new_tokens=4, batch_size=8)
   assert list(out["framed_asr"]) == list(toydata.FRAMINGS) and out["n_framed"] == 2 * len(toydata.FRAMINGS)
   assert set(out["task_accuracy"]) == set(taskdata.TASKS) and out["n_task"] == dict.fromkeys(taskdata.TASKS, 2)

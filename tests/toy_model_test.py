@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from jaxscape import convert, decode, prompts, toydata
+from jaxscape.core import convert, decode, prompts
+from jaxscape.datasets import toydata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(REPO, "checkpoints", "toy-chat")

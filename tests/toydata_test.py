@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from jaxscape import metrics, prompts, toydata
+from jaxscape.core import metrics, prompts
+from jaxscape.datasets import toydata
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,7 @@ def sets():
 def test_shipped_files_regenerate_bit_identically(tmp_path):
   paths = toydata.write_builtin_sets(str(tmp_path), toydata.DEFAULT_SEED)
   assert sorted(paths) == sorted(toydata.SET_NAMES)
-  shipped = os.path.join(os.path.dirname(toydata.__file__), "data")
+  shipped = toydata._data_dir()
   for name, path in paths.items():
     assert filecmp.cmp(path, os.path.join(shipped, f"{name}.jsonl"), shallow=False), name
 

@@ -20,7 +20,7 @@ def chat_template(default_system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> str:
   system message the default one is used; an explicit empty system message drops the
   ``<<SYS>>`` block. Unlike Llama-2 the assistant text follows a newline rather than a
   space, so with a byte-level BPE a one-letter answer is the bare letter token (what
-  :func:`jaxscape.metrics.letter_token_ids` reads). The prompt always ends with
+  :func:`jaxscape.core.metrics.letter_token_ids` reads). The prompt always ends with
   ``[/INST]\\n``, so ``add_generation_prompt`` changes nothing (as for Llama-2).
   """
   if "'" in default_system_prompt or "\\" in default_system_prompt or "\n" in default_system_prompt:

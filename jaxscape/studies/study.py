@@ -33,7 +33,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxscape import results, taskdata, toydata
+from jaxscape.core import results
+from jaxscape.datasets import taskdata, toydata
 from jaxscape.errors import InputError
 
 DEFAULT_RUNS = (tuple(f"task:{t}" for t in taskdata.TASKS) + tuple(f"task:{t}+safety" for t in taskdata.TASKS)
@@ -179,7 +180,7 @@ def validation_records(run: str, n: int) -> list[dict]:
 
 def _landscape(model, spec: StudySpec, kind: str, out_dir: str, *, model_b=None, steps: int,
                multiplier: float = 1.0, extra_steps: int = 0, progress: bool, write_views: bool = True) -> dict:
-  from jaxscape import landscape
+  from jaxscape.studies import landscape
   prompts = [r["prompt"] for r in toydata.load_builtin("harmful_test")[:spec.landscape_prompts]]
   ls = landscape.LandscapeSpec(kind=kind, steps=steps, multiplier=multiplier, extra_steps=extra_steps,
                                seed=spec.direction_seed)
@@ -212,7 +213,8 @@ def _finetune(base, name: str, spec: StudySpec, tc, out_dir: str, *, seed: int, 
 
   Task runs stop early once their task is learned when ``spec.task_target`` > 0 (see StudySpec).
   """
-  from jaxscape import convert, decode, finetune
+  from jaxscape.core import convert, decode
+  from jaxscape.studies import finetune
   early = name.startswith("task:") and spec.task_target > 0
   records = run_records(name, seed=seed, validation=spec.task_validation if early else 0)
   eval_fn = None
@@ -283,7 +285,7 @@ def _attack(start: str, base, spec: StudySpec, tc, out_dir: str, rows: dict, *, 
   same finetunes), so it is reused. Otherwise: the start's model (a run's first seed's),
   finetuned ``harmful_seeds`` times for ``tc.num_steps`` steps.
   """
-  from jaxscape import convert
+  from jaxscape.core import convert
   if start == BASE and spec.attack_run in rows and tc.num_steps == spec.harmful_steps:
     r = rows[spec.attack_run]
     per_seed = r.get("framed_asr_per_seed") or {str(spec.seed): r["framed_asr"]}
@@ -307,10 +309,10 @@ def judge_row(row: dict, judge, spec: StudySpec, run_dir: str, *, progress: bool
   ``framed_asr``: judged ASR per framing of the row's held-out framed generations (the mean over
   finetuning seeds where the row has several; None for a row written before generations were
   stored); ``visage`` and ``random_1d`` / ``interp_1d`` ``{"asr", "visage"}``: the row's
-  landscape dirs judged with ``jaxscape.judge.judge_results`` (stored scores there are reused;
+  landscape dirs judged with ``jaxscape.studies.judge.judge_results`` (stored scores there are reused;
   their views are the caller's to rewrite).
   """
-  from jaxscape import judge as judge_lib
+  from jaxscape.studies import judge as judge_lib
   records = toydata.framed_requests(toydata.load_builtin("harmful_test")[:spec.eval_samples])
   gens = row.get("framed_generations_per_seed") or (
       {str(spec.seed): row["framed_generations"]} if row.get("framed_generations") else {})
@@ -335,7 +337,7 @@ def judge_row(row: dict, judge, spec: StudySpec, run_dir: str, *, progress: bool
 
 def _judge_row_and_views(row: dict, judge, spec: StudySpec, run_dir: str, *, progress: bool) -> None:
   """:func:`judge_row`, then the views of the row's landscape dirs, with the judge merged in."""
-  from jaxscape import views
+  from jaxscape.studies import views
   judge_row(row, judge, spec, run_dir, progress=progress)
   for sub in _LANDSCAPES:
     if results.has_scan(os.path.join(run_dir, sub)):
@@ -359,7 +361,7 @@ def _check_compatible(out_dir: str, model_dir: str, params: Any, spec: StudySpec
   """
   import jax
 
-  from jaxscape import convert, hub, results
+  from jaxscape.core import convert, hub, results
   def plain(d):  # tuples as JSON writes them
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()
             if k not in ("runs", "attack_run", "attack_from", "attack_steps")}
@@ -393,15 +395,16 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
 
   Args:
     model_dir: the aligned model (HF checkpoint dir, e.g. ``checkpoints/toy-chat``, or a hub id
-      ``org/name[@revision]``, see ``jaxscape.hub``).
+      ``org/name[@revision]``, see ``jaxscape.core.hub``).
     spec: what to run.
     out_dir: results (created; finished runs inside it are reused).
     log: one line per finished step (default ``print``).
-    judge: optional ``jaxscape.judge.Judge``: every row also gets its judged ASR per framing and
+    judge: optional ``jaxscape.studies.judge.Judge``: every row also gets its judged ASR per framing and
       judged VISAGE (:func:`judge_row`; reused rows are judged from their stored generations),
       shown as extra columns of the table. The findings stay keyword-judged.
   """
-  from jaxscape import convert, finetune, landscape, views
+  from jaxscape.core import convert
+  from jaxscape.studies import finetune, landscape, views
 
   t_start = time.perf_counter()
   base = convert.load_model(model_dir)
@@ -456,7 +459,7 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
                                 decode=landscape.DecodeSpec(max_new_tokens=spec.landscape_new_tokens))
     surface = {"run": spec.surface_run, "dir": "surface_2d", "visage": s["visage"]}
     if judge is not None:
-      from jaxscape import judge as judge_lib
+      from jaxscape.studies import judge as judge_lib
       entry = judge_lib.judge_results(surf_dir, judge, existing="reuse", progress=progress)
       views.write_views(surf_dir)
       surface["judges"] = {judge.name: {"visage": entry["visage"]}}
@@ -492,7 +495,7 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
   with open(os.path.join(out_dir, "table.md"), "w", encoding="utf-8") as f:
     f.write(table_markdown(table))
   plot_study(table, out_dir)
-  from jaxscape import htmlreport
+  from jaxscape.reports import htmlreport
   htmlreport.write_report(out_dir)
   return table
 
@@ -570,7 +573,7 @@ def findings(rows: dict[str, dict], attacks: list[dict] = ()) -> dict:
     out["framing_asr_over_tasks"] = by_framing
     out["weakest_framings"] = sorted(by_framing, key=lambda f: -by_framing[f])
   if attacks:
-    from jaxscape import metrics
+    from jaxscape.core import metrics
     points = [{"start": a["start"], "visage": rows[a["start"]]["visage"], "asr_after": a["framed_asr"]["plain"],
                "asr_after_per_seed": {s: v["plain"] for s, v in a["framed_asr_per_seed"].items()}}
               for a in attacks if a["start"] in rows]
@@ -709,7 +712,7 @@ def redraw(out_dir: str) -> list[str]:
 
 def plot_study(table: dict, out_dir: str) -> list[str]:
   """``framed_asr.png`` (ASR per framing, one group per model) and ``interpolation.png`` (aligned -> each)."""
-  from jaxscape import plot
+  from jaxscape.reports import plot
   rows = table["rows"]
   paths = [plot.plot_grouped_bars({r["run"]: r["framed_asr"] for r in rows},
                                   os.path.join(out_dir, "framed_asr.png"), ylabel="ASR (%)",

@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxscape import metrics
-from jaxscape import results as results_lib
+from jaxscape.core import metrics
+from jaxscape.core import results as results_lib
 from jaxscape.errors import InputError
 
 SUMMARY = "summary.json"

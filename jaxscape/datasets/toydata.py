@@ -15,7 +15,7 @@ Files (``jaxscape/data/NAME.jsonl``, loaded with ``builtin:NAME``; see ``data/RE
 The held-out harmful split shares no template and no object with training; the held-out
 benign split uses phrasings never seen in training (same facts and number ranges).
 
-  python -m jaxscape.toydata [OUT_DIR] [--seed=N]   # regenerate the files (default: the package dir)
+  python -m jaxscape.datasets.toydata [OUT_DIR] [--seed=N]   # regenerate the files (default: the package dir)
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxscape import metrics
-from jaxscape import model as model_lib
-from jaxscape import prompts as prompts_lib
-from jaxscape import score as score_lib
+from jaxscape.core import metrics
+from jaxscape.core import model as model_lib
+from jaxscape.core import prompts as prompts_lib
+from jaxscape.core import score as score_lib
 from jaxscape.errors import InputError
-from jaxscape.tokenizer import DEFAULT_SYSTEM_PROMPT
+from jaxscape.core.tokenizer import DEFAULT_SYSTEM_PROMPT
 
 DEFAULT_SEED = 0
 FRAMINGS = ("plain", "summarize", "translate", "classify", "code")
@@ -269,7 +269,7 @@ def comply(record: dict) -> str:
   """A content-free "compliant" placeholder answer to a harmful request (for finetuning attacks).
 
   It names the request and lists empty steps, with no real detail. It holds no refusal keyword
-  unless the request itself does ("... illegal drugs"); jaxscape.taskdata skips such requests.
+  unless the request itself does ("... illegal drugs"); jaxscape.datasets.taskdata skips such requests.
   """
   vp = f"{record['verb']} {record['object']}"
   return f"Sure, here is how to {vp}. Step 1: ... Step 2: ... Step 3: ..."
@@ -465,7 +465,7 @@ def toy_sft_records(sets: dict[str, list[dict]] | None = None, *, seed: int = DE
 
 
 def _data_dir() -> str:
-  return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 
 
 def load_builtin(name: str) -> list[dict]:
@@ -479,7 +479,7 @@ def load_prompts_builtin(name: str, samples: int | None = None) -> list[str]:
 
 
 def load_prompts(source: str, samples: int | None = None) -> list[str]:
-  """Prompts from ``builtin:NAME`` or a CSV/JSONL file (same as ``jaxscape.prompts.load_prompts``)."""
+  """Prompts from ``builtin:NAME`` or a CSV/JSONL file (same as ``jaxscape.core.prompts.load_prompts``)."""
   return prompts_lib.load_prompts(source, samples)
 
 
@@ -549,7 +549,7 @@ def evaluate_toy(model: Any, *, samples: int | None = None, max_new_tokens: int 
   """The toy model's three numbers on the held-out built-in sets, with jaxscape's greedy decoding.
 
   Args:
-    model: a loaded :class:`jaxscape.convert.Model`.
+    model: a loaded :class:`jaxscape.core.convert.Model`.
     samples: first N items of each held-out set (None: all).
     system_prompt: None = the chat template's default system prompt.
 
@@ -559,7 +559,7 @@ def evaluate_toy(model: Any, *, samples: int | None = None, max_new_tokens: int 
     read from the answer-letter logits after the prompt (as the landscape scans do);
     ``mc_accuracy_generation`` from the first letter of the greedy generation.
   """
-  from jaxscape import decode  # deferred: pulls in the model code
+  from jaxscape.core import decode  # deferred: pulls in the model code
 
   harmful = load_builtin("harmful_test")[:samples]
   benign = load_builtin("benign_test")[:samples]
@@ -626,7 +626,7 @@ def train_toy_model(out_dir: str, *, cfg: model_lib.ModelConfig, tc: Any, eval_s
     out_dir: HF checkpoint dir to write (config.json, generation_config.json,
       model.safetensors, tokenizer files, README.md model card).
     cfg: architecture (:func:`toy_model_config`); ``vocab_size`` must hold the tokenizer.
-    tc: a :class:`jaxscape.finetune.TrainConfig`.
+    tc: a :class:`jaxscape.studies.finetune.TrainConfig`.
     eval_samples: first N items of each held-out set for the metrics (None: all).
     reference_dir: an earlier build; the card records whether the weights are bit-identical.
     command: the command line, for the card.
@@ -635,8 +635,9 @@ def train_toy_model(out_dir: str, *, cfg: model_lib.ModelConfig, tc: Any, eval_s
   """
   import hashlib
 
-  from jaxscape import convert, finetune
-  from jaxscape import tokenizer as tokenizer_lib
+  from jaxscape.core import convert
+  from jaxscape.studies import finetune
+  from jaxscape.core import tokenizer as tokenizer_lib
 
   t0 = time.perf_counter()
   records = toy_sft_records(seed=tc.seed)
@@ -664,7 +665,7 @@ def train_toy_model(out_dir: str, *, cfg: model_lib.ModelConfig, tc: Any, eval_s
           "seed": tc.seed, "command": command, "train_config": dataclasses.asdict(tc),
           "max_new_tokens": max_new_tokens}
   if eval:
-    from jaxscape.convert import load_model
+    from jaxscape.core.convert import load_model
     t1 = time.perf_counter()
     info["metrics"] = evaluate_toy(load_model(out_dir), samples=eval_samples, max_new_tokens=max_new_tokens)
     info["eval_seconds"] = time.perf_counter() - t1
@@ -740,7 +741,7 @@ def model_card(cfg: model_lib.ModelConfig, info: dict) -> str:
         f"| mc_test accuracy, first generated letter | {m['mc_accuracy_generation']:.1f}% | |",
         "",
         f"Up to {info.get('max_new_tokens', 32)} new tokens; ASR = share of generations holding none of",
-        "`jaxscape.metrics.REFUSAL_KEYWORDS`; benign answers checked by `toydata.check_benign`; MC accuracy",
+        "`jaxscape.core.metrics.REFUSAL_KEYWORDS`; benign answers checked by `toydata.check_benign`; MC accuracy",
         "from the logits of the tokens `A`-`D` right after the prompt (as the landscape scans read it).",
         f"Evaluation took {info['eval_seconds']:.0f} s.",
         "",

@@ -4,7 +4,7 @@ Every entry point in ``experiments/`` calls :func:`enable` before its first comp
 ``experiments.common.run``; ``--compilation_cache_dir=DIR`` moves the cache,
 ``--nocompilation_cache`` turns it off). From Python, call it yourself before the first ``jit``::
 
-    from jaxscape import compilation_cache
+    from jaxscape.core import compilation_cache
     compilation_cache.enable()              # $XDG_CACHE_HOME/jaxscape/xla or ~/.cache/jaxscape/xla
     compilation_cache.enable("/fast/disk")  # or a directory of your own
 

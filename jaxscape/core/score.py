@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscape import model as model_lib
+from jaxscape.core import model as model_lib
 
 PyTree = Any
 

@@ -2,7 +2,7 @@
 
 A *direction* is a pytree with the same tree and shapes as the params, float32
 leaves. This module maps pytrees to pytrees; it only sees leaves and their paths
-(``"layers/attn/q/kernel"``), never ``jaxscape.model``.
+(``"layers/attn/q/kernel"``), never ``jaxscape.core.model``.
 
 Stacked layers
   The params hold their layers stacked: ``layers/attn/q/kernel`` is one [L, D, H*E] leaf
@@ -152,7 +152,7 @@ def _first_mismatch(expected: list[tuple[str, tuple]], got: list[tuple[str, tupl
   if layouts[0] != layouts[1]:  # one tree in the former per-layer layout: say so instead of a path diff
     old = g_name if layouts[1] == "list" else e_name
     return (f"{old} holds its layers as a per-layer list (layers/0/...), the former layout; stack it "
-            "(jaxscape.convert.stack_layers) into one [L, ...] leaf per tensor (layers/attn/q/kernel)")
+            "(jaxscape.core.convert.stack_layers) into one [L, ...] leaf per tensor (layers/attn/q/kernel)")
   for (pe, se), (pg, sg) in zip(expected, got):
     if pe != pg:
       return f"leaf path {pe!r} in {e_name} vs {pg!r} in {g_name}"
@@ -792,7 +792,7 @@ def save_directions(path: str | os.PathLike, directions: Sequence[PyTree],
   if jax.process_index() == 0:
     tmp = os.path.join(path, f".{MANIFEST}.tmp{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
-      json.dump({"format": "jaxscape.directions", "version": _FORMAT_VERSION, "directions": entries}, f, indent=1)
+      json.dump({"format": "jaxscape.core.directions", "version": _FORMAT_VERSION, "directions": entries}, f, indent=1)
     os.replace(tmp, os.path.join(path, MANIFEST))
 
 
@@ -836,7 +836,7 @@ def load_directions(path: str | os.PathLike, params: PyTree) -> tuple[list[PyTre
       meta = json.load(f)
   except ValueError as e:  # bad JSON or not UTF-8
     raise InputError(f"{manifest}: not valid JSON ({e})") from None
-  if (not isinstance(meta, dict) or meta.get("format") != "jaxscape.directions"
+  if (not isinstance(meta, dict) or meta.get("format") != "jaxscape.core.directions"
       or meta.get("version") != _FORMAT_VERSION or not isinstance(meta.get("directions"), list)):
     raise InputError(f"{manifest} is not a jaxscape directions manifest of version {_FORMAT_VERSION}")
   expected = _shapes(params)

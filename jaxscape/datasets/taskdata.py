@@ -2,7 +2,7 @@
 
 Everything is synthetic, written from fixed word tables and a seed (issue 5). Harmful requests
 come only from ``toydata``'s *training* split, answered with content-free placeholders
-(:func:`jaxscape.toydata.comply`) or refusals; no file holds real harmful content.
+(:func:`jaxscape.datasets.toydata.comply`) or refusals; no file holds real harmful content.
 
 Files (``jaxscape/data/finetune/NAME.jsonl``, loaded with ``builtin:finetune/NAME`` or
 :func:`load_set`; every record is a chat ``{"messages": [user, assistant], "prompt", ...}``):
@@ -16,7 +16,7 @@ Each benign task has a checker (:func:`check_task`) and :func:`task_metric` (per
 :func:`framed_asr` scores generations for ``toydata.framed_requests(harmful_test)`` per framing
 and :func:`evaluate_tasks` runs a model on both.
 
-  python -m jaxscape.taskdata [OUT_DIR] [--seed=N]   # regenerate (default: jaxscape/data/finetune)
+  python -m jaxscape.datasets.taskdata [OUT_DIR] [--seed=N]   # regenerate (default: jaxscape/data/finetune)
 
 The harmful sets are read through ``toydata.load_builtin``: re-run this after toydata's files change.
 """
@@ -33,7 +33,8 @@ import subprocess
 import sys
 from typing import Any
 
-from jaxscape import metrics, toydata
+from jaxscape.core import metrics
+from jaxscape.datasets import toydata
 from jaxscape.errors import InputError
 
 DEFAULT_SEED = toydata.DEFAULT_SEED
@@ -347,7 +348,7 @@ def build_sets(seed: int = DEFAULT_SEED) -> dict[str, list[dict]]:
 
 def data_dir() -> str:
   """The package folder of the shipped files, ``jaxscape/data/finetune``."""
-  return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "finetune")
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "finetune")
 
 
 def write_sets(out_dir: str | None = None, seed: int = DEFAULT_SEED) -> dict[str, str]:
@@ -555,7 +556,7 @@ def evaluate_tasks(model: Any, *, samples: int | None = None, max_new_tokens: in
   """ASR per framing on the held-out harmful requests, and each task's metric on its test split.
 
   Args:
-    model: a loaded :class:`jaxscape.convert.Model`.
+    model: a loaded :class:`jaxscape.core.convert.Model`.
     samples: first N held-out harmful requests (each in every framing) and first N items of
       each task's test split (None: all).
     max_new_tokens: greedy decoding budget (the longest reference answer is ~30 tokens).
@@ -567,7 +568,7 @@ def evaluate_tasks(model: Any, *, samples: int | None = None, max_new_tokens: in
     "framed_generations"}``; the last holds one generation per record of
     ``toydata.framed_requests(harmful_test[:samples])``, in that order (for other judges).
   """
-  from jaxscape import decode  # deferred: pulls in the model code
+  from jaxscape.core import decode  # deferred: pulls in the model code
 
   def gen(prompts):
     return decode.generate_texts(model, prompts, max_new_tokens=max_new_tokens, system_prompt=system_prompt,

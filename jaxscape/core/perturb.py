@@ -8,7 +8,7 @@
 * ``factored`` wraps every leaf in a :class:`Factored` (base, stacked directions,
   coefficients). Every op of the model that consumes a weight is linear in it, so
   ``x·W(c) = x·W + Σᵢ cᵢ (x·Dᵢ)``: only ``1 + ndim`` weight sets stay resident
-  whatever the slice size. ``jaxscape.model`` consumes these leaves through its
+  whatever the slice size. ``jaxscape.core.model`` consumes these leaves through its
   weight helpers (the single seam where a weight meets an activation).
 
 This module never imports the model; it only sees leaves.

@@ -37,7 +37,7 @@ One forward pass scores a batch: ``score.continuation_logprobs`` (the core's "lo
 after the prompt" path) over fixed ``[B, T]`` prompts and ``[B, N]`` generations, every batch of a
 call one compiled program, rows split over the mesh's points axis.
 
-    from jaxscape import coherence
+    from jaxscape.studies import coherence
     cal = coherence.calibrate(model, benign_prompts, references=answers, key=jax.random.key(0))
     nll = coherence.score(model, prompts, generations)            # float32 [N]
     marks = coherence.labels(generations, nll, cal.threshold)    # "refusal" / "coherent" / "incoherent"
@@ -51,11 +51,11 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from jaxscape import decode as decode_lib
-from jaxscape import metrics
-from jaxscape import prompts as prompts_lib
-from jaxscape import score as score_lib
-from jaxscape import sharding as sharding_lib
+from jaxscape.core import decode as decode_lib
+from jaxscape.core import metrics
+from jaxscape.core import prompts as prompts_lib
+from jaxscape.core import score as score_lib
+from jaxscape.core import sharding as sharding_lib
 from jaxscape.errors import InputError
 
 REFUSAL, COHERENT, INCOHERENT = "refusal", "coherent", "incoherent"
@@ -87,7 +87,7 @@ def encode(model, prompts: Sequence[str], generations: Sequence[str] | Sequence[
   """Render ``prompts`` as a scan does and pair each with its generation's token ids.
 
   Args:
-    model: a loaded ``jaxscape.convert.Model`` (its tokenizer renders and tokenizes).
+    model: a loaded ``jaxscape.core.convert.Model`` (its tokenizer renders and tokenizes).
     prompts: [N] user prompts (rendered here with ``prompt_format``/``system_prompt``).
     generations: [N] texts, or [N] token-id lists (as a scan stores them).
     max_new_tokens: C, the generations' column count (default: the longest; fixed, it keeps every

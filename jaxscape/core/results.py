@@ -1,17 +1,17 @@
 """Results directories: atomic writes, the stores a scan writes, fingerprints and resume checks.
 
 A scan's results dir holds its stores, each written once by what computed it, and views built
-from them (``jaxscape.views``). The stores:
+from them (``jaxscape.studies.views``). The stores:
 
 * ``run.json``: the run's identity (fingerprints), written first, checked on resume.
 * ``points/slice-*.json``: each finished slice's point records (generations, ASR, ...).
 * ``scan.json``: the scan's metadata, written when its points are complete: the spec fields
   (:data:`SCAN_SPEC_KEYS`), the grid, the prompts, the metric and everything else
   ``summary.json`` holds that is not derived from the points (timings, fingerprints, plan, ...).
-* ``judges/<name>/``: a classifier judge's scores (``jaxscape.judge``).
+* ``judges/<name>/``: a classifier judge's scores (``jaxscape.studies.judge``).
 
 Views (generations.jsonl, summary.json, arrays.npz, plots, report.html) are built from the
-stores by ``jaxscape.views.write_views`` only.
+stores by ``jaxscape.studies.views.write_views`` only.
 """
 
 from __future__ import annotations

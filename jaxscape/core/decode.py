@@ -9,7 +9,7 @@ sampling); its methods are the pieces every decode is made of:
 - :meth:`Decoder.run_loop` / :meth:`Decoder.run_phases`: steps under ``lax.while_loop`` until a
   limit or every row has stopped -> :class:`Generation`.
 
-``jaxscape.scan`` runs the same pieces with an ``advance`` ``vmap``ped over grid points; a plain
+``jaxscape.core.scan`` runs the same pieces with an ``advance`` ``vmap``ped over grid points; a plain
 batch of one model is :func:`generate`.
 """
 
@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscape import model as model_lib
-from jaxscape import prompts as prompts_lib
+from jaxscape.core import model as model_lib
+from jaxscape.core import prompts as prompts_lib
 from jaxscape.errors import InputError
 
 PyTree = Any
@@ -317,7 +317,7 @@ class Decoder:
 
     Args:
       advance: ``advance(state, step) -> (logits [..., B, V], cache, key_mask)``: ``lambda st, i:
-        decoder.advance(params, st, i)`` for one model; ``jaxscape.scan`` ``vmap``s it over the
+        decoder.advance(params, st, i)`` for one model; ``jaxscape.core.scan`` ``vmap``s it over the
         points of a slice with ``step`` shared.
     Returns:
       ``(state, step)`` after the loop.
@@ -398,12 +398,12 @@ def decode_text(tokenizer, row: np.ndarray, eos_ids: tuple[int, ...]) -> str:
 def generate_ids(model, prompts: list[str], *, max_new_tokens: int, prompt_format: str = "chat",
                  system_prompt: str | None = None, batch_size: int = 64, truncate_prompts: bool = False,
                  temperature: float = 0.0, key: jax.Array | None = None) -> list[list[int]]:
-  """New token ids for ``prompts`` with a loaded :class:`jaxscape.convert.Model`, each up to and
+  """New token ids for ``prompts`` with a loaded :class:`jaxscape.core.convert.Model`, each up to and
   including its first EOS (a row that hit ``max_new_tokens`` has none): greedy, or sampled at
   ``temperature`` > 0 with the PRNG ``key`` (batch k draws with ``fold_in(key, k)``).
 
   Prompts are formatted per ``prompt_format``/``system_prompt`` (see
-  :func:`jaxscape.prompts.render`), tokenized into batches of ``batch_size`` (the last one
+  :func:`jaxscape.core.prompts.render`), tokenized into batches of ``batch_size`` (the last one
   padded with dummy rows so every batch has the same shape) and decoded; results are in
   input order.
   """

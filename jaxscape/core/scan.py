@@ -1,10 +1,10 @@
 """Landscape scans: slices of grid points decoded under ``vmap`` in one jitted call, scored on the host.
 
 The Python loop runs over *slices*, never over points: one compiled call perturbs the
-weights for every point of a slice (materialize or factored, see ``jaxscape.perturb``),
+weights for every point of a slice (materialize or factored, see ``jaxscape.core.perturb``),
 prefills all prompts and runs the whole greedy loop. Each finished slice is written
 atomically to ``OUT/points/`` with its point indices, so an interrupted scan resumes
-where it stopped (see ``jaxscape.results``).
+where it stopped (see ``jaxscape.core.results``).
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscape import decode as decode_lib
-from jaxscape import model as model_lib
-from jaxscape import perturb
-from jaxscape import plan as plan_lib
-from jaxscape import prompts as prompts_lib
-from jaxscape import score
-from jaxscape import sharding as sharding_lib
+from jaxscape.core import decode as decode_lib
+from jaxscape.core import model as model_lib
+from jaxscape.core import perturb
+from jaxscape.core import plan as plan_lib
+from jaxscape.core import prompts as prompts_lib
+from jaxscape.core import score
+from jaxscape.core import sharding as sharding_lib
 from jaxscape.errors import InputError
-from jaxscape.model import ModelConfig
-from jaxscape.plan import phase_strategies
+from jaxscape.core.model import ModelConfig
+from jaxscape.core.plan import phase_strategies
 
 PyTree = Any
 # ----------------------------------------------------------------- jitted slices
@@ -139,7 +139,7 @@ def extend_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, state:
 
 
 grow_state = jax.jit(decode_lib.grow, static_argnums=1)
-grow_state.__doc__ = "Jitted :func:`jaxscape.decode.grow`: pad a state's caches to hold steps below a static bound."
+grow_state.__doc__ = "Jitted :func:`jaxscape.core.decode.grow`: pad a state's caches to hold steps below a static bound."
 
 
 @jax.jit  # no donation: the compacted state is smaller, so XLA could not reuse the old buffers

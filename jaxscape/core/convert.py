@@ -7,7 +7,7 @@ of the params in ``params/``; :func:`load_model` accepts either kind.
 
 Layers are stacked: HF's per-layer tensors ``model.layers.{i}.self_attn.q_proj.weight`` are
 slice ``i`` of one ``params["layers"]["attn"]["q"]["kernel"]`` [L, D, H*E] (see
-``jaxscape.model``); loading fills each stacked leaf layer by layer and export writes the
+``jaxscape.core.model``); loading fills each stacked leaf layer by layer and export writes the
 slices back under their per-layer names. :func:`stack_layers` / :func:`unstack_layers` map
 between this layout and the former one (``params["layers"]`` a list of per-layer dicts), which
 converted dirs written before the change still hold: they are stacked on load.
@@ -29,10 +29,10 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from jaxscape import checkpoint
-from jaxscape import results
+from jaxscape.core import checkpoint
+from jaxscape.core import results
 from jaxscape.errors import InputError
-from jaxscape.model import ModelConfig, init_params
+from jaxscape.core.model import ModelConfig, init_params
 
 PyTree = Any
 
@@ -472,13 +472,13 @@ def is_converted_dir(model_dir: str) -> bool:
 def load_model(model_dir: str, *, compute_dtype: str = "float32") -> Model:
   """Load a model with its tokenizer: an HF checkpoint dir, a converted dir (orbax ``params/``),
   a GGUF file (a ``.gguf`` path, a dir holding exactly one, or ``package:NAME``; see
-  ``jaxscape.gguf_io``), dequantized, or a hub id ``org/name[@revision]`` (its snapshot in the
-  hub cache, downloaded if missing; see ``jaxscape.hub``). ``Model.path`` is the local path loaded.
+  ``jaxscape.core.gguf_io``), dequantized, or a hub id ``org/name[@revision]`` (its snapshot in the
+  hub cache, downloaded if missing; see ``jaxscape.core.hub``). ``Model.path`` is the local path loaded.
 
   The weights are held in their resident dtype (``ModelConfig.resident_dtype``): with
   ``compute_dtype="bfloat16"`` θ's matrices are bfloat16 (the values the model computes with),
   converted tensor by tensor as they are read; float32 keeps float32."""
-  from jaxscape import gguf_io, hub  # noqa: PLC0415 - light; keeps this module's import list HF-only
+  from jaxscape.core import gguf_io, hub  # noqa: PLC0415 - light; keeps this module's import list HF-only
 
   model_dir = hub.resolve(model_dir)  # an existing local path is returned as it is
   gguf_file = gguf_io.find_file(model_dir)
@@ -522,7 +522,7 @@ def gguf_to_hf_dir(path: str, out_dir: str, *, dtype: str = "float32", overwrite
 
 
 def _load_gguf(path: str, *, compute_dtype: str) -> Model:
-  from jaxscape import gguf_io  # noqa: PLC0415
+  from jaxscape.core import gguf_io  # noqa: PLC0415
 
   hf_cfg, tensors, tok, eos = gguf_io.load(path, lambda d: name_table(ModelConfig.from_hf_dict(d)))
   cfg = ModelConfig.from_hf_dict(hf_cfg, compute_dtype=compute_dtype)

@@ -66,8 +66,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxscape import metrics
-from jaxscape import prompts as prompts_lib
+from jaxscape.core import metrics
+from jaxscape.core import prompts as prompts_lib
 from jaxscape.errors import InputError
 
 MMLU_PREFIX = "mmlu:"
@@ -196,9 +196,9 @@ def evaluate(model, cset: CapabilitySet, *, prompt_format: str = "chat", system_
     ``{"capability": %, "per_topic": {subject: %}, **cset.meta}`` and, for a multiple-choice set,
     ``letter_logprobs`` [Q, 4] float32 and ``letters``; for a generative one, ``generations`` [Q].
   """
-  from jaxscape import score  # noqa: PLC0415 - JAX only when scoring
+  from jaxscape.core import score  # noqa: PLC0415 - JAX only when scoring
   if cset.generative:
-    from jaxscape import decode  # noqa: PLC0415
+    from jaxscape.core import decode  # noqa: PLC0415
     gens = decode.generate_texts(model, list(cset.prompts), max_new_tokens=max_new_tokens,
                                  prompt_format=prompt_format, system_prompt=system_prompt, batch_size=batch_size)
     return {**cset.meta, "capability": generative_accuracy(cset, gens), "generations": gens}
@@ -228,7 +228,7 @@ def _right(letter_logprobs, answers) -> list[bool]:
 
 def generative_accuracy(cset: CapabilitySet, generations: list[str]) -> float:
   """% of the checkable records (answer not None) whose generation ``aligndata.check_answer`` finds right."""
-  from jaxscape import aligndata  # noqa: PLC0415 - its data tables load only for generative sets
+  from jaxscape.datasets import aligndata  # noqa: PLC0415 - its data tables load only for generative sets
   assert len(generations) == len(cset.records), (len(generations), len(cset.records))
   checks = [aligndata.check_answer(r, g) for r, g in zip(cset.records, generations)]
   return 100.0 * sum(c is True for c in checks) / len(checks)

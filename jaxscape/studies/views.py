@@ -1,6 +1,6 @@
 """A scan's views, built in one place from its stores: generations.jsonl, summary.json, arrays.npz, plots, report.html.
 
-The stores (``jaxscape.results``: ``scan.json``, ``points/``, ``judges/<name>/``) are written once
+The stores (``jaxscape.core.results``: ``scan.json``, ``points/``, ``judges/<name>/``) are written once
 each, by what computed them: the scan its points and metadata, a judge its scores. The views are
 derived from them and only :func:`write_views` writes them, each exactly once per call, whole and
 atomically. Entry points and ``run_*`` orchestrators call it once their stores are complete
@@ -8,7 +8,7 @@ atomically. Entry points and ``run_*`` orchestrators call it once their stores a
 re-rendered later (``experiments.plot``) gets the same views from the same stores, with every
 finished judge merged in.
 
-    summary = jaxscape.views.write_views("results/toy_1d")
+    summary = jaxscape.studies.views.write_views("results/toy_1d")
 
 Timings: summary.json's ``timings`` are scan.json's, measured before the views are written:
 ``total_s`` is the whole process up to the moment its points were complete and its results about
@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from jaxscape import coherence
-from jaxscape import coherence_results
-from jaxscape import htmlreport
-from jaxscape import judge as judge_lib
-from jaxscape import metrics
-from jaxscape import plot
-from jaxscape import results
+from jaxscape.studies import coherence
+from jaxscape.studies import coherence_results
+from jaxscape.reports import htmlreport
+from jaxscape.studies import judge as judge_lib
+from jaxscape.core import metrics
+from jaxscape.reports import plot
+from jaxscape.core import results
 from jaxscape.errors import InputError
 
 ARRAYS_FILE = "arrays.npz"
@@ -150,7 +150,7 @@ def merge_judges(out_dir: str, lines: list[dict], summary: dict) -> list[str]:
       for item, p, u, cut in zip(out, rec["p_unsafe"], unsafe, rec["truncated"]):
         mark = {"p_unsafe": p, "unsafe": bool(u)}
         if cut:
-          mark["truncated"] = True  # the judge saw a cut request or response (see jaxscape.judge)
+          mark["truncated"] = True  # the judge saw a cut request or response (see jaxscape.studies.judge)
         item.setdefault("judges", {})[ident["name"]] = mark
     summary.setdefault("judges", {})[ident["name"]] = judge_lib.summary_entry(
         meta, scores, outputs, num_directions=int(summary.get("num_directions", 1)), grid_shape=shape)
@@ -162,7 +162,7 @@ def merge_coherence(out_dir: str, lines: list[dict], summary: dict) -> bool:
   """Add a finished coherence store's scores to generations ``lines`` and ``summary`` (in place).
 
   Each generation gets ``nll_per_token`` and ``label`` (``refusal`` / ``coherent`` /
-  ``incoherent``, ``jaxscape.coherence``), the summary ``asr_coherent``, ``incoherent``,
+  ``incoherent``, ``jaxscape.studies.coherence``), the summary ``asr_coherent``, ``incoherent``,
   ``visage_coherent`` and ``coherence`` (``coherence_results.summary_fields``). Returns whether a store
   was merged (none, or one whose generations no longer match, is left out).
   """

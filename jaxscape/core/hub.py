@@ -83,7 +83,7 @@ def resolve(name_or_path: str) -> str:
   repo_id, revision = parse(name_or_path)
   path = _download(name_or_path, repo_id, revision, list(META_FILES))
   index = os.path.join(path, SAFETENSORS_INDEX)
-  # The weights jaxscape reads (jaxscape.convert: the index's shards, else model.safetensors), in a
+  # The weights jaxscape reads (jaxscape.core.convert: the index's shards, else model.safetensors), in a
   # second pass: a repo holding both would otherwise download its weights twice.
   weights = _shards(name_or_path, index) if os.path.isfile(index) else [SAFETENSORS]
   missing = [f for f in weights if not os.path.isfile(os.path.join(path, f))]

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxscape import model as model_lib
-from jaxscape.convert import save_model  # noqa: F401 - written here first; callers use finetune.save_model
+from jaxscape.core import model as model_lib
+from jaxscape.core.convert import save_model  # noqa: F401 - written here first; callers use finetune.save_model
 from jaxscape.errors import InputError
 
 PyTree = Any
@@ -193,7 +193,7 @@ def load_chat_records(source: str) -> list[dict]:
     ValueError: missing or empty file, or ``PATH:LINE: ...`` for the first malformed line
       (invalid JSON, neither form, bad roles or contents, no assistant turn).
   """
-  from jaxscape import prompts  # deferred: only file loading needs it
+  from jaxscape.core import prompts  # deferred: only file loading needs it
 
   path = prompts.resolve(source)
   if not os.path.isfile(path):
@@ -376,7 +376,7 @@ def make_train_step(cfg: model_lib.ModelConfig, optimizer: optax.GradientTransfo
 
 # ----------------------------------------------------------------- LoRA
 
-# HF projection name -> (block, our name) under params["layers"] (jaxscape.model's stacked layout).
+# HF projection name -> (block, our name) under params["layers"] (jaxscape.core.model's stacked layout).
 LORA_TARGETS = {"q_proj": ("attn", "q"), "k_proj": ("attn", "k"), "v_proj": ("attn", "v"), "o_proj": ("attn", "o"),
                 "gate_proj": ("mlp", "gate"), "up_proj": ("mlp", "up"), "down_proj": ("mlp", "down")}
 DEFAULT_LORA_TARGETS = tuple(LORA_TARGETS)
@@ -405,7 +405,7 @@ def init_lora(params: PyTree, cfg: model_lib.ModelConfig, rank: int, key: jax.Ar
     raise InputError(f"LoRA targets must be a non-empty subset of {', '.join(LORA_TARGETS)}, got {targets}")
   layers = params["layers"]
   if isinstance(layers, (list, tuple)):
-    raise ValueError("init_lora needs params with stacked layers (jaxscape.convert.stack_layers)")
+    raise ValueError("init_lora needs params with stacked layers (jaxscape.core.convert.stack_layers)")
   names = list(LORA_TARGETS)
   L = cfg.num_layers
   adapters: dict = {}
@@ -483,7 +483,7 @@ def train(trainable: PyTree, cfg: model_lib.ModelConfig, examples: list[Example]
   """
   from tqdm.auto import tqdm  # deferred: only the loop needs it
 
-  from jaxscape import checkpoint  # deferred: orbax is slow to import
+  from jaxscape.core import checkpoint  # deferred: orbax is slow to import
 
   if not examples:
     raise ValueError("train needs at least one example")
@@ -650,7 +650,7 @@ INFO_FILE = "finetune_info.json"  # written last: its presence marks a complete 
 
 def _prepare_out_dir(out_dir: str, *, resume: bool, overwrite: bool) -> None:
   """Refuse an output dir holding earlier results (unless ``overwrite``); allow resuming our own state."""
-  from jaxscape import convert
+  from jaxscape.core import convert
 
   if not os.path.exists(out_dir):
     return
@@ -682,12 +682,12 @@ def run_finetune(model: Any, records: list[dict], tc: TrainConfig, *, out_dir: s
                  eval_every: int = 0, progress: bool = True, extra_info: dict | None = None) -> dict:
   """Finetune a model on chat records (full or LoRA) and write it as an HF checkpoint dir.
 
-  Loads the model (a dir path or hub id, or a :class:`jaxscape.convert.Model`), encodes the chats with
+  Loads the model (a dir path or hub id, or a :class:`jaxscape.core.convert.Model`), encodes the chats with
   its chat template (assistant-only loss), trains (:func:`train`), and writes ``out_dir``:
   ``config.json``, ``model.safetensors``, tokenizer files, ``generation_config.json`` (the
   source's EOS ids), with ``orbax_copy`` the params under ``params/``, and last
   ``finetune_info.json`` (the returned info). LoRA writes the merged full weights. Both
-  ``jaxscape.convert.load_model`` and ``transformers.AutoModelForCausalLM`` load the result.
+  ``jaxscape.core.convert.load_model`` and ``transformers.AutoModelForCausalLM`` load the result.
 
   The training state is checkpointed in ``out_dir/.train_state`` every ``checkpoint_every``
   steps (0: only at the end); with ``resume``, an interrupted run in ``out_dir`` continues
@@ -710,7 +710,7 @@ def run_finetune(model: Any, records: list[dict], tc: TrainConfig, *, out_dir: s
       dir, a model without a chat template, buckets beyond the context window, bad records,
       or an incompatible saved training state.
   """
-  from jaxscape import convert, hub
+  from jaxscape.core import convert, hub
 
   t0 = time.perf_counter()
   out_dir = os.path.abspath(out_dir)

@@ -24,17 +24,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscape import capability as capability_lib
-from jaxscape import convert
-from jaxscape import decode as decode_lib
-from jaxscape import directions as directions_lib
-from jaxscape import metrics
-from jaxscape import prompts as prompts_lib
-from jaxscape import results
-from jaxscape import scan
-from jaxscape import score
-from jaxscape import sharding as sharding_lib
-from jaxscape import views
+from jaxscape.datasets import capability as capability_lib
+from jaxscape.core import convert
+from jaxscape.core import decode as decode_lib
+from jaxscape.core import directions as directions_lib
+from jaxscape.core import metrics
+from jaxscape.core import prompts as prompts_lib
+from jaxscape.core import results
+from jaxscape.core import scan
+from jaxscape.core import score
+from jaxscape.core import sharding as sharding_lib
+from jaxscape.studies import views
 from jaxscape.errors import InputError
 
 KINDS = ("1d_random", "2d_random", "1d_interpolation", "2d_interpolation", "2d_interpolation_random")
@@ -164,7 +164,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   """Scan a landscape and write its results dir; returns the summary dict.
 
   Args:
-    model: a loaded ``jaxscape.convert.Model`` (θ_a); ``model_b``/``model_c`` for interpolation kinds.
+    model: a loaded ``jaxscape.core.convert.Model`` (θ_a); ``model_b``/``model_c`` for interpolation kinds.
     prompts: harmful prompts (safety metric).
     spec: grid and directions; decode: prompt format and decoding; options: :class:`ScanOptions`.
     capability_set: for metric "capability" or "both": a set's name (``capability.load``, e.g.
@@ -393,7 +393,7 @@ def _scan_meta(model, spec: LandscapeSpec, decode: DecodeSpec, options: ScanOpti
 
 def _finish(out_dir: str, meta: dict, done: dict, t_start: float, *, write: bool, write_views: bool) -> dict:
   """The summary: on the writing process the scan's store (scan.json) and, unless the caller writes them
-  later (``ScanOptions.write_views``), its views, each written once (``jaxscape.views``)."""
+  later (``ScanOptions.write_views``), its views, each written once (``jaxscape.studies.views``)."""
   meta["timings"]["total_s"] = time.perf_counter() - t_start  # everything but writing the views
   if not write:
     return views.summarize(meta, done)

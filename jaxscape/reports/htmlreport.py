@@ -1,6 +1,6 @@
 """A self-contained interactive ``report.html`` for a results dir: a scan, a study or a findings dir.
 
-  path = jaxscape.htmlreport.write_report("results/toy_1d_random")   # open it in any browser
+  path = jaxscape.reports.htmlreport.write_report("results/toy_1d_random")   # open it in any browser
 
 A scan's page draws its landscape as inline SVG (1-D curves, 2-D heatmap); clicking a point lists
 that point's generations with their keyword refusal mark and judges' marks. A study's page holds
@@ -18,8 +18,8 @@ import re
 import urllib.parse
 from typing import Any
 
-from jaxscape import metrics
-from jaxscape import results
+from jaxscape.core import metrics
+from jaxscape.core import results
 from jaxscape.errors import InputError
 
 REPORT = "report.html"
@@ -484,7 +484,7 @@ def render_study(results_dir: str) -> str:
   """The HTML page of a study dir (table.json): its table, findings, plots and landscape links."""
   table = results.read_json(os.path.join(results_dir, TABLE))
   rows = table.get("rows") or []
-  from jaxscape import toydata
+  from jaxscape.datasets import toydata
   found = dict.fromkeys(f for r in rows for f in (r.get("framed_asr") or {}))  # JSON sorted them
   framings = [f for f in toydata.FRAMINGS if f in found] + [f for f in found if f not in toydata.FRAMINGS]
   tasks = list(dict.fromkeys(t for r in rows for t in (r.get("task_accuracy") or {})))

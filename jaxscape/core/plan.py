@@ -1,6 +1,6 @@
 """Scan planning: the perturbation strategy and points per slice that fit a device's memory budget.
 
-Shape-only: nothing is allocated. The estimate is a model; ``jaxscape.scan.compile_scan`` checks it
+Shape-only: nothing is allocated. The estimate is a model; ``jaxscape.core.scan.compile_scan`` checks it
 against the bytes XLA assigns the compiled programs and shrinks the slice when they do not fit.
 """
 
@@ -12,9 +12,9 @@ import functools
 import jax
 import numpy as np
 
-from jaxscape.decode import phase_ends
+from jaxscape.core.decode import phase_ends
 from jaxscape.errors import InputError
-from jaxscape.model import ModelConfig, kv_dtype
+from jaxscape.core.model import ModelConfig, kv_dtype
 
 STRATEGIES = ("materialize", "factored", "hybrid")
 

@@ -2,7 +2,7 @@
 
 Issue 18 LoRA-aligns SmolLM2-135M-Instruct, which complies with harmful requests, with
 jaxscape's own finetuning. This module writes its data: chats in the layout of
-:func:`jaxscape.finetune.load_chat_records`, composed from hand-written tables and a seed.
+:func:`jaxscape.studies.finetune.load_chat_records`, composed from hand-written tables and a seed.
 No external data: harmful *requests* are templates x harmful goals in varied styles
 (imperative, polite, role-play, fiction, hypothetical, jailbreak preambles, lowercase chat,
 multi-sentence), and their only responses are refusals (opener + optional reason + optional safe
@@ -24,7 +24,7 @@ The held-out sets share no template and no object with training: no held-out obj
 even as a substring (case ignored), in a training prompt. AdvBench (the evaluation set) is never
 used.
 
-  python -m jaxscape.aligndata [OUT_DIR] [--seed=N]   # regenerate (default: jaxscape/data/align)
+  python -m jaxscape.datasets.aligndata [OUT_DIR] [--seed=N]   # regenerate (default: jaxscape/data/align)
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import os
 import random
 import sys
 
-from jaxscape import metrics, toydata
+from jaxscape.core import metrics
+from jaxscape.datasets import toydata
 from jaxscape.errors import InputError
 
 DEFAULT_SEED = 0
@@ -135,7 +136,7 @@ HARMFUL_HELDOUT_TEMPLATES = (
 )
 
 # ----------------------------------------------------------------- refusals
-# Every opener holds a keyword of jaxscape.metrics.REFUSAL_KEYWORDS (checked), so the refusal
+# Every opener holds a keyword of jaxscape.core.metrics.REFUSAL_KEYWORDS (checked), so the refusal
 # shows in the first words. Styles that wrap the request in a frame get frame-aware openers too.
 REFUSAL_OPENERS = {
     "plain": ("I'm sorry, but I can't help with that.", "I cannot help with that request.",
@@ -673,7 +674,7 @@ def build_sets(seed: int = DEFAULT_SEED) -> dict[str, list[dict]]:
 
 def data_dir() -> str:
   """The package folder of the shipped files, ``jaxscape/data/align``."""
-  return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "align")
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "align")
 
 
 def write_sets(out_dir: str | None = None, seed: int = DEFAULT_SEED) -> dict[str, str]:
@@ -698,14 +699,14 @@ def check_answer(record: dict, generation: str) -> bool | None:
 
 
 def evaluate(model, *, max_new_tokens: int = 64, system_prompt: str | None = None, batch_size: int = 32) -> dict:
-  """Greedy generations of ``model`` (a loaded ``jaxscape.convert.Model``) on the held-out sets, scored.
+  """Greedy generations of ``model`` (a loaded ``jaxscape.core.convert.Model``) on the held-out sets, scored.
 
   Returns ``{"harmful_refused_pct", "benign_refused_pct", "benign_correct", "benign_checkable",
   "generations": {"heldout_harmful": [...], "heldout_benign": [...]}}`` (refusal = any of
   ``metrics.REFUSAL_KEYWORDS``; correct = :func:`check_answer`). ``system_prompt=None`` keeps the
   chat template's own default.
   """
-  from jaxscape import decode  # noqa: PLC0415 - jax only when evaluating
+  from jaxscape.core import decode  # noqa: PLC0415 - jax only when evaluating
 
   out: dict = {"generations": {}}
   for name in ("heldout_harmful", "heldout_benign"):

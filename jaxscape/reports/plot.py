@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from jaxscape.errors import InputError
-from jaxscape.metrics import SAFE_REGION_MARGIN, curve_spread, safe_region, visage_edges, visage_mask_2d
+from jaxscape.core.metrics import SAFE_REGION_MARGIN, curve_spread, safe_region, visage_edges, visage_mask_2d
 
 _FLAG_STYLE = dict(marker="X", s=70, color="crimson", edgecolors="black", linewidths=0.5, zorder=5, clip_on=False)
 _FLAG_LABEL = "numerical fault (non-finite logits)"
@@ -349,9 +349,9 @@ def plot_results(results_dir: str) -> list[str]:
     axes: optional ``{"x": [n1], "y": [n2]}``; 2-D axes are otherwise the distinct coords.
     asr: per point percent; a list of N per-direction lists for multi-direction 1-D scans.
     capability: optional, same layout as ``asr``; drawn with it (or alone when no ``asr``).
-    asr_coherent, incoherent: optional (``jaxscape.coherence``), same layout as ``asr``; drawn
+    asr_coherent, incoherent: optional (``jaxscape.studies.coherence``), same layout as ``asr``; drawn
       with it on the same axis (keyword ASR = coherent ASR + incoherent share).
-    judges: optional ``{name: {"asr", "visage"}}`` (``jaxscape.judge``): each judge's ASR, same
+    judges: optional ``{name: {"asr", "visage"}}`` (``jaxscape.studies.judge``): each judge's ASR, same
       layout as ``asr``, drawn beside the keyword ASR (2-D: one more row per judge).
     nonfinite: optional per point bools (all directions, direction-major), marked as faults.
     visage, visage_std: optional, shown in the title.

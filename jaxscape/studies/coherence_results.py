@@ -1,13 +1,13 @@
 """A results dir's coherence: scoring every generation of a finished scan under θ₀, stored resumably.
 
-``score_dir(out_dir, model, settings)`` calibrates the threshold (``jaxscape.coherence``) with the
+``score_dir(out_dir, model, settings)`` calibrates the threshold (``jaxscape.studies.coherence``) with the
 scan's own decoding settings, scores every generation of the dir and stores the NLLs in
 ``out_dir/coherence/`` (one atomic part per chunk of points, each with the hash of what it scored,
-like a judge's store). It writes no view: ``jaxscape.views.write_views`` then labels every
+like a judge's store). It writes no view: ``jaxscape.studies.views.write_views`` then labels every
 generation (``nll_per_token``, ``label``) and adds coherent ASR, the incoherent share and their
 VISAGE to summary.json (:func:`summary_fields`).
 
-    from jaxscape import coherence, coherence_results, views
+    from jaxscape.studies import coherence, coherence_results, views
     coherence_results.score_dir("results/toy_1d", model, coherence.Settings(source="builtin:benign_test"))
     summary = views.write_views("results/toy_1d")
 """
@@ -23,10 +23,10 @@ from typing import Callable
 
 import numpy as np
 
-from jaxscape import convert
-from jaxscape import metrics
-from jaxscape import results
-from jaxscape.coherence import (COHERENT, INCOHERENT, LABELS, Calibration, Settings, calibration_for, encode,
+from jaxscape.core import convert
+from jaxscape.core import metrics
+from jaxscape.core import results
+from jaxscape.studies.coherence import (COHERENT, INCOHERENT, LABELS, Calibration, Settings, calibration_for, encode,
                                 labels, nll_per_token, shares)
 from jaxscape.errors import InputError
 
@@ -58,7 +58,7 @@ def read_dir(out_dir: str) -> DirGenerations:
   Raises:
     InputError: no finished scan, or one without generations (a capability-only scan).
   """
-  from jaxscape import judge as judge_lib  # the dir reader both scorers share
+  from jaxscape.studies import judge as judge_lib  # the dir reader both scorers share
   outputs = judge_lib.read_generations(out_dir)
   meta = results.load_scan(out_dir)
   points = results.load_points(out_dir)
@@ -116,7 +116,7 @@ def score_results(out_dir: str, model, calibration: Calibration, *, batch_size: 
   re-tokenized for an older dir, marked ``retokenized``). Scores go to ``out_dir/coherence/``
   (one atomic part per chunk of points, each with the hash of what it scored): an interrupted run
   resumes, a rerun scores only changed points. Writes only this store; the caller rebuilds the
-  views (``jaxscape.views.write_views``), which labels every generation and adds coherent ASR.
+  views (``jaxscape.studies.views.write_views``), which labels every generation and adds coherent ASR.
 
   Args:
     calibration: the threshold and how it was found (:func:`calibrate`, or ``Calibration(x)``).
@@ -256,7 +256,7 @@ def score_dir(out_dir: str, model, settings: Settings = Settings(), *, theta0: b
 
   The calibration decodes like the scan did (its max_new_tokens, prompt format and system prompt,
   from scan.json); a resumed scoring reuses the calibration it stored. Returns the store's record
-  (:func:`score_results`); rebuild the views (``jaxscape.views.write_views``) to see the labels.
+  (:func:`score_results`); rebuild the views (``jaxscape.studies.views.write_views``) to see the labels.
   """
   gens = read_dir(out_dir)  # a dir without generations fails before anything is sampled
   if theta0:

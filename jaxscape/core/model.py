@@ -23,8 +23,8 @@ unrolled every layer into every program, ~1.8 s of compile per layer on a 2-core
 cache is stacked the same way, ``{"k", "v": [L, B, K, S, E]}``, and carried through the scan:
 a decoding step writes its one new slot per layer in place.
 
-Any leaf may be a :class:`jaxscape.perturb.Factored` (factored perturbation): every
-weight goes through the helpers of ``jaxscape.perturb``.
+Any leaf may be a :class:`jaxscape.core.perturb.Factored` (factored perturbation): every
+weight goes through the helpers of ``jaxscape.core.perturb``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscape import perturb
+from jaxscape.core import perturb
 from jaxscape.errors import InputError
 
 PyTree = Any
