@@ -60,8 +60,9 @@ def _prompt_tokens(model_dir: str | None) -> int:
   if model_dir is None or not FLAGS.prompts:
     raise common.UserError("--prompt_tokens=N is needed without a tokenizer and --prompts to render")
   from jaxscape.core import convert, prompts
+  from jaxscape.datasets import sources
   tok = convert.load_tokenizer(model_dir)
-  texts, add = prompts.render(prompts.load_prompts(FLAGS.prompts, FLAGS.samples), tok,
+  texts, add = prompts.render(sources.load_prompts(FLAGS.prompts, FLAGS.samples), tok,
                               prompt_format=FLAGS.prompt_format, system_prompt=FLAGS.system_prompt)
   return max(len(ids) for ids in tok(texts, add_special_tokens=add)["input_ids"])
 

@@ -57,7 +57,7 @@ def main(argv):
   import jaxscape
   from jaxscape.core import directions as directions_lib
   from jaxscape.core import sharding
-  from jaxscape.core import prompts as prompts_lib
+  from jaxscape.datasets import sources
   if not FLAGS.out:
     raise common.UserError("--out is required")
   if FLAGS.steps <= 0:
@@ -89,7 +89,7 @@ def main(argv):
   decode = jaxscape.DecodeSpec(max_new_tokens=FLAGS.max_new_tokens, prompt_format=FLAGS.prompt_format,
                                system_prompt=FLAGS.system_prompt, truncate_prompts=FLAGS.truncate_prompts,
                                stop_when_decided=FLAGS.stop_when_decided, chunk_tokens=FLAGS.chunk_tokens)
-  prompts = prompts_lib.load_prompts(FLAGS.prompts, FLAGS.samples)
+  prompts = sources.load_prompts(FLAGS.prompts, FLAGS.samples)
   capability = None
   if FLAGS.metric != "safety":
     from jaxscape.datasets import capability as capability_lib

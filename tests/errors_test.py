@@ -163,7 +163,7 @@ def test_input_error_in_a_thread_is_one_line():
 def test_full_disk_is_one_line(tmp_path):
   """A full or read-only disk under a user path is no bug: one line (a plain OSError, no subclass of its own)."""
   prompts = _write(tmp_path / "p.jsonl", '{"prompt": "Hi"}\n')
-  proc = _run_code(_PLANT.format(module="prompts", function="load_prompt_file",
+  proc = _run_code(_PLANT.format(module="sources", function="load_prompt_file",
                                  exc='OSError(28, "No space left on device")', entry="generate",
                                  argv=f'"--prompts={prompts}", "--out={tmp_path / "o.jsonl"}"'))
   _assert_one_line_error(proc, "No space left on device")
@@ -181,7 +181,7 @@ def test_user_error_is_input_error():
                                  'OSError("planted bug")', 'TypeError("planted bug")'])
 def test_planted_bug_in_generate_shows_traceback(tmp_path, exc):
   prompts = _write(tmp_path / "p.jsonl", '{"prompt": "Hi"}\n')
-  proc = _run_code(_PLANT.format(module="prompts", function="load_prompt_file", exc=exc, entry="generate",
+  proc = _run_code(_PLANT.format(module="sources", function="load_prompt_file", exc=exc, entry="generate",
                                  argv=f'"--prompts={prompts}", "--out={tmp_path / "o.jsonl"}"'))
   _assert_traceback(proc, "planted bug", "planted")
   assert not (tmp_path / "o.jsonl").exists()
@@ -258,11 +258,11 @@ def test_bad_directions_manifest_names_the_file(tmp_path, manifest, fragment):
 
 
 def test_non_utf8_jsonl_names_the_file(tmp_path):
-  from jaxscape.core import prompts
+  from jaxscape.datasets import sources
   path = tmp_path / "r.jsonl"
   path.write_bytes(b'{"a": 1}\n{"b": "\xff"}\n')
   with pytest.raises(InputError, match="r.jsonl.*UTF-8"):
-    prompts.load_jsonl(str(path))
+    sources.load_jsonl(str(path))
 
 
 def test_chat_template_refusal_is_input_error():

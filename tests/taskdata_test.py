@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from jaxscape.core import metrics, prompts
+from jaxscape.core import metrics
+from jaxscape.datasets import sources
 from jaxscape.datasets import taskdata, toydata
 
 
@@ -34,7 +35,7 @@ def test_sizes_and_loading(sets):
     assert len(sets[f"harmful_{n}"]) == n and len(sets[f"harmful_mixed_{n}"]) == 2 * n
   assert len(sets["multitask_safety"]) == taskdata.MULTITASK_REQUESTS * len(toydata.FRAMINGS)
   assert taskdata.load_set("translate_test") == sets["translate_test"]
-  assert prompts.load_prompts("builtin:finetune/code_test") == [r["prompt"] for r in sets["code_test"]]
+  assert sources.load_prompts("builtin:finetune/code_test") == [r["prompt"] for r in sets["code_test"]]
   with pytest.raises(ValueError, match="nope"):
     taskdata.load_set("nope")
 

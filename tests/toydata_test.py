@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from jaxscape.core import metrics, prompts
+from jaxscape.core import metrics
+from jaxscape.datasets import sources
 from jaxscape.datasets import toydata
 
 
@@ -114,7 +115,7 @@ def test_multiple_choice_items(sets):
   assert any(r["kind"] == "match" for r in train)
   # Answers spread over the letters.
   assert {r["answer"] for r in test} == set("ABCD")
-  prompts.load_choice_set("builtin:mc_test")  # the lead's loader accepts the format
+  sources.load_choice_set("builtin:mc_test")  # the lead's loader accepts the format
 
 
 def test_framed_sets(sets):

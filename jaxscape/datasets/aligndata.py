@@ -683,7 +683,7 @@ def write_sets(out_dir: str | None = None, seed: int = DEFAULT_SEED) -> dict[str
 
 
 def load_set(name: str) -> list[dict]:
-  """Records of the shipped set ``NAME`` (same as ``prompts.load_jsonl("builtin:align/NAME")``)."""
+  """Records of the shipped set ``NAME`` (same as ``sources.load_jsonl("builtin:align/NAME")``)."""
   if name not in SET_NAMES:
     raise InputError(f"no alignment set {name!r}; expected one of {', '.join(SET_NAMES)}")
   return toydata.load_builtin(f"align/{name}")

@@ -10,7 +10,7 @@ A capability set is named by a string (``--capability_set``, or ``run_landscape(
   Hendrycks et al.): ``DIR/test/SUBJECT_test.csv`` holds headerless rows ``question,A,B,C,D,answer``;
   ``DIR/dev/SUBJECT_dev.csv``, when present, supplies the shots.
 * ``builtin:NAME`` or a JSONL file of ``{"question", "options": [4], "answer": "A".."D"}`` items (the
-  toy's layout): rendered as before (``prompts.format_choice_question``), no shots.
+  toy's layout): rendered as before (``sources.format_choice_question``), no shots.
 * a JSONL of records with a ``prompt`` and an ``answer`` (str or null), e.g.
   ``builtin:align/heldout_benign``: a *generative* set. Its prompts are decoded at every point with
   the harmful prompts' decoder; capability = % of the checkable records (answer not null) whose
@@ -68,6 +68,7 @@ import numpy as np
 
 from jaxscape.core import metrics
 from jaxscape.core import prompts as prompts_lib
+from jaxscape.datasets import sources
 from jaxscape.errors import InputError
 
 MMLU_PREFIX = "mmlu:"
@@ -114,15 +115,15 @@ def load(source: str, shots: int = 0) -> CapabilitySet:
     raise InputError("no capability set given (--capability_set)")
   if source.startswith(MMLU_PREFIX):
     return _load_mmlu(source, shots)
-  records = prompts_lib.load_jsonl(source)
+  records = sources.load_jsonl(source)
   if all(isinstance(r, dict) and isinstance(r.get("prompt"), str) and "answer" in r for r in records):
     if shots:
       raise InputError(f"{source} is a generative set: --capability_shots applies to multiple-choice sets only")
     return _generative(source, records)
   if shots:
     raise InputError(f"--capability_shots needs an mmlu: set ({source} has no subjects to draw shots from)")
-  items = prompts_lib.load_choice_set(source)
-  return CapabilitySet(kind="choice", prompts=tuple(prompts_lib.format_choice_question(i) for i in items),
+  items = sources.load_choice_set(source)
+  return CapabilitySet(kind="choice", prompts=tuple(sources.format_choice_question(i) for i in items),
                        answers=tuple(LETTERS.index(i["answer"]) for i in items), records=tuple(items),
                        answer_follows_text=False, identity=items,  # as before: old results dirs still resume
                        meta={"source": source, "format": "jsonl", "questions": len(items), "shots": 0,
@@ -147,7 +148,7 @@ def as_set(value, shots: int = 0) -> CapabilitySet | None:
     if not (isinstance(item, dict) and isinstance(item.get("question"), str) and len(item.get("options", ())) == 4
             and item.get("answer") in tuple(LETTERS)):
       raise InputError(f"capability item {n} must have question, 4 options and answer A-D")
-  return CapabilitySet(kind="choice", prompts=tuple(prompts_lib.format_choice_question(i) for i in items),
+  return CapabilitySet(kind="choice", prompts=tuple(sources.format_choice_question(i) for i in items),
                        answers=tuple(LETTERS.index(i["answer"]) for i in items), records=tuple(items),
                        answer_follows_text=False, identity=items,
                        meta={"source": "items", "format": "jsonl", "questions": len(items), "shots": 0,

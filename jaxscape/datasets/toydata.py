@@ -35,6 +35,7 @@ import numpy as np
 from jaxscape.core import metrics
 from jaxscape.core import model as model_lib
 from jaxscape.core import prompts as prompts_lib
+from jaxscape.datasets import sources
 from jaxscape.core import score as score_lib
 from jaxscape.errors import InputError
 from jaxscape.core.tokenizer import DEFAULT_SYSTEM_PROMPT
@@ -452,7 +453,7 @@ def toy_sft_records(sets: dict[str, list[dict]] | None = None, *, seed: int = DE
     recs = [r for r in sets["benign_train"] if r["task"] == task]
     reps = -(-benign_per_task // len(recs))
     pairs += [(r["prompt"], r["response"]) for r in (recs * reps)[:max(benign_per_task, len(recs))]]
-  pairs += [(prompts_lib.format_choice_question(r), r["answer"]) for r in sets["mc_train"]]
+  pairs += [(sources.format_choice_question(r), r["answer"]) for r in sets["mc_train"]]
   out = []
   for p, resp in pairs:
     system = "" if rng.random() < empty_system_fraction else None
@@ -470,17 +471,17 @@ def _data_dir() -> str:
 
 def load_builtin(name: str) -> list[dict]:
   """Records of the built-in set ``NAME`` (``jaxscape/data/NAME.jsonl``)."""
-  return prompts_lib.load_jsonl(f"builtin:{name}")
+  return sources.load_jsonl(f"builtin:{name}")
 
 
 def load_prompts_builtin(name: str, samples: int | None = None) -> list[str]:
   """The ``"prompt"`` strings of a built-in set (first ``samples`` when given)."""
-  return prompts_lib.load_prompts(f"builtin:{name}", samples)
+  return sources.load_prompts(f"builtin:{name}", samples)
 
 
 def load_prompts(source: str, samples: int | None = None) -> list[str]:
-  """Prompts from ``builtin:NAME`` or a CSV/JSONL file (same as ``jaxscape.core.prompts.load_prompts``)."""
-  return prompts_lib.load_prompts(source, samples)
+  """Prompts from ``builtin:NAME`` or a CSV/JSONL file (same as ``jaxscape.core.sources.load_prompts``)."""
+  return sources.load_prompts(source, samples)
 
 
 # ----------------------------------------------------------------- checking answers
@@ -568,7 +569,7 @@ def evaluate_toy(model: Any, *, samples: int | None = None, max_new_tokens: int 
                                             batch_size=batch_size)
   h_gen = gen([r["prompt"] for r in harmful], max_new_tokens)
   b_gen = gen([r["prompt"] for r in benign], max_new_tokens)
-  mc_texts = [prompts_lib.format_choice_question(r) for r in mc]
+  mc_texts = [sources.format_choice_question(r) for r in mc]
   m_gen = gen(mc_texts, 4)
   letters = mc_letter_logits(model, mc_texts, system_prompt=system_prompt)
   answers = [("ABCD".index(r["answer"])) for r in mc]

@@ -54,6 +54,7 @@ import numpy as np
 from jaxscape.core import decode as decode_lib
 from jaxscape.core import metrics
 from jaxscape.core import prompts as prompts_lib
+from jaxscape.datasets import sources
 from jaxscape.core import score as score_lib
 from jaxscape.core import sharding as sharding_lib
 from jaxscape.errors import InputError
@@ -198,7 +199,7 @@ def calibration_set(source: str = DEFAULT_CALIBRATION,
   """(prompts, references) of a JSONL set: every record's ``prompt``, and ``(prompt, answer)`` for
   each record with a reference answer (its ``response`` or last assistant message).
   ``samples``: the first N records."""
-  records = prompts_lib.load_jsonl(source)[:samples or None]
+  records = sources.load_jsonl(source)[:samples or None]
   prompts, refs = [], []
   for n, rec in enumerate(records, 1):
     if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):

@@ -193,9 +193,9 @@ def load_chat_records(source: str) -> list[dict]:
     ValueError: missing or empty file, or ``PATH:LINE: ...`` for the first malformed line
       (invalid JSON, neither form, bad roles or contents, no assistant turn).
   """
-  from jaxscape.core import prompts  # deferred: only file loading needs it
+  from jaxscape.datasets import sources
 
-  path = prompts.resolve(source)
+  path = sources.resolve(source)
   if not os.path.isfile(path):
     raise InputError(f"data file {path} does not exist")
   records = []

@@ -75,6 +75,7 @@ import numpy as np
 
 from jaxscape.core import metrics
 from jaxscape.core import prompts as prompts_lib
+from jaxscape.datasets import sources
 from jaxscape.core import results
 from jaxscape.core import score as score_lib
 from jaxscape.core import sharding as sharding_lib
@@ -500,7 +501,7 @@ def _read_generations_jsonl(out_dir: str) -> list[list[dict]]:
   if not os.path.isfile(path):
     raise InputError(f"{out_dir} holds no generations (no points/ or generations.jsonl; a finished run_grid "
                      f"results dir is needed)")
-  lines = prompts_lib.load_jsonl(path)
+  lines = sources.load_jsonl(path)
   for n, rec in enumerate(lines, 1):
     out = rec.get("output") if isinstance(rec, dict) else None
     if not isinstance(out, list) or not out or not all(
