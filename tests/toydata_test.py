@@ -9,6 +9,7 @@ import pytest
 from jaxscape.core import metrics
 from jaxscape.datasets import sources
 from jaxscape.datasets import toydata
+from jaxscape.studies import toymodel
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +153,10 @@ def test_sft_records_deterministic_and_mixed(sets):
 
 
 def test_toy_model_config_validates():
-  cfg = toydata.toy_model_config()
+  cfg = toymodel.toy_model_config()
   assert 1_000_000 <= cfg.num_params() <= 3_000_000
   with pytest.raises(ValueError, match="intermediate_size"):
-    toydata.toy_model_config(intermediate_size=100)
+    toymodel.toy_model_config(intermediate_size=100)
 
 
 def _words(text):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -30,7 +31,6 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jaxscape.core import checkpoint
-from jaxscape.core import results
 from jaxscape.errors import InputError
 from jaxscape.core.model import ModelConfig, init_params
 
@@ -165,11 +165,22 @@ def unstack_layers(tree: PyTree) -> PyTree:
   return {**tree, "layers": [jax.tree.map(lambda x, i=i: x[i], layers) for i in range(L)]}
 
 
+def fingerprint_tree(tree: Any) -> str:
+  """sha256 over every leaf's path, dtype, shape and bytes (hex, 16 chars)."""
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    a = np.asarray(leaf)
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(f"{a.dtype}{a.shape}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()[:16]
+
+
 def fingerprint(tree: PyTree) -> str:
-  """``results.fingerprint_tree`` of the values as float32, per layer (:func:`unstack_layers`): the
+  """:func:`fingerprint_tree` of the values as float32, per layer (:func:`unstack_layers`): the
   same model held in bfloat16 or float32 (a bfloat16 checkpoint) keeps its fingerprint, and a results
   dir written before the layers were stacked still resumes. (A run's identity names its model by it.)"""
-  return results.fingerprint_tree(unstack_layers(jax.tree.map(lambda x: np.asarray(x, np.float32), tree)))
+  return fingerprint_tree(unstack_layers(jax.tree.map(lambda x: np.asarray(x, np.float32), tree)))
 
 
 def abstract_params(cfg: ModelConfig) -> PyTree:

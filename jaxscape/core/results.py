@@ -22,7 +22,6 @@ import json
 import os
 from typing import Any
 
-import jax
 import numpy as np
 
 from jaxscape.errors import InputError
@@ -71,17 +70,6 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 # ----------------------------------------------------------------- fingerprints
-
-
-def fingerprint_tree(tree: Any) -> str:
-  """sha256 over every leaf's path, dtype, shape and bytes (hex, 16 chars)."""
-  h = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    a = np.asarray(leaf)
-    h.update(jax.tree_util.keystr(path).encode())
-    h.update(f"{a.dtype}{a.shape}".encode())
-    h.update(np.ascontiguousarray(a).tobytes())
-  return h.hexdigest()[:16]
 
 
 def fingerprint_json(obj: Any) -> str:

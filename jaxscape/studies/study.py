@@ -361,7 +361,7 @@ def _check_compatible(out_dir: str, model_dir: str, params: Any, spec: StudySpec
   """
   import jax
 
-  from jaxscape.core import convert, hub, results
+  from jaxscape.core import convert, hub
   def plain(d):  # tuples as JSON writes them
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()
             if k not in ("runs", "attack_run", "attack_from", "attack_steps")}
@@ -373,7 +373,7 @@ def _check_compatible(out_dir: str, model_dir: str, params: Any, spec: StudySpec
   per_layer = convert.unstack_layers(jax.tree.map(np.asarray, params))
   # A hub id as given (the same whatever the working dir); a local dir as its absolute path.
   model = model_dir if hub.is_hub_id(model_dir) else os.path.abspath(model_dir)
-  want = {"model": model, "model_weights": results.fingerprint_tree(per_layer),
+  want = {"model": model, "model_weights": convert.fingerprint_tree(per_layer),
           "settings": settings}
   path = os.path.join(out_dir, "study.json")
   if os.path.isfile(path):
