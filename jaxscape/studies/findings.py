@@ -4,7 +4,7 @@ Each finding (:data:`FINDINGS`) names the jobs whose results it reads: an entry 
 flagfile of ``experiments/configs/findings/`` (plus, for the system-prompt variants, one flag).
 Jobs whose expanded flags are identical share one results dir, so the basin scan serves findings
 1, 2 and 5 and the multitask study (``toy_multitask.flags``, README's table) findings 3, 4 and 6-9.
-:func:`run_jobs` runs each job as its own process (the very command a user would type) into
+``experiments.findings`` (the runner) runs each job as its own process (the very command a user would type) into
 ``out_dir/<job>`` and reuses a job whose recorded command finished; the entry points resume
 an interrupted job themselves. :func:`evaluate` applies each finding's criterion to the results
 and :func:`write` writes ``findings.json``, ``FINDINGS.md``, the plots and ``report.html``.
@@ -18,16 +18,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shlex
-import subprocess
-import sys
-import time
 from typing import Callable
 
 import numpy as np
 
 from jaxscape.core import metrics, prompts, results
-from jaxscape.errors import InputError
 
 CONFIG_DIR = "experiments/configs/findings"
 REPRODUCED, PARTLY, NOT = "reproduced", "partly", "not reproduced"
@@ -97,96 +92,6 @@ FINDINGS = (
             "Mixing the multitask safety set into each task's finetune restores safety across tasks.",
             (Job("study", _STUDY, _cfg(9, "multitask_safety")),)),
 )
-
-
-def expand_flagfile(path: str, _seen: tuple[str, ...] = ()) -> list[str]:
-  """The flags of a flagfile, nested ``--flagfile=`` lines expanded (paths relative to the cwd)."""
-  if path in _seen:
-    raise InputError(f"flagfile {path} includes itself")
-  if not os.path.isfile(path):
-    raise InputError(f"flagfile {path} does not exist (run from the repository root)")
-  out = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      line = line.strip()
-      if not line or line.startswith(("#", "//")):
-        continue
-      if line.startswith("--flagfile="):
-        out += expand_flagfile(line.split("=", 1)[1], _seen + (path,))
-      else:
-        out.append(line)
-  return out
-
-
-def jobs(findings: tuple[Finding, ...] = FINDINGS, config_dir: str = CONFIG_DIR) -> list[Job]:
-  """The distinct jobs of ``findings`` in order; jobs of one name must expand to the same flags.
-
-  ``config_dir`` holds the flagfiles (``experiments/configs/findings``; its ``smoke/`` subdir has
-  the same files at smoke size, for CI).
-  """
-  seen: dict[str, tuple[Job, list[str]]] = {}
-  for fnd in findings:
-    for job in fnd.jobs:
-      flags = [job.module] + expand_flagfile(os.path.join(config_dir, job.flagfile)) + list(job.extra)
-      if job.name in seen:
-        if seen[job.name][1] != flags:
-          raise InputError(f"finding {fnd.number}: job {job.name!r} from {job.flagfile} expands to other flags than "
-                           f"{seen[job.name][0].flagfile}; give it its own name")
-        continue
-      seen[job.name] = (job, flags)
-  return [j for j, _ in seen.values()]
-
-
-def run_jobs(out_dir: str, job_list: list[Job], *, config_dir: str = CONFIG_DIR, python: str = sys.executable,
-             log: Callable[[str], None] = print) -> dict[str, dict]:
-  """Run each job unless ``out_dir/<job>/job.json`` records the same command (and flagfile contents) finished.
-
-  Returns the job infos.
-  Each job runs in its own process with the current environment; its stdout/stderr go to
-  ``out_dir/<job>.log``. A job that fails raises ``RuntimeError`` naming the job, the exit code
-  and the log's last line (its earlier results stay, so a rerun resumes).
-  """
-  os.makedirs(out_dir, exist_ok=True)
-  infos = {}
-  for job in job_list:
-    argv = job.argv(out_dir, config_dir, "python")
-    flags = expand_flagfile(os.path.join(config_dir, job.flagfile)) + list(job.extra)
-    record = os.path.join(out_dir, job.name, "job.json")
-    if os.path.isfile(record):
-      with open(record, encoding="utf-8") as f:
-        info = json.load(f)
-      if info.get("argv") == argv and info.get("flags") == flags:
-        log(f"{job.name}: reused ({info['seconds']:.0f} s when it ran)")
-        infos[job.name] = {**info, "reused": True}
-        continue
-    log(f"{job.name}: {shlex.join(argv)}")
-    t0 = time.perf_counter()
-    log_path = os.path.join(out_dir, f"{job.name}.log")
-    with open(log_path, "w", encoding="utf-8") as lf:
-      rc = subprocess.call([python] + argv[1:], stdout=lf, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - t0
-    if rc != 0:
-      with open(log_path, encoding="utf-8", errors="replace") as lf:
-        tail = [line.strip() for line in lf if line.strip()][-1:] or ["(no output)"]
-      raise RuntimeError(f"job {job.name} exited with {rc} after {seconds:.0f} s: {tail[0]} (log: {log_path})")
-    info = {"argv": argv, "flags": flags, "command": shlex.join(argv), "seconds": seconds,
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    results.atomic_write_json(record, info)
-    log(f"{job.name}: done in {seconds:.0f} s")
-    infos[job.name] = {**info, "reused": False}
-  return infos
-
-
-def recorded_jobs(out_dir: str, config_dir: str = CONFIG_DIR) -> dict[str, dict]:
-  """The ``job.json`` records of jobs that finished in ``out_dir`` (InputError naming a missing one)."""
-  infos = {}
-  for job in jobs(config_dir=config_dir):
-    path = os.path.join(out_dir, job.name, "job.json")
-    if not os.path.isfile(path):
-      raise InputError(f"{out_dir} holds no finished job {job.name!r}; run without --evaluate_only first")
-    with open(path, encoding="utf-8") as f:
-      infos[job.name] = {**json.load(f), "reused": False}
-  return infos
 
 
 def recorded_seconds(out_dir: str) -> float | None:
@@ -627,13 +532,3 @@ def publish(out_dir: str, docs_dir: str) -> str:
   path = os.path.join(docs_dir, "FINDINGS.md")
   results.atomic_write_text(path, markdown(data, link=_flat))
   return path
-
-
-def run(out_dir: str, *, config_dir: str = CONFIG_DIR, python: str = sys.executable,
-        log: Callable[[str], None] = print, intro: str = "") -> dict:
-  """Run every finding's jobs into ``out_dir`` (reusing finished ones) and write the findings (:func:`write`)."""
-  t0 = time.perf_counter()
-  infos = run_jobs(out_dir, jobs(config_dir=config_dir), config_dir=config_dir, python=python, log=log)
-  ran = sum(v["seconds"] for v in infos.values())
-  seconds = None if any(v["reused"] for v in infos.values()) else max(ran, time.perf_counter() - t0)
-  return write(out_dir, infos, intro=intro, seconds=seconds, config_dir=config_dir)
