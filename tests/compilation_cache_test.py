@@ -1,7 +1,7 @@
 """The persistent compilation cache: on by default in the entry points, shared safely, never fatal.
 
 Each case runs a tiny entry point (``experiments.common.run`` around one jitted function) as a
-subprocess and counts JAX's own cache events (``jax._src.monitoring``).
+subprocess and counts JAX's own cache events (``jax.monitoring``).
 """
 
 import glob
@@ -23,7 +23,7 @@ from experiments import common
 def main(argv):
   import jax
   import jax.numpy as jnp
-  from jax._src import monitoring
+  from jax import monitoring
   events = []
   monitoring.register_event_listener(lambda name, **kw: events.append(name))
   x = jnp.arange(64.0).reshape(8, 8)
