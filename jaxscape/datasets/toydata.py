@@ -29,6 +29,7 @@ from typing import Any
 
 from jaxscape.core import metrics
 from jaxscape.core import prompts as prompts_lib
+from jaxscape.core.tokenizer import DEFAULT_SYSTEM_PROMPT  # noqa: F401 - the toy's default system prompt, public here too
 from jaxscape.datasets import sources
 
 DEFAULT_SEED = 0
