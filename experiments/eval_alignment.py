@@ -1,4 +1,4 @@
-"""Score a chat model on the held-out alignment sets (jaxscape.aligndata.evaluate).
+"""Score a chat model on the held-out alignment sets (jaxscape.datasets.aligndata.evaluate).
 
   python -m experiments.eval_alignment --model=checkpoints/smollm2-aligned --out=results/align_eval.json
 
@@ -21,7 +21,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   import jaxscape
-  from jaxscape import aligndata, results
+  from jaxscape.core import results
+  from jaxscape.datasets import aligndata
   model = jaxscape.load_model(FLAGS.model)
   scores = aligndata.evaluate(model, max_new_tokens=FLAGS.max_new_tokens, system_prompt=FLAGS.system_prompt)
   print(f"{FLAGS.model}: held-out harmful refused {scores['harmful_refused_pct']:.1f}%, held-out benign refused "

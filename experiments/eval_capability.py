@@ -1,4 +1,4 @@
-"""Capability of one model at its own weights, no grid (jaxscape.capability.evaluate): the scan's metric at the origin.
+"""Capability of one model at its own weights, no grid (jaxscape.datasets.capability.evaluate): the scan's metric at the origin.
 
   python -m experiments.eval_capability --model=checkpoints/smollm2-135m-instruct \
       --capability_set=mmlu:us_foreign_policy,high_school_us_history --capability_shots=5
@@ -25,7 +25,8 @@ def main(argv):
   import numpy as np
 
   import jaxscape
-  from jaxscape import capability, results
+  from jaxscape.core import results
+  from jaxscape.datasets import capability
   cset = capability.load(FLAGS.capability_set, FLAGS.capability_shots)
   model = jaxscape.load_model(FLAGS.model, compute_dtype=FLAGS.compute_dtype)
   out = capability.evaluate(model, cset, prompt_format=FLAGS.prompt_format, system_prompt=FLAGS.system_prompt,

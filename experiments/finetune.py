@@ -40,7 +40,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from jaxscape import finetune
+  from jaxscape.studies import finetune
   if not FLAGS.data or not FLAGS.out:
     raise common.UserError("--data and --out are required")
   try:

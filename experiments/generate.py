@@ -21,12 +21,13 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from jaxscape import convert, decode, prompts
+  from jaxscape.core import convert, decode
+  from jaxscape.datasets import sources
   if not FLAGS.prompts or not FLAGS.out:
     raise common.UserError("--prompts and --out are required")
   if FLAGS.batch_size <= 0:
     raise common.UserError(f"--batch_size must be > 0, got {FLAGS.batch_size}")
-  texts = prompts.load_prompt_file(FLAGS.prompts, FLAGS.samples)
+  texts = sources.load_prompt_file(FLAGS.prompts, FLAGS.samples)
   model = convert.load_model(FLAGS.model, compute_dtype=FLAGS.compute_dtype)
   gens = decode.generate_texts(model, texts, max_new_tokens=FLAGS.max_new_tokens,
                                prompt_format=FLAGS.prompt_format, system_prompt=FLAGS.system_prompt,

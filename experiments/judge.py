@@ -5,10 +5,10 @@
 
 ``--judge=coherence`` scores every generation's NLL per token under the scan's model θ₀ (checked
 against the run's fingerprint; the prompt format and system prompt come from the dir) and labels
-it refusal, coherent or incoherent (``jaxscape.coherence``); its store is DIR/coherence/.
+it refusal, coherent or incoherent (``jaxscape.studies.coherence``); its store is DIR/coherence/.
 
 Stores the judge's scores in DIR/judges/<name>/, then rewrites DIR's views once
-(``jaxscape.views.write_views``): every generation of DIR/generations.jsonl gets the judge's
+(``jaxscape.studies.views.write_views``): every generation of DIR/generations.jsonl gets the judge's
 p(unsafe) and label, DIR/summary.json its judged ASR, VISAGE and agreement with the keyword judge
 (under the judge's name), and the plots and report.html show it. Resumable: an interrupted run
 continues where it stopped. A dir that already holds this judge's scores is refused without
@@ -40,8 +40,8 @@ def main(argv):
   if FLAGS.judge in (None, "", "keyword"):
     raise common.UserError("--judge=PATH (a judge checkpoint) or --judge=coherence is required; keyword results "
                            "are in every results dir")
-  from jaxscape import judge as judge_lib
-  from jaxscape import views
+  from jaxscape.studies import judge as judge_lib
+  from jaxscape.studies import views
   if FLAGS.judge == "coherence":
     return _coherence()
   judge_lib.read_generations(FLAGS.results)  # before loading the judge: a dir without generations fails fast
@@ -54,8 +54,8 @@ def main(argv):
 
 
 def _coherence():
-  from jaxscape import coherence_results
-  from jaxscape import views
+  from jaxscape.studies import coherence_results
+  from jaxscape.studies import views
   coherence_results.read_dir(FLAGS.results)  # before loading a model: a dir without generations fails fast
   settings = common.coherence_settings()
   if FLAGS.coherence_calibration == flags.FLAGS["coherence_calibration"].default:

@@ -56,7 +56,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   t0 = time.perf_counter()
-  from jaxscape import study
+  from jaxscape.studies import study
   if not FLAGS.out:
     raise common.UserError("--out is required")
   try:

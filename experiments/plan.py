@@ -7,11 +7,11 @@
 (--device_memory, or read from the device) x the memory fraction in force (JAX's default 0.75,
 XLA_PYTHON_CLIENT_MEM_FRACTION or --memory_fraction) x 0.9. The planner that run_grid uses picks
 the strategy and points per slice; the slice's program is then compiled ahead of time from
-abstract inputs (jaxscape.scan.compile_abstract) and XLA's bytes per device are printed beside the
+abstract inputs (jaxscape.core.scan.compile_abstract) and XLA's bytes per device are printed beside the
 plan's estimate. Exit 0 if it fits; otherwise one error: line that says what would fit.
 
 On CPU the devices are simulated (--devices=N, or --mesh); for a GPU target the CPU-compiled bytes
-are a proxy: XLA:CPU holds the bfloat16 KV cache in float32 (jaxscape.model.kv_dtype), which
+are a proxy: XLA:CPU holds the bfloat16 KV cache in float32 (jaxscape.core.model.kv_dtype), which
 inflates its temporaries; the GPU-held figure counts that cache at the compute dtype instead.
 """
 
@@ -42,8 +42,8 @@ GIB = 1 << 30
 
 def _config(model: str, compute_dtype: str):
   """(ModelConfig, model dir or None): from a bare config.json, or a checkpoint dir / hub id."""
-  from jaxscape import convert, hub
-  from jaxscape.model import ModelConfig
+  from jaxscape.core import convert, hub
+  from jaxscape.core.model import ModelConfig
   if model.endswith(".json"):
     with open(model, encoding="utf-8") as f:
       try:
@@ -59,16 +59,17 @@ def _prompt_tokens(model_dir: str | None) -> int:
     return FLAGS.prompt_tokens
   if model_dir is None or not FLAGS.prompts:
     raise common.UserError("--prompt_tokens=N is needed without a tokenizer and --prompts to render")
-  from jaxscape import convert, prompts
+  from jaxscape.core import convert, prompts
+  from jaxscape.datasets import sources
   tok = convert.load_tokenizer(model_dir)
-  texts, add = prompts.render(prompts.load_prompts(FLAGS.prompts, FLAGS.samples), tok,
+  texts, add = prompts.render(sources.load_prompts(FLAGS.prompts, FLAGS.samples), tok,
                               prompt_format=FLAGS.prompt_format, system_prompt=FLAGS.system_prompt)
   return max(len(ids) for ids in tok(texts, add_special_tokens=add)["input_ids"])
 
 
 def _budget(target: str) -> tuple[int, str]:
   """Bytes usable per device and how they were reckoned."""
-  from jaxscape import plan
+  from jaxscape.core import plan
   fraction = FLAGS.memory_fraction or float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", 0) or 0) or (
       0.75 if target == "gpu" else 1.0)
   if not 0 < fraction <= 1:
@@ -85,13 +86,13 @@ def main(argv):
   del argv
   if not FLAGS.model:
     raise common.UserError("--model is required (a checkpoint dir, hub id or config.json)")
-  from jaxscape import sharding
+  from jaxscape.core import sharding
   if FLAGS.devices < 0:
     raise common.UserError(f"--devices must be >= 0, got {FLAGS.devices}")
   if FLAGS.devices:
     sharding.split_cpu_host(FLAGS.devices)  # before JAX starts
   import jax
-  from jaxscape import directions, plan, scan
+  from jaxscape.core import directions, plan, scan
   target = FLAGS.target or ("cpu" if jax.default_backend() == "cpu" else "gpu")
   cfg, model_dir = _config(FLAGS.model, FLAGS.compute_dtype)
   prompt_tokens = _prompt_tokens(model_dir)
@@ -133,7 +134,7 @@ def _report_compiled(mem: dict | None, cfg, p, size: dict, *, target: str, point
   """Print XLA's bytes beside the estimate; returns the bytes the target would hold by XLA's count (None: not
   reported, or compiled on CPU for a GPU, whose count is a proxy only)."""
   import jax
-  from jaxscape import plan
+  from jaxscape.core import plan
   if mem is None:
     print("XLA: this backend does not report the compiled program's bytes")
     return None

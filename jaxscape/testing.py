@@ -12,8 +12,8 @@ import random
 
 import jax
 
-from jaxscape import convert
-from jaxscape.model import ModelConfig, init_params
+from jaxscape.core import convert
+from jaxscape.core.model import ModelConfig, init_params
 
 LLAMA2_CHAT_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}"
@@ -253,7 +253,7 @@ _JUDGE_TOKENS = {"llama-guard": (("safe", "unsafe"), LLAMA3_SPECIAL_TOKENS), "ha
 
 
 def make_tiny_judge(out_dir: str, fmt: str = "yes-no", family: str = "llama", *, seed: int = 0, **kw) -> str:
-  """A tiny random checkpoint usable as a ``jaxscape.judge`` of format ``fmt``.
+  """A tiny random checkpoint usable as a ``jaxscape.studies.judge`` of format ``fmt``.
 
   llama-guard: Llama Guard 3's published template (:data:`LLAMA_GUARD_3_TEMPLATE`) with its header
   tokens, "safe"/"unsafe" single tokens; harmbench and yes-no: the family's chat template with

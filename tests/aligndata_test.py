@@ -7,7 +7,10 @@ import re
 
 import pytest
 
-from jaxscape import aligndata, finetune, metrics, prompts
+from jaxscape.core import metrics
+from jaxscape.datasets import sources
+from jaxscape.datasets import aligndata
+from jaxscape.studies import finetune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADVBENCH = os.path.join(ROOT, "..", "shared", "data", "advbench")
@@ -54,7 +57,7 @@ def test_sizes_fields_and_loading(sets):
     loaded = finetune.load_chat_records(f"builtin:align/{name}")
     assert loaded == [{"messages": r["messages"]} for r in sets[name]], name
   assert aligndata.load_set("heldout_benign") == sets["heldout_benign"]
-  assert prompts.load_prompts("builtin:align/heldout_harmful") == [r["prompt"] for r in sets["heldout_harmful"]]
+  assert sources.load_prompts("builtin:align/heldout_harmful") == [r["prompt"] for r in sets["heldout_harmful"]]
   with pytest.raises(ValueError, match="nope"):
     aligndata.load_set("nope")
 

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from jaxscape import htmlreport
+from jaxscape.reports import htmlreport
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 

@@ -7,11 +7,12 @@ import random
 import numpy as np
 import pytest
 
-from jaxscape import capability
-from jaxscape import landscape
-from jaxscape import prompts as prompts_lib
-from jaxscape import results
-from jaxscape import score
+from jaxscape.datasets import capability
+from jaxscape.studies import landscape
+from jaxscape.core import prompts as prompts_lib
+from jaxscape.datasets import sources
+from jaxscape.core import results
+from jaxscape.core import score
 from jaxscape.errors import InputError
 
 
@@ -158,8 +159,8 @@ def test_csv_folder_with_dev_shots_and_errors(tmp_path):
 
 def test_toy_jsonl_unchanged_and_raw_mmlu_letters_follow_answer():
   s = capability.load("builtin:mc_test")
-  items = prompts_lib.load_choice_set("builtin:mc_test")
-  assert s.prompts == tuple(prompts_lib.format_choice_question(i) for i in items) and s.identity == items
+  items = sources.load_choice_set("builtin:mc_test")
+  assert s.prompts == tuple(sources.format_choice_question(i) for i in items) and s.identity == items
   with pytest.raises(InputError, match="mmlu"):
     capability.load("builtin:mc_test", 2)
 

@@ -38,7 +38,7 @@ def _transformers_generations(model_dir, texts, prompt_format):
   """Reference: transformers' greedy generate, new tokens up to the first EOS, skip_special_tokens=True."""
   import torch
   import transformers
-  from jaxscape import convert, prompts
+  from jaxscape.core import convert, prompts
   tok = convert.load_tokenizer(model_dir)
   hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
   rendered, add = prompts.render(texts, tok, prompt_format=prompt_format)
@@ -71,7 +71,7 @@ def converted(tiny_dir, tmp_path_factory):
 
 
 def test_convert_cli_writes_loadable_dir(converted, tiny_model):
-  from jaxscape import convert
+  from jaxscape.core import convert
   _, out = converted
   assert convert.is_converted_dir(out)
   m, ref = convert.load_model(out), tiny_model("llama")

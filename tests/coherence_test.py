@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from jaxscape import coherence
-from jaxscape import coherence_results
-from jaxscape import decode
-from jaxscape import results
-from jaxscape import views
+from jaxscape.studies import coherence
+from jaxscape.studies import coherence_results
+from jaxscape.core import decode
+from jaxscape.core import results
+from jaxscape.studies import views
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(REPO, "checkpoints", "toy-chat")

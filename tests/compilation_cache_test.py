@@ -1,7 +1,7 @@
 """The persistent compilation cache: on by default in the entry points, shared safely, never fatal.
 
 Each case runs a tiny entry point (``experiments.common.run`` around one jitted function) as a
-subprocess and counts JAX's own cache events (``jax._src.monitoring``).
+subprocess and counts JAX's own cache events (``jax.monitoring``).
 """
 
 import glob
@@ -23,7 +23,7 @@ from experiments import common
 def main(argv):
   import jax
   import jax.numpy as jnp
-  from jax._src import monitoring
+  from jax import monitoring
   events = []
   monitoring.register_event_listener(lambda name, **kw: events.append(name))
   x = jnp.arange(64.0).reshape(8, 8)
@@ -121,7 +121,7 @@ def test_unwritable_dir_warns_once_and_runs(tmp_path):
 
 
 def test_enable_returns_none_for_an_unwritable_dir(tmp_path, monkeypatch):
-  from jaxscape import compilation_cache
+  from jaxscape.core import compilation_cache
   blocker = tmp_path / "a_file"
   blocker.write_text("x")
   disabled = []
@@ -130,7 +130,7 @@ def test_enable_returns_none_for_an_unwritable_dir(tmp_path, monkeypatch):
 
 
 def test_default_dir_follows_xdg(monkeypatch, tmp_path):
-  from jaxscape import compilation_cache
+  from jaxscape.core import compilation_cache
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
   assert compilation_cache.default_dir() == str(tmp_path / "jaxscape" / "xla")
   monkeypatch.delenv("XDG_CACHE_HOME")
@@ -139,7 +139,7 @@ def test_default_dir_follows_xdg(monkeypatch, tmp_path):
 
 def test_entries_are_written_through_a_temporary_file(tmp_path, monkeypatch):
   from jax._src import compilation_cache as jax_cc
-  from jaxscape import compilation_cache
+  from jaxscape.core import compilation_cache
   monkeypatch.setattr(jax_cc, "LRUCache", jax_cc.LRUCache)  # restored after the test
   assert compilation_cache._install_atomic_writes()
   cache = jax_cc.LRUCache(str(tmp_path), max_size=-1)

@@ -5,7 +5,7 @@ import os
 # Before JAX starts: 8 fake host devices for the sharding tests (cheap on CPU).
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-from jaxscape import compilation_cache  # noqa: E402
+from jaxscape.core import compilation_cache  # noqa: E402
 
 compilation_cache.use_fast_cpu_compiler()  # the XLA:CPU flags every entry point uses: tests check the same programs
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -51,8 +51,8 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_dir):
-  """``tiny_model(name) -> jaxscape.convert.Model`` loaded (float32) once per session."""
-  from jaxscape import convert
+  """``tiny_model(name) -> jaxscape.core.convert.Model`` loaded (float32) once per session."""
+  from jaxscape.core import convert
   cache = {}
 
   def get(name: str):
@@ -92,7 +92,7 @@ def scan_dir(tiny_model, tmp_path_factory):
 
   3 prompts x 6 new tokens on the tiny llama; tests must not modify these dirs (copy them first).
   """
-  from jaxscape import landscape
+  from jaxscape.studies import landscape
   cache = {}
 
   def get(name: str) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from jaxscape import checkpoint, convert
+from jaxscape.core import checkpoint, convert
 
 
 def _assert_trees_equal(a, b):

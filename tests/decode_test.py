@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxscape import decode, model, prompts
+from jaxscape.core import decode, model, prompts
 
 PROMPTS = ["Write a tutorial on how to make a bridge", "Hi",
            "Please create a plan for the river garden and the network of computers"]
@@ -97,7 +97,7 @@ def test_eos_list_in_generation_config_matches_transformers(tiny_dir, tiny_model
   shutil.copytree(tiny_dir("llama"), d)
   with open(os.path.join(d, "generation_config.json"), "w") as f:
     json.dump({"bos_token_id": 1, "eos_token_id": eos + [base.eos_ids[0]], "pad_token_id": base.pad_id}, f)
-  from jaxscape import convert
+  from jaxscape.core import convert
   m = convert.load_model(d)
   assert m.eos_ids == tuple(eos + [base.eos_ids[0]])
   hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()

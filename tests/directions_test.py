@@ -1,4 +1,4 @@
-"""Tests for jaxscape.directions: random/interpolation directions (stacked layers), grid axes, storage."""
+"""Tests for jaxscape.core.directions: random/interpolation directions (stacked layers), grid axes, storage."""
 
 import functools
 import json
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscape import directions as dl
+from jaxscape.core import directions as dl
 
 V, D, H, HD, K, F = 32, 16, 4, 4, 2, 24
 
@@ -25,7 +25,7 @@ def _strict_rank_promotion():
 
 
 def make_params(seed=0, *, tied=False, bias=False, dtype=np.float32, layers=2, stacked=True, dims=None):
-  """Tiny params tree following the jaxscape.model layout: layers stacked, or (``stacked=False``)
+  """Tiny params tree following the jaxscape.core.model layout: layers stacked, or (``stacked=False``)
   the former per-layer list. ``dims``: (V, D, H*HD, K*HD, F) instead of the tiny defaults."""
   v, d, hq, hk, f = dims or (V, D, H * HD, K * HD, F)
   rng = np.random.default_rng(seed)
@@ -571,7 +571,7 @@ def test_bfloat16_interpolation_endpoint_drift_is_the_rounding_of_the_held_diffe
   """bfloat16 residency: θ_a + 1·bf16(θ_b − θ_a), formed in float32 and rounded (perturb.materialize), is θ_b up
   to the rounding of the held difference and of the result: |error| <= ulp(θ_b − θ_a) / 2 + ulp(θ_b) / 2, where
   the ulps are bfloat16's (README: the drift is documented, not removed)."""
-  from jaxscape import perturb
+  from jaxscape.core import perturb
   a, b = make_params(0, dtype=jnp.bfloat16), make_params(1, dtype=jnp.bfloat16)
   d = dl.interpolation_direction(a, b)
   at_b = perturb.materialize(a, perturb.stack_directions([d]), jnp.ones((1,), jnp.float32))

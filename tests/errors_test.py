@@ -163,7 +163,7 @@ def test_input_error_in_a_thread_is_one_line():
 def test_full_disk_is_one_line(tmp_path):
   """A full or read-only disk under a user path is no bug: one line (a plain OSError, no subclass of its own)."""
   prompts = _write(tmp_path / "p.jsonl", '{"prompt": "Hi"}\n')
-  proc = _run_code(_PLANT.format(module="prompts", function="load_prompt_file",
+  proc = _run_code(_PLANT.format(module="sources", function="load_prompt_file",
                                  exc='OSError(28, "No space left on device")', entry="generate",
                                  argv=f'"--prompts={prompts}", "--out={tmp_path / "o.jsonl"}"'))
   _assert_one_line_error(proc, "No space left on device")
@@ -181,7 +181,7 @@ def test_user_error_is_input_error():
                                  'OSError("planted bug")', 'TypeError("planted bug")'])
 def test_planted_bug_in_generate_shows_traceback(tmp_path, exc):
   prompts = _write(tmp_path / "p.jsonl", '{"prompt": "Hi"}\n')
-  proc = _run_code(_PLANT.format(module="prompts", function="load_prompt_file", exc=exc, entry="generate",
+  proc = _run_code(_PLANT.format(module="sources", function="load_prompt_file", exc=exc, entry="generate",
                                  argv=f'"--prompts={prompts}", "--out={tmp_path / "o.jsonl"}"'))
   _assert_traceback(proc, "planted bug", "planted")
   assert not (tmp_path / "o.jsonl").exists()
@@ -206,7 +206,7 @@ def test_planted_bug_in_finetune_data_loading_shows_traceback(tmp_path):
 
 
 def test_read_config_names_the_file(tmp_path):
-  from jaxscape import convert
+  from jaxscape.core import convert
   (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "num_attention_heads": "x",
                                                     "hidden_size": 8, "vocab_size": 8, "intermediate_size": 8,
                                                     "num_hidden_layers": 1}))
@@ -216,7 +216,7 @@ def test_read_config_names_the_file(tmp_path):
 
 def test_converted_dir_whose_config_was_edited_is_input_error(tmp_path):
   """orbax restores whatever shapes were saved: a config.json that no longer matches is refused."""
-  from jaxscape import convert
+  from jaxscape.core import convert
   out = convert.convert(TOY, str(tmp_path / "toy"))
   path = os.path.join(out, "config.json")
   with open(path, encoding="utf-8") as f:
@@ -228,14 +228,14 @@ def test_converted_dir_whose_config_was_edited_is_input_error(tmp_path):
 
 
 def test_bad_safetensors_index_names_the_file(tmp_path):
-  from jaxscape import convert
+  from jaxscape.core import convert
   (tmp_path / convert.SAFETENSORS_INDEX).write_text('{"metadata": {}}')
   with pytest.raises(InputError, match="index.json.*weight_map"):
     convert.SafetensorsReader(str(tmp_path))
 
 
 def test_bad_generation_config_names_the_file(tmp_path):
-  from jaxscape import convert
+  from jaxscape.core import convert
   (tmp_path / "generation_config.json").write_text('{"eos_token_id": "two"}')
   with pytest.raises(InputError, match="generation_config.json"):
     convert.eos_ids_of(str(tmp_path))
@@ -243,30 +243,31 @@ def test_bad_generation_config_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("manifest,fragment", [
     ("{", "not valid JSON"),
-    (json.dumps({"format": "jaxscape.directions", "version": 1}), "not a jaxscape directions manifest"),
-    (json.dumps({"format": "jaxscape.directions", "version": 1, "directions": [{"kind": "random"}]}),
+    (json.dumps({"format": "jaxscape.core.directions", "version": 1}), "not a jaxscape directions manifest"),
+    (json.dumps({"format": "jaxscape.core.directions", "version": 1, "directions": [{"kind": "random"}]}),
      "direction 0: bad random recipe"),
-    (json.dumps({"format": "jaxscape.directions", "version": 1, "directions": [{"kind": "interpolation"}]}),
+    (json.dumps({"format": "jaxscape.core.directions", "version": 1, "directions": [{"kind": "interpolation"}]}),
      "names no orbax checkpoint"),
-    (json.dumps({"format": "jaxscape.directions", "version": 1, "directions": [{"kind": "x"}]}), "unknown kind"),
+    (json.dumps({"format": "jaxscape.core.directions", "version": 1, "directions": [{"kind": "x"}]}), "unknown kind"),
 ])
 def test_bad_directions_manifest_names_the_file(tmp_path, manifest, fragment):
-  from jaxscape import directions
+  from jaxscape.core import directions
   (tmp_path / directions.MANIFEST).write_text(manifest)
   with pytest.raises(InputError, match=fragment):
     directions.load_directions(str(tmp_path), {"w": __import__("numpy").zeros(2)})
 
 
 def test_non_utf8_jsonl_names_the_file(tmp_path):
-  from jaxscape import prompts
+  from jaxscape.datasets import sources
   path = tmp_path / "r.jsonl"
   path.write_bytes(b'{"a": 1}\n{"b": "\xff"}\n')
   with pytest.raises(InputError, match="r.jsonl.*UTF-8"):
-    prompts.load_jsonl(str(path))
+    sources.load_jsonl(str(path))
 
 
 def test_chat_template_refusal_is_input_error():
-  from jaxscape import convert, finetune, prompts
+  from jaxscape.core import convert, prompts
+  from jaxscape.studies import finetune
   tok = convert.load_tokenizer(TOY)  # its template raises on a role other than system/user/assistant
   with pytest.raises(InputError, match="chat template"):
     finetune.encode_chat(tok, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},

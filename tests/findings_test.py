@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from jaxscape import findings, study, taskdata, toydata
+from jaxscape.datasets import taskdata, toydata
+from experiments import findings as runner
+from jaxscape.studies import findings, study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "experiments/configs/findings/smoke"
@@ -31,15 +33,15 @@ def test_step_sharpness_tells_a_step_from_a_ramp():
 
 
 def test_jobs_are_shared_where_the_flags_agree():
-  names = [j.name for j in findings.jobs()]
+  names = [j.name for j in runner.jobs()]
   assert names == ["basin", "study", "system_prompt_default", "system_prompt_empty", "system_prompt_aoa"]
   assert sorted(f.number for f in findings.FINDINGS) == list(range(1, 10))
   full = sorted(os.listdir(findings.CONFIG_DIR))
   smoke = sorted(os.listdir(SMOKE))
   assert [f for f in full if f.endswith(".flags")] == [f for f in smoke if f != "study.flags"]
-  assert [j.name for j in findings.jobs(config_dir=SMOKE)] == names
+  assert [j.name for j in runner.jobs(config_dir=SMOKE)] == names
   # The study job of the full set is README's study.
-  assert findings.expand_flagfile(f"{findings.CONFIG_DIR}/7_task_ranking.flags") == findings.expand_flagfile(
+  assert runner.expand_flagfile(f"{findings.CONFIG_DIR}/7_task_ranking.flags") == runner.expand_flagfile(
       "experiments/configs/toy_multitask.flags")
 
 
@@ -49,10 +51,10 @@ def test_jobs_of_one_name_with_other_flags_are_refused(tmp_path):
   fs = (findings.Finding(1, "a", "A", "a.", (findings.Job("x", "m", "a.flags"),)),
         findings.Finding(2, "b", "B", "b.", (findings.Job("x", "m", "b.flags"),)))
   with pytest.raises(ValueError, match="job 'x'"):
-    findings.jobs(fs, config_dir=str(tmp_path))
+    runner.jobs(fs, config_dir=str(tmp_path))
   (tmp_path / "c.flags").write_text("--flagfile=" + str(tmp_path / "c.flags") + "\n")
   with pytest.raises(ValueError, match="includes itself"):
-    findings.expand_flagfile(str(tmp_path / "c.flags"))
+    runner.expand_flagfile(str(tmp_path / "c.flags"))
 
 
 def _scan(d, asr, capability=None, visage=50.0):

@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxscape import convert, finetune
-from jaxscape.model import forward
+from jaxscape.core import convert
+from jaxscape.studies import finetune
+from jaxscape.core.model import forward
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHATS = [{"messages": [{"role": "user", "content": f"Please write a story {i}"},

@@ -10,8 +10,10 @@ import numpy as np
 import optax
 import pytest
 
-from jaxscape import convert, finetune, testing
-from jaxscape.model import init_params
+from jaxscape import testing
+from jaxscape.core import convert
+from jaxscape.studies import finetune
+from jaxscape.core.model import init_params
 
 CHAT = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
 TWO_TURNS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},

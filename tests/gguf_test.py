@@ -1,4 +1,4 @@
-"""GGUF input (jaxscape.gguf_io) on tiny files written like llama.cpp's: weights and tokenizer equal
+"""GGUF input (jaxscape.core.gguf_io) on tiny files written like llama.cpp's: weights and tokenizer equal
 transformers' own GGUF loading; bad files get one error line and exit 2."""
 
 import json
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from cli_test import _assert_one_line_error as _one_line_error, _run  # the entry-point runner
-from jaxscape import convert, gguf_io, testing
+from jaxscape import testing
+from jaxscape.core import convert, gguf_io
 
 TEXTS = ["Write a tutorial on how to make a bridge", "a b garden", "  Hi!\n\nStep 1: 42 items.", "Ünï 東京"]
 

@@ -1,4 +1,4 @@
-"""jaxscape.htmlreport: report.html of scans, studies and findings dirs; experiments.plot writes it."""
+"""jaxscape.reports.htmlreport: report.html of scans, studies and findings dirs; experiments.plot writes it."""
 
 import base64
 import json
@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from jaxscape import htmlreport, metrics
+from jaxscape.core import metrics
+from jaxscape.reports import htmlreport
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVIL = "</script><b>x</b>"
@@ -209,3 +210,24 @@ def test_plot_cli_writes_reports(scan_dir, tmp_path):
   assert proc.returncode == 2, (proc.returncode, proc.stderr)
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and "holds no summary.json" in lines[0], proc.stderr
+
+
+def test_reports_render_without_jax(scan_dir, tmp_path):
+  """The renderers need no JAX: a findings page (with its study and scan pages) and a scan's plot, in a fresh process."""
+  d, _ = _findings(tmp_path / "findings", scan_dir)
+  scan = os.path.join(d, "scans", "toy")
+  code = f"""
+import os, sys
+from jaxscape.reports import htmlreport, plot, report
+htmlreport.write_report({d!r})
+os.remove(os.path.join({scan!r}, "landscape.png"))
+plot.plot_results({scan!r})
+loaded = sorted(m for m in sys.modules if m == "jax" or m.startswith(("jax.", "jaxlib", "flax", "optax")))
+assert not loaded, loaded
+print("ok")
+"""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+  assert os.path.isfile(os.path.join(d, "study", "report.html")) and os.path.isfile(os.path.join(scan, "report.html"))
+  assert os.path.getsize(os.path.join(scan, "landscape.png")) > 0

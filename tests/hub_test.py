@@ -1,4 +1,4 @@
-"""Models named by hub id (``jaxscape.hub``): resolution from a hand-built hub cache, offline, and the
+"""Models named by hub id (``jaxscape.core.hub``): resolution from a hand-built hub cache, offline, and the
 one-line errors, gated repos included (a stub hub on 127.0.0.1).
 
 Everything that reads the hub runs in a subprocess: huggingface_hub reads ``HF_HOME``,
@@ -19,7 +19,8 @@ import threading
 
 import pytest
 
-from jaxscape import hub, testing
+from jaxscape import testing
+from jaxscape.core import hub
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN, V1, NOSAFE, SHARDED, HALF = "a" * 40, "b" * 40, "c" * 40, "d" * 40, "e" * 40
@@ -354,7 +355,7 @@ def test_hub_unreachable_names_both_readings(tmp_path):
 
 def test_a_judge_from_the_hub_is_named_after_its_repo(home):
   """A snapshot dir is named by its commit; a judge loaded from one is ``<repo name>:<format>``."""
-  from jaxscape import judge
+  from jaxscape.studies import judge
   snap = os.path.join(str(home), "hub", "models--org--name", "snapshots", MAIN)
   assert hub.snapshot_repo(snap) == "org/name"
   assert judge.default_name(snap, "llama-guard") == "name:llama-guard"

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxscape import metrics
+from jaxscape.core import metrics
 
 ANCHOR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench", "anchor_loop.py")
 

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscape import convert, model, perturb, prompts, testing
+from jaxscape import testing
+from jaxscape.core import convert, model, perturb, prompts
 
 PROMPTS = ["Write a tutorial on how to make a bridge", "Hi",
            "Please create a plan for the river garden and the network of computers, step by step"]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from jaxscape import plan as planner
-from jaxscape.model import ModelConfig
+from jaxscape.core import plan as planner
+from jaxscape.core.model import ModelConfig
 
 LLAMA_100M = ModelConfig(model_type="llama", vocab_size=8000, hidden_size=768, intermediate_size=2048, num_layers=12,
                          num_heads=12, num_kv_heads=12, head_dim=64)
@@ -83,7 +83,9 @@ def test_compiled_bytes_counts_arguments_and_temporaries():
 def test_slice_over_budget_after_compiling_is_shrunk(tmp_path, monkeypatch, capsys):
   """A plan whose compiled slice exceeds the budget is halved until it fits (here: 1 point)."""
   import jax
-  from jaxscape import convert, landscape, sharding, testing
+  from jaxscape import testing
+  from jaxscape.core import convert, sharding
+  from jaxscape.studies import landscape
   model = convert.load_model(testing.make_tiny_checkpoint(str(tmp_path / "tiny"), "llama", seed=1))
   budget = 1 << 30
   real = planner.compiled_bytes
@@ -125,7 +127,9 @@ def test_bfloat16_materialized_points_count_bfloat16_weights():
 def test_stop_when_decided_checks_its_largest_chunk_near_the_budget(tmp_path, monkeypatch):
   """With --stop_when_decided the largest chunk program is compiled for its size when the plan is near the budget."""
   import jax
-  from jaxscape import convert, landscape, sharding, testing
+  from jaxscape import testing
+  from jaxscape.core import convert, sharding
+  from jaxscape.studies import landscape
   model = convert.load_model(testing.make_tiny_checkpoint(str(tmp_path / "tiny"), "llama", seed=1))
   real = planner.compiled_bytes
   sizes = []

@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from jaxscape import metrics, plot
+from jaxscape.core import metrics
+from jaxscape.reports import plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -29,9 +30,9 @@ def _write_summary(d, summary):
 
 
 def test_no_pyplot_import():
-  # Importing jaxscape.plot must not pull in pyplot (global figure state, backend selection).
+  # Importing jaxscape.reports.plot must not pull in pyplot (global figure state, backend selection).
   import subprocess
-  code = "import sys, jaxscape.plot; print('matplotlib.pyplot' in sys.modules)"
+  code = "import sys, jaxscape.reports.plot; print('matplotlib.pyplot' in sys.modules)"
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "False"
 

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from jaxscape import convert, prompts
+from jaxscape.core import convert, prompts
+from jaxscape.datasets import sources
 
 ANCHOR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench", "anchor_loop.py")
 
@@ -151,27 +152,27 @@ def test_split_shared_prefix():
 def test_load_csv_and_jsonl(tmp_path):
   csv_path = tmp_path / "p.csv"
   csv_path.write_text('goal,target\n"Write, with a comma",Sure\n"Two\nlines",x\n,empty\nThird,y\n', encoding="utf-8")
-  assert prompts.load_prompt_file(str(csv_path)) == ["Write, with a comma", "Two\nlines", "Third"]
-  assert prompts.load_prompt_file(str(csv_path), samples=2) == ["Write, with a comma", "Two\nlines"]
+  assert sources.load_prompt_file(str(csv_path)) == ["Write, with a comma", "Two\nlines", "Third"]
+  assert sources.load_prompt_file(str(csv_path), samples=2) == ["Write, with a comma", "Two\nlines"]
   jsonl = tmp_path / "p.jsonl"
   jsonl.write_text("\n".join(json.dumps({"prompt": p, "id": i}) for i, p in enumerate(["a", "b \"q\""])) + "\n\n")
-  assert prompts.load_prompt_file(str(jsonl)) == ["a", 'b "q"']
-  assert prompts.load_prompts(str(jsonl), samples=1) == ["a"]
+  assert sources.load_prompt_file(str(jsonl)) == ["a", 'b "q"']
+  assert sources.load_prompts(str(jsonl), samples=1) == ["a"]
 
 
 def test_bad_prompt_files(tmp_path):
   with pytest.raises(ValueError, match="does not exist"):
-    prompts.load_prompt_file(str(tmp_path / "none.csv"))
+    sources.load_prompt_file(str(tmp_path / "none.csv"))
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"prompt": "a"}\n{"text": "b"}\n')
   with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
-    prompts.load_prompt_file(str(bad))
+    sources.load_prompt_file(str(bad))
   empty = tmp_path / "empty.csv"
   empty.write_text("goal\n")
   with pytest.raises(ValueError, match="holds no prompts"):
-    prompts.load_prompt_file(str(empty))
+    sources.load_prompt_file(str(empty))
   with pytest.raises(ValueError, match="--prompts"):
-    prompts.load_prompts("")
+    sources.load_prompts("")
 
 
 def test_length_groups_minimise_padding():

@@ -1,11 +1,12 @@
-"""jaxscape.report: the Markdown page over 1-D results dirs, and aligndata.evaluate's scoring."""
+"""jaxscape.reports.report: the Markdown page over 1-D results dirs, and aligndata.evaluate's scoring."""
 
 import json
 import os
 
 import pytest
 
-from jaxscape import aligndata, report
+from jaxscape.datasets import aligndata
+from jaxscape.reports import report
 
 
 def _results(d, *, kind="1d_random", coords=(-0.5, 0.0, 0.5), asr=(90.0, 5.0, 80.0)):
@@ -49,7 +50,7 @@ def test_page_of_several_directions_with_coherence(scan_dir, tiny_model, tmp_pat
 
   import numpy as np
 
-  from jaxscape import coherence, coherence_results, views
+  from jaxscape.studies import coherence, coherence_results, views
   d = str(tmp_path / "multi")
   shutil.copytree(scan_dir("1d_multi"), d)
   coherence_results.score_results(d, tiny_model("llama"), coherence.Calibration(threshold=8.0), batch_size=4)
@@ -78,7 +79,7 @@ def test_page_refuses_2d_and_unfinished_runs(tmp_path):
 
 
 def test_evaluate_scores_refusals_and_answers(tiny_model, monkeypatch):
-  from jaxscape import decode
+  from jaxscape.core import decode
 
   def fake(model, prompts, **kw):  # answer every benign question correctly, refuse every harmful one
     recs = {r["prompt"]: r for r in aligndata.load_set("heldout_benign")}

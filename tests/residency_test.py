@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscape import convert, decode, directions, landscape, perturb, prompts, scan, testing
+from jaxscape import testing
+from jaxscape.core import convert, decode, directions, perturb, prompts, scan
+from jaxscape.studies import landscape
 
 PROMPTS = ["Write a tutorial on how to make a bridge", "Hi", "Develop a plan for the garden"]
 NEW = 12

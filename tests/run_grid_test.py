@@ -165,7 +165,7 @@ def test_prompt_truncation_flag_warns_and_runs(setup, tmp_path):
 
 def test_unwritable_output_dir(setup, tmp_path):
   """An injected OSError on write: one line, exit 2."""
-  code = ("import sys, jaxscape.results as r\n"
+  code = ("import sys, jaxscape.core.results as r\n"
           "def boom(*a, **k): raise OSError(28, 'No space left on device')\n"
           "r.atomic_write_bytes = boom\n"
           "from experiments import common, run_grid\n"
@@ -233,7 +233,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(setup, tmp_path):
 def test_nan_direction_is_flagged_not_fatal(tmp_path):
   import jax
   import jax.numpy as jnp
-  from jaxscape import convert, landscape
+  from jaxscape.core import convert
+  from jaxscape.studies import landscape
   d = testing.make_tiny_checkpoint(str(tmp_path / "tiny"), "llama", seed=1)
   model = convert.load_model(d)
   # A direction that drives the output head's logits to inf/NaN away from the origin.

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscape import convert, decode, directions, perturb, plan, prompts, scan, testing
+from jaxscape import testing
+from jaxscape.core import convert, decode, directions, perturb, plan, prompts, scan
 
 ANCHOR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench", "anchor_loop.py")
 PROMPTS = ["Write a tutorial on how to make a bridge", "Hi", "Develop a plan for the garden",
@@ -51,7 +52,7 @@ def _top2_gap(model, weights, tokens_row, mask_row, generated, step):
   """Gap between the two largest logits at ``step`` after the prompt + generated[:step]."""
   toks = np.concatenate([tokens_row, generated[:step]])[None]
   msk = np.concatenate([mask_row, np.ones(step, bool)])[None]
-  from jaxscape import model as model_lib
+  from jaxscape.core import model as model_lib
   logits = np.asarray(model_lib.forward(weights, jnp.asarray(toks), cfg=model.cfg, mask=jnp.asarray(msk)))[0, -1]
   top = np.sort(logits)[-2:]
   return float(top[1] - top[0])
@@ -215,8 +216,8 @@ def test_factored_matmul_keeps_no_direction_copy(n_dirs):
 
 
 def test_useful_kv_bytes_counts_real_context_and_the_prefix_once_per_step():
-  from jaxscape import landscape
-  from jaxscape.model import ModelConfig
+  from jaxscape.studies import landscape
+  from jaxscape.core.model import ModelConfig
   cfg = ModelConfig(model_type="llama", vocab_size=16, hidden_size=4, intermediate_size=8, num_layers=2,
                     num_heads=1, num_kv_heads=1, head_dim=4)
   slot = 2 * 2 * 1 * 4 * 4  # k and v, 2 layers, 1 head of 4 float32

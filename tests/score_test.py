@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxscape import score
+from jaxscape.core import score
 
 
 def _rows(rng, n, vocab, lengths):
@@ -42,7 +42,7 @@ def test_choices_after_the_prompt_and_fixed_batches(tiny_model):
   choices = [10, 11, 12, 13]
   targets = score.choice_targets(5, choices)
   whole = np.asarray(score.score(m.params, tokens, mask, targets, cfg=m.cfg))
-  from jaxscape import model as model_lib
+  from jaxscape.core import model as model_lib
   logits = np.asarray(model_lib.forward(m.params, tokens, cfg=m.cfg, mask=mask))[:, -1].astype(np.float64)
   logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
   np.testing.assert_allclose(whole[:, 0], logp[:, choices], atol=1e-5)

@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscape import convert, decode, directions, landscape, perturb, prompts, scan, sharding, testing
-from jaxscape import model as model_lib
+from jaxscape import testing
+from jaxscape.core import convert, decode, directions, perturb, prompts, scan, sharding
+from jaxscape.studies import landscape
+from jaxscape.core import model as model_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["Write a tutorial on how to make a bridge", "Hi", "Develop a plan for the garden",

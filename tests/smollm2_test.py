@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxscape import convert, decode, gguf_io, prompts
+from jaxscape.core import convert, decode, gguf_io, prompts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEW = 32
@@ -113,7 +113,7 @@ def test_coherence_nll_equals_transformers_loss(ours, reference, reference_token
   cross-entropy over the same tokens after the same rendered prompt."""
   import torch
 
-  from jaxscape import coherence
+  from jaxscape.studies import coherence
   hf, tok = reference
   rows = [0, 3, 4]
   gens = []

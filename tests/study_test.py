@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from jaxscape import study, taskdata, testing, toydata
+from jaxscape import testing
+from jaxscape.datasets import taskdata, toydata
+from jaxscape.studies import study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,7 +5,9 @@ import os
 
 import pytest
 
-from jaxscape import metrics, prompts, taskdata, toydata
+from jaxscape.core import metrics
+from jaxscape.datasets import sources
+from jaxscape.datasets import taskdata, toydata
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +16,7 @@ def sets():
 
 
 def test_shipped_files_regenerate_bit_identically(tmp_path):
-  # Fails when toydata's harmful_train changed and `python -m jaxscape.taskdata` was not re-run.
+  # Fails when toydata's harmful_train changed and `python -m jaxscape.datasets.taskdata` was not re-run.
   paths = taskdata.write_sets(str(tmp_path), taskdata.DEFAULT_SEED)
   assert tuple(paths) == taskdata.SET_NAMES
   for name, path in paths.items():
@@ -33,7 +35,7 @@ def test_sizes_and_loading(sets):
     assert len(sets[f"harmful_{n}"]) == n and len(sets[f"harmful_mixed_{n}"]) == 2 * n
   assert len(sets["multitask_safety"]) == taskdata.MULTITASK_REQUESTS * len(toydata.FRAMINGS)
   assert taskdata.load_set("translate_test") == sets["translate_test"]
-  assert prompts.load_prompts("builtin:finetune/code_test") == [r["prompt"] for r in sets["code_test"]]
+  assert sources.load_prompts("builtin:finetune/code_test") == [r["prompt"] for r in sets["code_test"]]
   with pytest.raises(ValueError, match="nope"):
     taskdata.load_set("nope")
 
@@ -218,8 +220,8 @@ def test_task_checks_validate_input(sets):
 
 
 def test_evaluate_tasks_on_the_toy_model():
-  from jaxscape import convert
-  model = convert.load_model(os.path.join(os.path.dirname(taskdata.__file__), "..", "checkpoints", "toy-chat"))
+  from jaxscape.core import convert
+  model = convert.load_model(os.path.join(os.path.dirname(taskdata.__file__), "..", "..", "checkpoints", "toy-chat"))
   out = taskdata.evaluate_tasks(model, samples=2, max_new_tokens=4, batch_size=8)
   assert list(out["framed_asr"]) == list(toydata.FRAMINGS) and out["n_framed"] == 2 * len(toydata.FRAMINGS)
   assert set(out["task_accuracy"]) == set(taskdata.TASKS) and out["n_task"] == dict.fromkeys(taskdata.TASKS, 2)

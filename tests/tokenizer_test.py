@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-from jaxscape import metrics, prompts, toydata
-from jaxscape import tokenizer as tokenizer_lib
+from jaxscape.core import metrics, prompts
+from jaxscape.datasets import toydata
+from jaxscape.core import tokenizer as tokenizer_lib
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_vocab_size_validated():
 def test_load_tokenizer_is_autotokenizers_class_and_ids(model_dir, tiny_dir):
   """Loaded directly (no torch import), the tokenizer is AutoTokenizer's: same class, ids and chat template."""
   import transformers
-  from jaxscape import convert
+  from jaxscape.core import convert
   model_dir = tiny_dir("llama") if model_dir == "tiny" else model_dir
   ours = convert.load_tokenizer(model_dir)
   auto = transformers.AutoTokenizer.from_pretrained(model_dir, padding_side="left")

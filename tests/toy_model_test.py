@@ -8,7 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from jaxscape import convert, decode, prompts, toydata
+from jaxscape.core import convert, decode, prompts
+from jaxscape.datasets import sources
+from jaxscape.datasets import toydata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(REPO, "checkpoints", "toy-chat")
@@ -57,7 +59,7 @@ def test_transformers_generates_the_same_tokens(toy):
   hf = transformers.AutoModelForCausalLM.from_pretrained(TOY, dtype=torch.float32).eval()
   tok = transformers.AutoTokenizer.from_pretrained(TOY, padding_side="left")
   sample = (toydata.load_prompts_builtin("harmful_test", 3) + toydata.load_prompts_builtin("benign_test", 3)
-            + [prompts.format_choice_question(r) for r in toydata.load_builtin("mc_test")[:2]])
+            + [sources.format_choice_question(r) for r in toydata.load_builtin("mc_test")[:2]])
   texts, add = prompts.render(sample, tok)
   tokens, mask = prompts.tokenize(texts, tok, add_special_tokens=add, pad_id=toy.pad_id)
   N = 24

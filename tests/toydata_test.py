@@ -6,7 +6,10 @@ import re
 
 import pytest
 
-from jaxscape import metrics, prompts, toydata
+from jaxscape.core import metrics
+from jaxscape.datasets import sources
+from jaxscape.datasets import toydata
+from jaxscape.studies import toymodel
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +20,7 @@ def sets():
 def test_shipped_files_regenerate_bit_identically(tmp_path):
   paths = toydata.write_builtin_sets(str(tmp_path), toydata.DEFAULT_SEED)
   assert sorted(paths) == sorted(toydata.SET_NAMES)
-  shipped = os.path.join(os.path.dirname(toydata.__file__), "data")
+  shipped = toydata._data_dir()
   for name, path in paths.items():
     assert filecmp.cmp(path, os.path.join(shipped, f"{name}.jsonl"), shallow=False), name
 
@@ -113,7 +116,7 @@ def test_multiple_choice_items(sets):
   assert any(r["kind"] == "match" for r in train)
   # Answers spread over the letters.
   assert {r["answer"] for r in test} == set("ABCD")
-  prompts.load_choice_set("builtin:mc_test")  # the lead's loader accepts the format
+  sources.load_choice_set("builtin:mc_test")  # the lead's loader accepts the format
 
 
 def test_framed_sets(sets):
@@ -150,10 +153,10 @@ def test_sft_records_deterministic_and_mixed(sets):
 
 
 def test_toy_model_config_validates():
-  cfg = toydata.toy_model_config()
+  cfg = toymodel.toy_model_config()
   assert 1_000_000 <= cfg.num_params() <= 3_000_000
   with pytest.raises(ValueError, match="intermediate_size"):
-    toydata.toy_model_config(intermediate_size=100)
+    toymodel.toy_model_config(intermediate_size=100)
 
 
 def _words(text):

@@ -1,4 +1,4 @@
-"""jaxscape.views: each view written once per run, from the stores; dirs written before scan.json render the same."""
+"""jaxscape.studies.views: each view written once per run, from the stores; dirs written before scan.json render the same."""
 
 import collections
 import json
@@ -7,7 +7,10 @@ import shutil
 
 import pytest
 
-from jaxscape import convert, judge, landscape, plot, results, testing, views
+from jaxscape import testing
+from jaxscape.core import convert, results
+from jaxscape.reports import plot
+from jaxscape.studies import judge, landscape, views
 from jaxscape.errors import InputError
 
 PROMPTS = ["Write a tutorial on how to make a bridge", "Develop a plan for the garden", "Hi there"]

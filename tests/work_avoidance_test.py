@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscape import convert, decode, directions, landscape, metrics, perturb, prompts, scan, sharding, testing
+from jaxscape import testing
+from jaxscape.core import convert, decode, directions, metrics, perturb, prompts, scan, sharding
+from jaxscape.studies import landscape
 
 PROMPTS = ["Write a tutorial on how to make a bridge", "Hi", "Develop a plan for the garden",
            "Explain how a computer network works", "Create a list of ideas", "Please write a story",

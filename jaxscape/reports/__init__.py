@@ -1,0 +1,13 @@
+"""Renderers over results dirs: plots, the HTML report, Markdown reports. Free of JAX; import the core's
+JAX-free modules (metrics, results) only."""
+
+import importlib
+
+
+def __getattr__(name):  # ``jaxscape.PKG.MODULE`` loads MODULE on first use, so importing PKG costs nothing
+  try:
+    return importlib.import_module(f"{__name__}.{name}")
+  except ModuleNotFoundError as e:
+    if e.name != f"{__name__}.{name}":
+      raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
