@@ -29,6 +29,7 @@ _LAZY = {
     "Decoder": "core.decode", "Generation": "core.decode", "Sampling": "core.decode", "generate": "core.decode",
     "generate_texts": "core.decode", "greedy_generate": "core.decode",
     "InputError": "errors",
+    "load_prompts": "datasets.sources",
     "TrainConfig": "studies.finetune", "load_chat_records": "studies.finetune", "run_finetune": "studies.finetune",
     "DecodeSpec": "studies.landscape", "LandscapeSpec": "studies.landscape", "ScanOptions": "studies.landscape", "make_grid": "studies.landscape",
     "run_landscape": "studies.landscape",
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
   from jaxscape.core.convert import Model, load_hf, load_model, save_hf  # noqa: F401
   from jaxscape.core.decode import Decoder, Generation, Sampling, generate, generate_texts, greedy_generate  # noqa: F401
   from jaxscape.errors import InputError  # noqa: F401
+  from jaxscape.datasets.sources import load_prompts  # noqa: F401
   from jaxscape.studies.finetune import TrainConfig, load_chat_records, run_finetune  # noqa: F401
   from jaxscape.studies.landscape import DecodeSpec, LandscapeSpec, ScanOptions, make_grid, run_landscape  # noqa: F401
   from jaxscape.core.model import ModelConfig, forward, init_params  # noqa: F401

@@ -95,5 +95,5 @@ def test_fingerprint_is_of_the_values_whatever_the_residency(tiny_dir):
   """A bfloat16 checkpoint held in bfloat16 or widened to float32: the same values, one fingerprint."""
   path = tiny_dir("llama-bf16")
   a, b = convert.load_model(path, compute_dtype="bfloat16"), convert.load_model(path)
-  assert landscape._fingerprint(a.params) == landscape._fingerprint(b.params)
+  assert convert.fingerprint(a.params) == convert.fingerprint(b.params)
   assert a.cfg.residency == "bfloat16" and b.cfg.residency == "float32"

@@ -67,9 +67,15 @@ def _clip(text: str, n: int) -> str:
 
 
 def _sample_lines(line: dict, k: int, n: int) -> list[str]:
-  """``k`` generations of one generations.jsonl line, clipped to ``n`` characters, with their coherence label."""
+  """``k`` generations of one generations.jsonl line, clipped to ``n`` characters, with their coherence label
+  (labelled lines: the first of each label first, then prompt order)."""
+  outputs = line["output"]
+  if outputs and all("label" in o for o in outputs):  # one of each label first: what the point does, at a glance
+    firsts = [next(i for i, o in enumerate(outputs) if o["label"] == m) for m in ("refusal", "coherent", "incoherent")
+              if any(o["label"] == m for o in outputs)]
+    outputs = [outputs[i] for i in firsts] + [o for i, o in enumerate(outputs) if i not in firsts]
   out = []
-  for o in line["output"][:k]:
+  for o in outputs[:k]:
     mark = f" ({o['label']}, nll {o['nll_per_token']:.2f})" if "label" in o else ""
     out.append(f"- *{_clip(o['prompt'], 90)}* → `{_clip(o['generation'], n).replace('`', chr(39))}`{mark}")
   return out
