@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxscape.datasets import taskdata, toydata
-from experiments import findings as runner
+from experiments import findings_runner as runner
 from jaxscape.studies import findings, study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

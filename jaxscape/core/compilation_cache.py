@@ -44,9 +44,8 @@ stop a run: :func:`enable` warns on one line and the run goes on without the cac
 
 Cold compiles on CPU: :func:`use_fast_cpu_compiler` (also called by every entry point) has
 XLA:CPU emit its fused loops with its classic emitters instead of the newer MLIR fusion
-emitters (``--xla_cpu_use_fusion_emitters=false``), which compiled the toy scan's program in
-2.9-3.5 instead of 4.2-4.5 s, and the 100M model's in 2.5 instead of 3.5 s, with the same scan time
-(BENCHMARKS.md, session 11).
+emitters (``--xla_cpu_use_fusion_emitters=false``), which compile the scan's programs markedly
+faster with the same scan time (measured in BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -340,7 +340,7 @@ class Decoder:
     cache, after which the outgrown one is dead), so at most two caches are live at once. A
     phase's loop exits at once when every row has stopped. (Phases nested in ``lax.cond``s, to
     skip the growth copy of a finished slice, kept every phase's cache live at the deepest one,
-    because XLA keeps a conditional's operands: BENCHMARKS.md, session 12.)
+    because XLA keeps a conditional's operands.)
     """
     limit = jnp.minimum(jnp.asarray(limit, jnp.int32), state.out.shape[-1])
     first = i = jnp.asarray(step, jnp.int32)

@@ -361,7 +361,7 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, cache: dict | None, layer,
   else:
     # Only the new slots are written, in place in the carried [L, ...] cache; the layer's
     # slice is then read. XLA:CPU copies that slice before the attention matmuls (a dynamic
-    # slice feeding a dot is materialised): the price of flat compile, BENCHMARKS.md session 9.
+    # slice feeding a dot is materialised): the price of a flat compile time (see BENCHMARKS.md).
     new_cache = {n: jax.lax.dynamic_update_slice(cache[n], new.transpose(0, 2, 1, 3)[None].astype(cache[n].dtype),
                                                  (layer, 0, 0, index, 0)) for n, new in (("k", k), ("v", v))}
     k_all, v_all = (jax.lax.dynamic_index_in_dim(new_cache[n], layer, 0, keepdims=False) for n in ("k", "v"))

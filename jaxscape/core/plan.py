@@ -24,10 +24,8 @@ def phase_strategies(strategy: str) -> tuple[str, str]:
 
   Prefill multiplies many rows per point, where materialized weights cost 1x the FLOPs against
   factored's (1 + n)x; a decoding step multiplies few rows per point, where reading one weight
-  copy per point costs more than factored's 1 + n shared copies. On the 100M benchmark model
-  (5 points x 16 prompts, one device, Intel CPU, BENCHMARKS.md session 7), float32: prefill 4.4 s
-  materialized vs 6.9 s factored, a decoding step 318 vs 211 ms. Tokens equal either strategy's
-  up to float summation order.
+  copy per point costs more than factored's 1 + n shared copies (measured in BENCHMARKS.md).
+  Tokens equal either strategy's up to float summation order.
   """
   if strategy == "hybrid":
     return "materialize", "factored"
@@ -76,8 +74,8 @@ def estimate_bytes(cfg: ModelConfig, *, strategy: str, points: int, n_dirs: int,
 
   Given ``max_new_tokens``, half the previous decoding phase's cache counts too
   (``decode.phase_ends``): keys and values grow into the last phase's cache one after the other
-  (``Decoder.run_phases``), so the old values are live beside the whole new cache (read off
-  compiled scans, BENCHMARKS.md session 12).
+  (``Decoder.run_phases``), so the old values are live beside the whole new cache (as XLA's memory
+  analysis of compiled scans shows).
   """
   f32 = 4
   weights = cfg.num_params() * np.dtype(cfg.resident_dtype(2)).itemsize // model_shards
@@ -130,11 +128,8 @@ def decoding_reads_weights_most(cfg: ModelConfig, *, points_per_device: int, n_d
   each step outweigh its KV cache, and a device holds more than ``1 + n_dirs`` points (factored
   reads 1 + n shared copies a step, materialize one per point, at (1 + n)x fewer FLOPs).
 
-  Measured on CPU (BENCHMARKS.md, session 8), 100M model (0.39 GB of float32 weights a point),
-  5 points on one device, 136 cache slots, scan of hybrid against materialize: float32, 16 prompts
-  (KV cache 0.41 of the weight bytes) 13.2 vs 16.7 s, 32 prompts (0.82) 22.1 vs 26.7 s, 64 prompts
-  (1.65) 43.9 vs 43.6 s; bfloat16 (weights half the bytes), 16 prompts (0.82) 8.3 vs 10.8 s, 64
-  prompts (3.3) 33.5 vs 26.3 s; toy model, 80 prompts (KV cache 8.9x the weights) 6.6 vs 6.3 s.
+  On CPU the crossover sits where the KV cache a step reads reaches the weights a point reads
+  (the measurements are in BENCHMARKS.md).
   """
   return (points_per_device > 1 + n_dirs
           and _point_weight_bytes(cfg) > _kv_cache_bytes(cfg, batch=batch, seq_len=seq_len, target=target))

@@ -4,10 +4,11 @@ Each finding (:data:`FINDINGS`) names the jobs whose results it reads: an entry 
 flagfile of ``experiments/configs/findings/`` (plus, for the system-prompt variants, one flag).
 Jobs whose expanded flags are identical share one results dir, so the basin scan serves findings
 1, 2 and 5 and the multitask study (``toy_multitask.flags``, README's table) findings 3, 4 and 6-9.
-``experiments.findings`` (the runner) runs each job as its own process (the very command a user would type) into
-``out_dir/<job>`` and reuses a job whose recorded command finished; the entry points resume
-an interrupted job themselves. :func:`evaluate` applies each finding's criterion to the results
-and :func:`write` writes ``findings.json``, ``FINDINGS.md``, the plots and ``report.html``.
+``experiments.findings_runner`` (the runner behind ``python -m experiments.findings``) runs each job
+as its own process (the very command a user would type) into ``out_dir/<job>`` and reuses a job
+whose recorded command finished; the entry points resume an interrupted job themselves.
+:func:`evaluate` applies each finding's criterion to the results and :func:`write` writes
+``findings.json``, ``FINDINGS.md``, the plots and ``report.html``.
 
 The criteria are the ``_f*`` functions below; their docstrings are the criteria, quoted in
 FINDINGS.md. They were committed before the run whose results docs/findings reports.

@@ -110,10 +110,9 @@ def _versions() -> dict:
 def _return_freed_memory() -> None:
   """Hand the heap memory freed so far back to the OS (glibc's ``malloc_trim``; elsewhere a no-op).
 
-  glibc keeps freed heap memory for reuse, so the transients of loading, drawing directions and
-  compiling stayed in the process's RSS for the whole scan: 100M model, factored, ``--memory_budget=1G``,
-  RSS when the plan is printed 1.49 -> 1.32 GiB, during the scan 1.87 -> 1.65 GiB, peak 1.98 -> 1.74
-  GiB (BENCHMARKS.md, session 8).
+  glibc keeps freed heap memory for reuse, so without this the transients of loading, drawing
+  directions and compiling would stay in the process's RSS for the whole scan (measured in
+  BENCHMARKS.md).
   """
   try:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
