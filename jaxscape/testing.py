@@ -13,7 +13,8 @@ import random
 import jax
 
 from jaxscape.core import convert, hf_params
-from jaxscape.core.model import ModelConfig, init_params
+from jaxscape.core.config import ModelConfig
+from jaxscape.core.model import init_params
 
 LLAMA2_CHAT_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}"

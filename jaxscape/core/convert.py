@@ -28,8 +28,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jaxscape.core import checkpoint
+from jaxscape.core.config import ModelConfig
 from jaxscape.core.hf_params import abstract_params, hf_to_params, name_table, params_to_hf, to_residency
-from jaxscape.core.model import ModelConfig
 from jaxscape.errors import InputError
 
 PyTree = Any
@@ -151,8 +151,8 @@ class SafetensorsReader(collections.abc.Mapping):
   """The tensors of an HF dir as a read-only mapping, each read from disk when asked for.
 
   Loading through it converts and places one tensor at a time, so the host holds one
-  tensor's copies at once instead of the whole checkpoint's (a 100M model's load left
-  +0.62 GiB resident for 0.36 GiB of params when every tensor was read first).
+  tensor's copies at once instead of the whole checkpoint's (reading every tensor first left
+  about twice the params' bytes resident after the load).
   """
 
   def __init__(self, model_dir: str):
@@ -296,7 +296,7 @@ def eos_ids_of(model_dir: str) -> tuple[int, ...]:
 
 # Tokenizer classes loaded directly, not through AutoTokenizer: the generic tokenizers-backed ones,
 # which AutoTokenizer resolves to the very same class. AutoTokenizer's config machinery imports torch
-# when it is installed: 3.0 s against 0.7 s to load the toy's tokenizer (2-core Intel Xeon).
+# when it is installed, which makes loading the toy's tokenizer several times slower (BENCHMARKS.md).
 _DIRECT_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 

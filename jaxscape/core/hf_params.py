@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from jaxscape.core.model import ModelConfig, init_params
+from jaxscape.core.config import ModelConfig
+from jaxscape.core.model import init_params
 from jaxscape.errors import InputError
 
 PyTree = Any

@@ -1,8 +1,8 @@
 """Landscape scans: slices of grid points decoded under ``vmap`` in one jitted call, scored on the host.
 
-The Python loop runs over *slices*, never over points: one compiled call perturbs the
-weights for every point of a slice (materialize or factored, see ``jaxscape.core.perturb``),
-prefills all prompts and runs the whole greedy loop. Each finished slice is written
+The Python loop runs over *slices*, never over points: one compiled call (a program of
+``jaxscape.core.slices``) perturbs the weights for every point of a slice (materialize or
+factored, see ``jaxscape.core.perturb``), prefills all prompts and runs the whole greedy loop. Each finished slice is written
 atomically to ``OUT/points/`` with its point indices, so an interrupted scan resumes
 where it stopped (see ``jaxscape.core.results``).
 """
