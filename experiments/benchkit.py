@@ -151,7 +151,7 @@ def build_random_model(name: str, workdir: str) -> str:
 def describe_model(path: str) -> dict:
   """A checkpoint's shape: its config, parameter counts and the parameters one forward pass reads in
   full (every layer and the output projection; of the input embedding only the looked-up rows)."""
-  from jaxscape.core.model import ModelConfig
+  from jaxscape.core.config import ModelConfig
   cfg = ModelConfig.from_hf_dict(read_json(os.path.join(path, "config.json")))
   keys = ("model_type", "num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim",
           "vocab_size", "param_dtype")

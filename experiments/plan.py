@@ -43,7 +43,7 @@ GIB = 1 << 30
 def _config(model: str, compute_dtype: str):
   """(ModelConfig, model dir or None): from a bare config.json, or a checkpoint dir / hub id."""
   from jaxscape.core import convert, hub
-  from jaxscape.core.model import ModelConfig
+  from jaxscape.core.config import ModelConfig
   if model.endswith(".json"):
     with open(model, encoding="utf-8") as f:
       try:

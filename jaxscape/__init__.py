@@ -33,16 +33,17 @@ _LAZY = {
     "TrainConfig": "studies.finetune", "load_chat_records": "studies.finetune", "run_finetune": "studies.finetune",
     "DecodeSpec": "studies.landscape", "LandscapeSpec": "studies.landscape", "ScanOptions": "studies.landscape", "make_grid": "studies.landscape",
     "run_landscape": "studies.landscape",
-    "ModelConfig": "core.model", "forward": "core.model", "init_params": "core.model",
+    "ModelConfig": "core.config", "forward": "core.model", "init_params": "core.model",
     "plan_scan": "core.plan",
-    "compile_scan": "core.scan", "decode_slice": "core.scan",
-    "continuation_logprobs": "core.score",
+    "compile_scan": "core.scan", "decode_slice": "core.slices",
+    "continuation_logprobs": "core.score", "logprobs": "core.score",
     "StudySpec": "studies.study", "run_study": "studies.study",
 }
 # short module name -> its place in the subpackages: ``jaxscape.decode`` is ``jaxscape.core.decode``, loaded on first use
-_SUBMODULES = {**{m: f"core.{m}" for m in ("checkpoint", "compilation_cache", "convert", "decode", "directions", "gguf_io",
-                                          "hub", "metrics", "model", "perturb", "plan", "prompts", "results", "scan",
-                                          "score", "sharding", "tokenizer")},
+_SUBMODULES = {**{m: f"core.{m}" for m in ("checkpoint", "compilation_cache", "config", "convert", "decode",
+                                          "directions", "gguf_io", "hf_params", "hub", "metrics", "model", "perturb",
+                                          "plan", "prompts", "results", "scan", "score", "sharding", "slices",
+                                          "tokenizer")},
                **{m: f"datasets.{m}" for m in ("aligndata", "capability", "sources", "taskdata", "toydata")},
                **{m: f"studies.{m}" for m in ("coherence", "coherence_results", "findings", "finetune", "judge",
                                              "landscape", "study", "toymodel", "views")},
@@ -59,10 +60,12 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
   from jaxscape.datasets.sources import load_prompts  # noqa: F401
   from jaxscape.studies.finetune import TrainConfig, load_chat_records, run_finetune  # noqa: F401
   from jaxscape.studies.landscape import DecodeSpec, LandscapeSpec, ScanOptions, make_grid, run_landscape  # noqa: F401
-  from jaxscape.core.model import ModelConfig, forward, init_params  # noqa: F401
+  from jaxscape.core.config import ModelConfig  # noqa: F401
+  from jaxscape.core.model import forward, init_params  # noqa: F401
   from jaxscape.core.plan import plan_scan  # noqa: F401
-  from jaxscape.core.scan import compile_scan, decode_slice  # noqa: F401
-  from jaxscape.core.score import continuation_logprobs  # noqa: F401
+  from jaxscape.core.scan import compile_scan  # noqa: F401
+  from jaxscape.core.slices import decode_slice  # noqa: F401
+  from jaxscape.core.score import continuation_logprobs, logprobs  # noqa: F401
   from jaxscape.studies.study import StudySpec, run_study  # noqa: F401
 
 

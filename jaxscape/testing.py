@@ -12,8 +12,9 @@ import random
 
 import jax
 
-from jaxscape.core import convert
-from jaxscape.core.model import ModelConfig, init_params
+from jaxscape.core import convert, hf_params
+from jaxscape.core.config import ModelConfig
+from jaxscape.core.model import init_params
 
 LLAMA2_CHAT_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}"
@@ -176,7 +177,7 @@ def make_tiny_gguf(path: str, family: str = "llama", *, seed: int = 0, std: floa
   cfg = tiny_config(family, **cfg_overrides)
   cfg = dataclasses.replace(cfg, vocab_size=max(cfg.vocab_size, len(tok)))
   params = init_params(cfg, jax.random.key(seed), std=std)
-  hf = convert.params_to_hf(params, cfg, dtype="float32")
+  hf = hf_params.params_to_hf(params, cfg, dtype="float32")
   arch = _GGUF_ARCH[family]
   w = gguf.GGUFWriter(path, architecture or arch)
   w.add_name(name or f"tiny {family}")

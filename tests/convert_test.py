@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from jaxscape.core import checkpoint, convert
+from jaxscape.core import checkpoint, convert, hf_params
 
 
 def _assert_trees_equal(a, b):
@@ -68,7 +68,7 @@ def test_bf16_file_widens_exactly(tiny_dir):
   np.testing.assert_array_equal(params["embed"]["embedding"], raw["model.embed_tokens.weight"].astype(np.float32))
   np.testing.assert_array_equal(params["layers"]["attn"]["q"]["kernel"][1],
                                 raw["model.layers.1.self_attn.q_proj.weight"].astype(np.float32).T)
-  back = convert.params_to_hf(params, cfg)
+  back = hf_params.params_to_hf(params, cfg)
   assert sorted(back) == sorted(raw)
   for k in raw:
     assert back[k].tobytes() == raw[k].tobytes(), k
@@ -86,11 +86,11 @@ def test_layers_load_stacked_and_export_per_layer(name, tiny_dir, tmp_path):
     assert leaf.shape[0] == L and isinstance(leaf, np.ndarray) and leaf.dtype == np.float32
   assert params["layers"]["attn"]["q"]["kernel"].shape == (L, cfg.hidden_size, cfg.num_heads * cfg.head_dim)
   assert params["layers"]["mlp_norm"]["scale"].shape == (L, cfg.hidden_size)
-  for hf_name, (path, to_ours, _) in convert.name_table(cfg).items():
-    np.testing.assert_array_equal(convert.get_tensor(params, path), to_ours(raw[hf_name]), err_msg=hf_name)
+  for hf_name, (path, to_ours, _) in hf_params.name_table(cfg).items():
+    np.testing.assert_array_equal(hf_params.get_tensor(params, path), to_ours(raw[hf_name]), err_msg=hf_name)
   if cfg.attention_bias:
     np.testing.assert_array_equal(params["layers"]["attn"]["k"]["bias"][1], raw["model.layers.1.self_attn.k_proj.bias"])
-  back = convert.params_to_hf(params, cfg)
+  back = hf_params.params_to_hf(params, cfg)
   assert sorted(back) == sorted(raw)
   for k in raw:
     assert back[k].dtype == raw[k].dtype and back[k].tobytes() == raw[k].tobytes(), k
@@ -98,13 +98,13 @@ def test_layers_load_stacked_and_export_per_layer(name, tiny_dir, tmp_path):
   old = convert.unstack_layers(params)
   assert isinstance(old["layers"], list) and len(old["layers"]) == L
   np.testing.assert_array_equal(old["layers"][1]["attn"]["q"]["kernel"], params["layers"]["attn"]["q"]["kernel"][1])
-  for k, v in convert.params_to_hf(old, cfg).items():
+  for k, v in hf_params.params_to_hf(old, cfg).items():
     assert v.tobytes() == raw[k].tobytes(), k
   _assert_trees_equal(convert.stack_layers(old), params)
   assert convert.stack_layers(params) is params and convert.unstack_layers(old) is old
   m = convert.load_model(d)  # placed on the device, same values
   _assert_trees_equal(jax.tree.map(np.asarray, m.params), params)
-  abstract = convert.abstract_params(cfg)
+  abstract = hf_params.abstract_params(cfg)
   assert jax.tree.map(lambda s: s.shape, abstract) == jax.tree.map(np.shape, params)
   one = convert.unstack_layers(abstract)["layers"]
   assert len(one) == L and jax.tree.map(lambda s: s.shape, one[0]) == jax.tree.map(np.shape, old["layers"][0])
@@ -113,11 +113,11 @@ def test_layers_load_stacked_and_export_per_layer(name, tiny_dir, tmp_path):
 def test_name_table_covers_families(tiny_dir):
   for name, extra in [("llama", {"lm_head.weight"}), ("qwen2", {"model.layers.0.self_attn.q_proj.bias"})]:
     cfg = convert.read_config(tiny_dir(name))
-    table = convert.name_table(cfg)
+    table = hf_params.name_table(cfg)
     assert set(table) == set(load_file(os.path.join(tiny_dir(name), convert.SAFETENSORS)))
     assert extra <= set(table)
   qwen = convert.read_config(tiny_dir("qwen2"))
-  assert qwen.tie_word_embeddings and "lm_head.weight" not in convert.name_table(qwen)
+  assert qwen.tie_word_embeddings and "lm_head.weight" not in hf_params.name_table(qwen)
 
 
 # ------------------------------------------------------------------------ sharded / bad files

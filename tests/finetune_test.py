@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from jaxscape import testing
-from jaxscape.core import convert
+from jaxscape.core import convert, hf_params
 from jaxscape.studies import finetune
 from jaxscape.core.model import init_params
 
@@ -472,7 +472,7 @@ def test_run_finetune_lora_writes_merged_weights_and_guards_its_out_dir(tmp_path
   assert not os.path.exists(os.path.join(out, finetune.TRAIN_STATE_DIR))  # removed once complete
   assert convert.is_converted_dir(out)
   got = convert.load_model(out)
-  hf_only = convert.hf_to_params(convert.read_safetensors(out), got.cfg)
+  hf_only = hf_params.hf_to_params(convert.read_safetensors(out), got.cfg)
   assert got.cfg == base.cfg and got.eos_ids == base.eos_ids
   moved = set()
   for (k, x), y, z in zip(jax.tree_util.tree_leaves_with_path(got.params), jax.tree.leaves(base.params),

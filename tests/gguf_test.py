@@ -11,7 +11,7 @@ import pytest
 
 from cli_test import _assert_one_line_error as _one_line_error, _run  # the entry-point runner
 from jaxscape import testing
-from jaxscape.core import convert, gguf_io
+from jaxscape.core import convert, gguf_io, hf_params
 
 TEXTS = ["Write a tutorial on how to make a bridge", "a b garden", "  Hi!\n\nStep 1: 42 items.", "Ünï 東京"]
 
@@ -42,7 +42,7 @@ def test_weights_and_tokenizer_equal_transformers_gguf_loading(family, tmp_path)
   m = convert.load_model(path)
   assert m.cfg.model_type == family  # Mistral is stored as llama; its name tells
   ref_sd, ref_tok = _transformers_gguf(path)
-  ours = convert.params_to_hf(m.params, m.cfg)
+  ours = hf_params.params_to_hf(m.params, m.cfg)
   assert set(ours) <= set(ref_sd)
   for name, value in ours.items():  # q/k un-permuted for llama/mistral, not for qwen2; dequantized alike
     np.testing.assert_array_equal(value, ref_sd[name], err_msg=name)

@@ -1,4 +1,4 @@
-"""Model: config parsing (transformers 4 and 5 spellings), logits parity with transformers, invariances."""
+"""Model: logits parity with transformers (both config spellings), rotary tables, invariances."""
 
 import dataclasses
 import json
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxscape import testing
-from jaxscape.core import convert, model, perturb, prompts
+from jaxscape.core import config, convert, model, perturb, prompts
 
 PROMPTS = ["Write a tutorial on how to make a bridge", "Hi",
            "Please create a plan for the river garden and the network of computers, step by step"]
@@ -129,68 +129,6 @@ def test_rope_inv_freq_llama3_bands():
   assert medium.any() and ((inv[medium] < base[medium]) & (inv[medium] > base[medium] / 8)).all()
 
 
-# ------------------------------------------------------------------------ config
-
-
-def test_unknown_model_type_names_supported_ones(tmp_path):
-  d = testing.tiny_config("llama").to_hf_dict()
-  d["model_type"] = "gpt2"
-  with pytest.raises(ValueError, match=r"'gpt2'.*llama, mistral, qwen2"):
-    model.ModelConfig.from_hf_dict(d)
-  with open(tmp_path / "config.json", "w") as f:
-    json.dump(d, f)
-  with pytest.raises(ValueError, match=r"gpt2.*supported: llama, mistral, qwen2"):
-    convert.read_config(str(tmp_path))
-  with pytest.raises(ValueError, match="supported"):
-    testing.tiny_config("gemma")
-
-
-def test_bad_config_values_are_value_errors():
-  with pytest.raises(ValueError, match="num_key_value_heads=3"):
-    testing.tiny_config("llama", num_kv_heads=3)
-  with pytest.raises(ValueError, match="float64"):
-    testing.tiny_config("llama", compute_dtype="float64")
-  d = testing.tiny_config("llama").to_hf_dict()
-  d["rope_parameters"] = {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}
-  with pytest.raises(ValueError, match="yarn"):
-    model.ModelConfig.from_hf_dict(d)
-
-
-@pytest.mark.parametrize("family,kw", [("llama", {}), ("mistral", {"sliding_window": 12}), ("qwen2", {}),
-                                       ("qwen2", {"tie_word_embeddings": False, "sliding_window": 8}),
-                                       ("llama", {"rope_scaling": (("factor", 2.0), ("rope_type", "linear"))})])
-def test_config_hf_dict_round_trip(family, kw):
-  cfg = testing.tiny_config(family, **kw)
-  assert model.ModelConfig.from_hf_dict(cfg.to_hf_dict()) == cfg
-
-
-def test_config_defaults_from_minimal_tf4_dict():
-  d = {"model_type": "qwen2", "vocab_size": 100, "hidden_size": 32, "intermediate_size": 64,
-       "num_hidden_layers": 1, "num_attention_heads": 4, "rope_theta": 1e6, "sliding_window": 4096,
-       "use_sliding_window": False, "torch_dtype": "bfloat16"}
-  cfg = model.ModelConfig.from_hf_dict(d)
-  assert (cfg.num_kv_heads, cfg.head_dim, cfg.rope_theta) == (4, 8, 1e6)
-  assert cfg.sliding_window is None  # qwen2 ignores the window unless use_sliding_window
-  assert not cfg.tie_word_embeddings and cfg.attention_bias  # transformers' defaults
-  assert cfg.param_dtype == "bfloat16" and cfg.compute_dtype == "float32"
-  hash(cfg)  # a static jit argument
-
-
-def test_sliding_window_as_transformers_reads_it():
-  base = {"vocab_size": 100, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-          "num_attention_heads": 4}
-  parse = lambda **kw: model.ModelConfig.from_hf_dict({**base, **kw}).sliding_window  # noqa: E731
-  assert parse(model_type="mistral") == 4096  # MistralConfig's default
-  assert parse(model_type="mistral", sliding_window=None) is None
-  assert parse(model_type="llama", sliding_window=16) is None  # llama has no window
-  qwen = dict(model_type="qwen2", use_sliding_window=True, sliding_window=16)
-  assert parse(**qwen) is None  # only layers >= max_window_layers (default 28) slide
-  assert parse(**qwen, max_window_layers=0) == 16
-  assert parse(**qwen, layer_types=["sliding_attention"] * 2) == 16
-  with pytest.raises(ValueError, match="per-layer"):
-    parse(**qwen, max_window_layers=1)
-
-
 # ------------------------------------------------------------------------ invariances
 
 
@@ -256,13 +194,6 @@ def test_bf16_params_forward_is_finite():
   assert out.dtype == jnp.float32 and out.shape == (2, 5, cfg.vocab_size) and bool(jnp.isfinite(out).all())
 
 
-def test_num_params_counts_leaves():
-  for family in ("llama", "qwen2"):
-    cfg = testing.tiny_config(family)
-    shapes = jax.eval_shape(lambda c=cfg: model.init_params(c, jax.random.key(0)))
-    assert cfg.num_params() == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
-
-
 def test_float32_kv_cache_holds_bf16_values_exactly(tiny_model):
   """On CPU a bfloat16 model keeps its cache in float32 (kv_dtype): the stored values are bfloat16 ones."""
   m = tiny_model("llama")
@@ -308,7 +239,7 @@ def test_take_rows_is_indexing(dtype):
 
 def test_last_hidden_then_output_logits_is_logits_at_last():
   """Prefill applies the output head once to every group's last hidden state (decode.Decoder.prefill)."""
-  cfg = model.ModelConfig(model_type="llama", vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1,
+  cfg = config.ModelConfig(model_type="llama", vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1,
                           num_heads=2, num_kv_heads=2, head_dim=8)
   params = model.init_params(cfg, jax.random.key(1), std=0.5)
   tokens = jnp.asarray(np.random.default_rng(0).integers(3, 64, (2, 5)), jnp.int32)

@@ -3,7 +3,7 @@
 import pytest
 
 from jaxscape.core import plan as planner
-from jaxscape.core.model import ModelConfig
+from jaxscape.core.config import ModelConfig
 
 LLAMA_100M = ModelConfig(model_type="llama", vocab_size=8000, hidden_size=768, intermediate_size=2048, num_layers=12,
                          num_heads=12, num_kv_heads=12, head_dim=64)

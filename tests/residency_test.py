@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxscape import testing
-from jaxscape.core import convert, decode, directions, perturb, prompts, scan
+from jaxscape.core import convert, decode, directions, perturb, prompts, slices
 from jaxscape.studies import landscape
 
 PROMPTS = ["Write a tutorial on how to make a bridge", "Hi", "Develop a plan for the garden"]
@@ -52,8 +52,8 @@ def test_origin_tokens_equal_bfloat16_compute_over_float32_residency(ckpt, strat
   def run(model, cfg):
     dirs = perturb.stack_directions([directions.random_direction(model.params, seed=2)])
     dec = decode.Decoder(cfg=cfg, max_new_tokens=NEW, eos_ids=model.eos_ids)
-    return np.asarray(scan.decode_slice(model.params, dirs, coeffs, tokens, mask, np.int32(NEW), np.int32(model.pad_id),
-                                        decoder=dec, strategy=strategy).tokens)
+    return np.asarray(slices.decode_slice(model.params, dirs, coeffs, tokens, mask, np.int32(NEW),
+                                          np.int32(model.pad_id), decoder=dec, strategy=strategy).tokens)
 
   np.testing.assert_array_equal(run(bf16, bf16.cfg), run(f32, old_cfg))
 
@@ -66,8 +66,8 @@ def test_no_float32_copy_of_a_stacked_leaf_in_the_compiled_scan(ckpt, strategy):
   tokens, mask = _rows(model)
   dirs = perturb.stack_directions([directions.random_direction(model.params, seed=2)])
   dec = decode.Decoder(cfg=model.cfg, max_new_tokens=NEW, eos_ids=model.eos_ids)
-  hlo = scan.decode_slice.lower(model.params, dirs, jnp.zeros((2, 1), jnp.float32), tokens, mask, np.int32(NEW),
-                                np.int32(model.pad_id), decoder=dec, strategy=strategy).compile().as_text()
+  hlo = slices.decode_slice.lower(model.params, dirs, jnp.zeros((2, 1), jnp.float32), tokens, mask, np.int32(NEW),
+                                  np.int32(model.pad_id), decoder=dec, strategy=strategy).compile().as_text()
   stacked = {tuple(w.shape) for w in jax.tree.leaves(model.params["layers"]) if w.ndim == 3}
   assert stacked, "the test model has stacked matrices"
   buffers = _buffer_lines(hlo)

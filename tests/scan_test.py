@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxscape import testing
-from jaxscape.core import convert, decode, directions, perturb, plan, prompts, scan
+from jaxscape.core import convert, decode, directions, hf_params, perturb, plan, prompts, scan, slices
 
 ANCHOR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench", "anchor_loop.py")
 PROMPTS = ["Write a tutorial on how to make a bridge", "Hi", "Develop a plan for the garden",
@@ -34,8 +34,8 @@ def _decoder(model, cfg=None):
 
 
 def _decode(model, stacked, coeffs, tokens, mask, strategy, prefix=None):
-  gen = scan.decode_slice(model.params, stacked, jnp.asarray(coeffs, jnp.float32), tokens, mask, np.int32(NEW),
-                          np.int32(model.pad_id), prefix, decoder=_decoder(model), strategy=strategy)
+  gen = slices.decode_slice(model.params, stacked, jnp.asarray(coeffs, jnp.float32), tokens, mask, np.int32(NEW),
+                            np.int32(model.pad_id), prefix, decoder=_decoder(model), strategy=strategy)
   return np.asarray(gen.tokens)
 
 
@@ -121,12 +121,12 @@ def test_bfloat16_materialize_stores_compute_dtype_and_matches_each_point(tiny):
   tokens, mask = _inputs(tiny)
   stacked = perturb.stack_directions([directions.random_direction(tiny.params, seed=2)])
   coeffs = np.array([[-0.5], [0.0], [0.4]], np.float32)
-  run = scan._per_point(tiny.params, stacked, jnp.asarray(coeffs), "materialize", jnp.bfloat16)
+  run = slices.per_point(tiny.params, stacked, jnp.asarray(coeffs), "materialize", jnp.bfloat16)
   dtypes = run(lambda w: jax.tree.map(lambda x: jnp.zeros((), x.dtype), w))
   assert dtypes["layers"]["mlp"]["up"]["kernel"].dtype == jnp.bfloat16
   assert dtypes["layers"]["attn_norm"]["scale"].dtype == jnp.float32  # vectors keep float32
-  got = scan.decode_slice(tiny.params, stacked, jnp.asarray(coeffs), tokens, mask, np.int32(NEW),
-                          np.int32(tiny.pad_id), decoder=_decoder(tiny, cfg16), strategy="materialize")
+  got = slices.decode_slice(tiny.params, stacked, jnp.asarray(coeffs), tokens, mask, np.int32(NEW),
+                            np.int32(tiny.pad_id), decoder=_decoder(tiny, cfg16), strategy="materialize")
   for p, c in enumerate(coeffs):
     weights = perturb.materialize(tiny.params, stacked, jnp.asarray(c))  # float32, cast at each use
     want = decode.greedy_generate(weights, tokens, mask, np.int32(NEW), np.int32(tiny.pad_id), cfg=cfg16,
@@ -138,9 +138,9 @@ def test_second_slice_does_not_retrace(tiny):
   tokens, mask = _inputs(tiny)
   stacked = perturb.stack_directions([directions.random_direction(tiny.params, seed=2)])
   _decode(tiny, stacked, np.array([[0.1], [0.2]]), tokens, mask, "materialize")
-  before = scan.decode_slice._cache_size()
+  before = slices.decode_slice._cache_size()
   _decode(tiny, stacked, np.array([[0.3], [0.4]]), tokens, mask, "materialize")
-  assert scan.decode_slice._cache_size() == before
+  assert slices.decode_slice._cache_size() == before
 
 
 def _load_anchor():
@@ -162,7 +162,7 @@ def test_grid_points_match_transformers_reference(tiny, tmp_path):
   # Save the direction to disk in HF naming, as the reference would hold it.
   direction_file = str(tmp_path / "direction.safetensors")
   from safetensors.numpy import save_file
-  save_file(convert.params_to_hf(jax.tree.map(np.asarray, d), tiny.cfg, dtype="float32"), direction_file)
+  save_file(hf_params.params_to_hf(jax.tree.map(np.asarray, d), tiny.cfg, dtype="float32"), direction_file)
   step_dir = {k: v * multiplier / steps for k, v in load_file(direction_file).items()}
 
   hf = AutoModelForCausalLM.from_pretrained(tiny.path, dtype=torch.float32).eval()
@@ -217,7 +217,7 @@ def test_factored_matmul_keeps_no_direction_copy(n_dirs):
 
 def test_useful_kv_bytes_counts_real_context_and_the_prefix_once_per_step():
   from jaxscape.studies import landscape
-  from jaxscape.core.model import ModelConfig
+  from jaxscape.core.config import ModelConfig
   cfg = ModelConfig(model_type="llama", vocab_size=16, hidden_size=4, intermediate_size=8, num_layers=2,
                     num_heads=1, num_kv_heads=1, head_dim=4)
   slot = 2 * 2 * 1 * 4 * 4  # k and v, 2 layers, 1 head of 4 float32

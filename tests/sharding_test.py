@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxscape import testing
-from jaxscape.core import convert, decode, directions, perturb, prompts, scan, sharding
+from jaxscape.core import convert, decode, directions, perturb, prompts, sharding, slices
 from jaxscape.studies import landscape
 from jaxscape.core import model as model_lib
 
@@ -73,9 +73,9 @@ def _decode_on(tiny, mesh, strategy):
   stacked = sharding.put(perturb.stack_directions([d]), sharding.direction_shardings(tiny.params, mesh))
   c = sharding.put(coeffs, sharding.points_sharding(mesh))
   rep = sharding.replicated(mesh)
-  gen = scan.decode_slice(params, stacked, c, *sharding.put((tokens, mask), (rep, rep)), np.int32(NEW),
-                          np.int32(tiny.pad_id), strategy=strategy,
-                          decoder=decode.Decoder(cfg=sharding.config_for_mesh(tiny.cfg, mesh), max_new_tokens=NEW,
+  gen = slices.decode_slice(params, stacked, c, *sharding.put((tokens, mask), (rep, rep)), np.int32(NEW),
+                            np.int32(tiny.pad_id), strategy=strategy,
+                            decoder=decode.Decoder(cfg=sharding.config_for_mesh(tiny.cfg, mesh), max_new_tokens=NEW,
                                                  eos_ids=tiny.eos_ids))
   if mesh.shape["model"] > 1:  # the params really are split over the model axis
     q = params["layers"]["attn"]["q"]["kernel"]  # [L, D, H*E]: columns split, the layer axis whole
@@ -116,9 +116,9 @@ def test_model_split_keeps_fused_projections_on_their_shards(tiny):
   tokens, mask = sharding.put((tokens, mask), (rep, rep))
 
   def compiled(cfg):
-    return scan.decode_slice.lower(params, stacked, c, tokens, mask, np.int32(NEW), np.int32(tiny.pad_id),
-                                   decoder=decode.Decoder(cfg=cfg, max_new_tokens=NEW, eos_ids=tiny.eos_ids),
-                                   strategy="materialize").compile()
+    return slices.decode_slice.lower(params, stacked, c, tokens, mask, np.int32(NEW), np.int32(tiny.pad_id),
+                                     decoder=decode.Decoder(cfg=cfg, max_new_tokens=NEW, eos_ids=tiny.eos_ids),
+                                     strategy="materialize").compile()
 
   split, unaware = compiled(sharding.config_for_mesh(tiny.cfg, mesh)), compiled(tiny.cfg)
   assert "collective-permute" in unaware.as_text()  # what a plain concatenation along the split axis costs

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxscape import testing
-from jaxscape.core import convert, decode, directions, metrics, perturb, prompts, scan, sharding
+from jaxscape.core import convert, decode, directions, metrics, perturb, prompts, scan, sharding, slices
 from jaxscape.studies import landscape
 
 PROMPTS = ["Write a tutorial on how to make a bridge", "Hi", "Develop a plan for the garden",
@@ -45,13 +45,13 @@ def test_chunked_decoding_with_compaction_matches_full_decode(tiny, grouped, dev
   coeffs = np.linspace(-0.8, 0.8, 6, dtype=np.float32)[:, None]
   N = 40
   decoder = decode.Decoder(cfg=tiny.cfg, max_new_tokens=N, eos_ids=tiny.eos_ids, groups=groups)
-  full = scan.decode_slice(tiny.params, stacked, jnp.asarray(coeffs), tokens, mask, np.int32(N), np.int32(tiny.pad_id),
-                           prefix, decoder=decoder, strategy="factored")
+  full = slices.decode_slice(tiny.params, stacked, jnp.asarray(coeffs), tokens, mask, np.int32(N),
+                             np.int32(tiny.pad_id), prefix, decoder=decoder, strategy="factored")
   full_tokens = np.asarray(full.tokens)
   if grouped:
-    ungrouped = scan.decode_slice(tiny.params, stacked, jnp.asarray(coeffs), tokens, mask, np.int32(N),
-                                  np.int32(tiny.pad_id), prefix, strategy="factored",
-                                  decoder=decode.Decoder(cfg=tiny.cfg, max_new_tokens=N, eos_ids=tiny.eos_ids))
+    ungrouped = slices.decode_slice(tiny.params, stacked, jnp.asarray(coeffs), tokens, mask, np.int32(N),
+                                    np.int32(tiny.pad_id), prefix, strategy="factored",
+                                    decoder=decode.Decoder(cfg=tiny.cfg, max_new_tokens=N, eos_ids=tiny.eos_ids))
     np.testing.assert_array_equal(full_tokens, np.asarray(ungrouped.tokens))
   # "Decided" = a frequent token appeared: many rows stop early and the states get compacted.
   # The three most frequent early tokens, so that whole points and most rows stop (compaction

@@ -5,12 +5,10 @@ bfloat16 via ``ml_dtypes``, float16): no torch at run time. A converted dir
 (``experiments.convert``) holds the HF metadata and tokenizer next to an orbax copy
 of the params in ``params/``; :func:`load_model` accepts either kind.
 
-Layers are stacked: HF's per-layer tensors ``model.layers.{i}.self_attn.q_proj.weight`` are
-slice ``i`` of one ``params["layers"]["attn"]["q"]["kernel"]`` [L, D, H*E] (see
-``jaxscape.core.model``); loading fills each stacked leaf layer by layer and export writes the
-slices back under their per-layer names. :func:`stack_layers` / :func:`unstack_layers` map
-between this layout and the former one (``params["layers"]`` a list of per-layer dicts), which
-converted dirs written before the change still hold: they are stacked on load.
+HF tensor names map to param paths through ``jaxscape.core.hf_params``. Layers are stacked on
+a leading axis; :func:`stack_layers` / :func:`unstack_layers` map between this layout and the
+former one (``params["layers"]`` a list of per-layer dicts), which converted dirs written before
+the change still hold: they are stacked on load.
 """
 
 from __future__ import annotations
@@ -21,18 +19,18 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jaxscape.core import checkpoint
+from jaxscape.core.config import ModelConfig
+from jaxscape.core.hf_params import abstract_params, hf_to_params, name_table, params_to_hf, to_residency
 from jaxscape.errors import InputError
-from jaxscape.core.model import ModelConfig, init_params
 
 PyTree = Any
 
@@ -43,79 +41,6 @@ ORBAX_DIR = "params"
 _META_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "tokenizer.model", "chat_template.jinja", "chat_template.json",
                "added_tokens.json", "vocab.json", "merges.txt")
-_NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
-
-
-# ------------------------------------------------------------------ name tables
-# One table for the whole Llama family: HF name -> (our path, transform to ours, transform back).
-# llama, mistral and qwen2 share names; they differ only in which entries exist.
-
-def _t(x):
-  return x.T
-
-
-def _id(x):
-  return x
-
-
-def _layer_table(i: int, cfg: ModelConfig) -> dict[str, tuple[tuple, Callable, Callable]]:
-  hf = f"model.layers.{i}"
-  ours = ("layers", i)
-  table = {
-      f"{hf}.input_layernorm.weight": (ours + ("attn_norm", "scale"), _id, _id),
-      f"{hf}.post_attention_layernorm.weight": (ours + ("mlp_norm", "scale"), _id, _id),
-  }
-  for name in ("q", "k", "v", "o"):
-    table[f"{hf}.self_attn.{name}_proj.weight"] = (ours + ("attn", name, "kernel"), _t, _t)
-    if cfg.attention_bias and name != "o":
-      table[f"{hf}.self_attn.{name}_proj.bias"] = (ours + ("attn", name, "bias"), _id, _id)
-  for name in ("gate", "up", "down"):
-    table[f"{hf}.mlp.{name}_proj.weight"] = (ours + ("mlp", name, "kernel"), _t, _t)
-    if cfg.mlp_bias:
-      table[f"{hf}.mlp.{name}_proj.bias"] = (ours + ("mlp", name, "bias"), _id, _id)
-  return table
-
-
-def name_table(cfg: ModelConfig) -> dict[str, tuple[tuple, Callable, Callable]]:
-  """HF tensor name -> (params path tuple, hf_to_ours, ours_to_hf) for ``cfg``.
-
-  A layer tensor's path is ``("layers", i, "attn", "q", "kernel")``: slice ``i`` of the stacked
-  leaf ``params["layers"]["attn"]["q"]["kernel"]`` (see :func:`get_tensor`).
-  """
-  table = {
-      "model.embed_tokens.weight": (("embed", "embedding"), _id, _id),
-      "model.norm.weight": (("final_norm", "scale"), _id, _id),
-  }
-  if not cfg.tie_word_embeddings:
-    table["lm_head.weight"] = (("lm_head", "kernel"), _t, _t)
-  for i in range(cfg.num_layers):
-    table.update(_layer_table(i, cfg))
-  return table
-
-
-def _get(tree, path):
-  for k in path:
-    tree = tree[k]
-  return tree
-
-
-def _set(tree, path, value):
-  for k in path[:-1]:
-    tree = tree[k]
-  tree[path[-1]] = value
-
-
-def get_tensor(params: PyTree, path: tuple):
-  """The tensor at a :func:`name_table` path: ``("layers", i, *rest)`` is slice i of a stacked leaf.
-
-  Also reads the former layout (``params["layers"]`` a list of per-layer dicts).
-  """
-  if path[0] != "layers":
-    return _get(params, path)
-  layers = params["layers"]
-  if isinstance(layers, (list, tuple)):
-    return _get(layers[path[1]], path[2:])
-  return _get(layers, path[2:])[path[1]]
 
 
 # ------------------------------------------------------------------ layer stacking
@@ -183,11 +108,6 @@ def fingerprint(tree: PyTree) -> str:
   return fingerprint_tree(unstack_layers(jax.tree.map(lambda x: np.asarray(x, np.float32), tree)))
 
 
-def abstract_params(cfg: ModelConfig) -> PyTree:
-  """``jax.ShapeDtypeStruct`` tree of ``cfg``'s params in ``cfg.param_dtype``, layers stacked."""
-  return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))  # init_params stacks the layers
-
-
 # ------------------------------------------------------------------ safetensors
 
 
@@ -231,8 +151,8 @@ class SafetensorsReader(collections.abc.Mapping):
   """The tensors of an HF dir as a read-only mapping, each read from disk when asked for.
 
   Loading through it converts and places one tensor at a time, so the host holds one
-  tensor's copies at once instead of the whole checkpoint's (a 100M model's load left
-  +0.62 GiB resident for 0.36 GiB of params when every tensor was read first).
+  tensor's copies at once instead of the whole checkpoint's (reading every tensor first left
+  about twice the params' bytes resident after the load).
   """
 
   def __init__(self, model_dir: str):
@@ -266,84 +186,6 @@ class SafetensorsReader(collections.abc.Mapping):
 def read_safetensors(model_dir: str) -> dict[str, np.ndarray]:
   """All tensors of an HF dir as numpy arrays in their stored dtype (bfloat16 via ml_dtypes)."""
   return dict(SafetensorsReader(model_dir))
-
-
-def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, *, dtype=None,
-                 place: Callable[[np.ndarray], Any] = lambda x: x) -> PyTree:
-  """HF tensors -> params pytree, layers stacked (numpy leaves cast to ``dtype``, then passed through ``place``).
-
-  ``dtype`` None: each leaf in its resident dtype (``ModelConfig.resident_dtype``): matrices in the
-  compute dtype (bfloat16 residency halves θ's bytes), vectors float32.
-
-  Each stacked leaf [L, ...] is filled layer by layer into one preallocated array and then
-  placed (``place``, e.g. ``jax.device_put``), so with a lazy ``tensors``
-  (:class:`SafetensorsReader`) the host holds one stacked leaf's copies at a time, never the
-  checkpoint twice.
-  """
-  shapes = abstract_params(cfg)
-  params = jax.tree.map(lambda _: None, shapes, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
-  table = name_table(cfg)
-  missing = [n for n in table if n not in tensors]
-  if missing:
-    raise InputError(f"checkpoint lacks {len(missing)} tensor(s) for {cfg.model_type}, e.g. {missing[0]}")
-  stacks: dict[tuple, list] = {}  # stacked leaf path -> [(layer, HF name, transform)]
-  for name, (path, to_ours, _) in table.items():
-    if path[0] == "layers":
-      stacks.setdefault(path[2:], []).append((path[1], name, to_ours))
-      continue
-    want = _get(shapes, path).shape
-    value = np.asarray(to_ours(tensors[name])).astype(_np_dtype(dtype, cfg, len(want)))
-    if value.shape != want:
-      raise InputError(f"tensor {name} has shape {value.shape}, config.json implies {want}")
-    _set(params, path, place(value))
-  for rest, entries in stacks.items():
-    want = _get(shapes["layers"], rest).shape
-    stacked = np.empty(want, _np_dtype(dtype, cfg, len(want) - 1))
-    for i, name, to_ours in entries:
-      value = np.asarray(to_ours(tensors[name]))
-      if value.shape != want[1:]:
-        raise InputError(f"tensor {name} has shape {value.shape}, config.json implies {want[1:]}")
-      stacked[i] = value.astype(stacked.dtype)
-    _set(params, ("layers",) + rest, place(stacked))
-    del stacked
-  return params
-
-
-def _np_dtype(dtype, cfg: ModelConfig, ndim_per_layer: int):
-  """``dtype``, or (None) the numpy form of the leaf's resident dtype (bfloat16 via ``ml_dtypes``)."""
-  if dtype is not None:
-    return dtype
-  return _NP_DTYPES[jnp.dtype(cfg.resident_dtype(ndim_per_layer)).name]
-
-
-def to_residency(params: PyTree, cfg: ModelConfig) -> PyTree:
-  """``params`` (float32, e.g. restored from orbax) with each leaf cast to its resident dtype, one leaf
-  at a time (the float32 leaf is dropped once cast)."""
-  def one(path, w):
-    stacked = jax.tree_util.keystr(path[:1]) == "['layers']"
-    want = cfg.resident_dtype(w.ndim - 1 if stacked else w.ndim)
-    return w if w.dtype == want else jax.device_put(w).astype(want)
-  return jax.tree_util.tree_map_with_path(one, params)
-
-
-def params_to_hf(params: PyTree, cfg: ModelConfig, *, dtype: str | None = None) -> dict[str, np.ndarray]:
-  """Params pytree (layers stacked, or the former list) -> HF tensor dict with per-layer names,
-  cast to ``dtype`` (default ``cfg.param_dtype``)."""
-  np_dtype = _NP_DTYPES[dtype or cfg.param_dtype]
-  host: dict[int, np.ndarray] = {}  # one host copy per stacked leaf, sliced per layer
-
-  def tensor(path):
-    if path[0] != "layers" or isinstance(params["layers"], (list, tuple)):
-      return np.asarray(get_tensor(params, path))
-    leaf = _get(params["layers"], path[2:])
-    if id(leaf) not in host:
-      host[id(leaf)] = np.asarray(leaf)
-    return host[id(leaf)][path[1]]
-
-  out = {}
-  for name, (path, _, to_hf) in name_table(cfg).items():
-    out[name] = np.ascontiguousarray(to_hf(tensor(path)).astype(np_dtype))
-  return out
 
 
 def load_hf(model_dir: str, *, compute_dtype: str = "float32") -> tuple[ModelConfig, PyTree]:
@@ -454,7 +296,7 @@ def eos_ids_of(model_dir: str) -> tuple[int, ...]:
 
 # Tokenizer classes loaded directly, not through AutoTokenizer: the generic tokenizers-backed ones,
 # which AutoTokenizer resolves to the very same class. AutoTokenizer's config machinery imports torch
-# when it is installed: 3.0 s against 0.7 s to load the toy's tokenizer (2-core Intel Xeon).
+# when it is installed, which makes loading the toy's tokenizer several times slower (BENCHMARKS.md).
 _DIRECT_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
@@ -562,11 +404,12 @@ def restore_converted(path: str, cfg: ModelConfig) -> PyTree:
   layers = old.pop("layers")
   _check_saved_shapes(path, _leaf_shapes(unstack_layers({**old, "layers": layers})),
                       _leaf_shapes(unstack_layers(abstract)))
-  stacked = jax.tree.map(lambda _: None, abstract["layers"], is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
-  paths = [tuple(_key(k) for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract["layers"])[0]]
-  for rest in paths:  # one stacked leaf at a time, dropping its per-layer arrays as it is filled
-    _set(stacked, rest, jax.device_put(_stack([_pop(layer, rest) for layer in layers]).astype(np.float32, copy=False)))
-  return jax.tree.map(jax.device_put, {**old, "layers": stacked})
+  flat, treedef = jax.tree_util.tree_flatten_with_path(abstract["layers"])
+  paths = [tuple(_key(k) for k in p) for p, _ in flat]
+  # One stacked leaf at a time, dropping its per-layer arrays as it is filled.
+  stacked = [jax.device_put(_stack([_pop(layer, rest) for layer in layers]).astype(np.float32, copy=False))
+             for rest in paths]
+  return jax.tree.map(jax.device_put, {**old, "layers": jax.tree_util.tree_unflatten(treedef, stacked)})
 
 
 def _leaf_shapes(tree: PyTree) -> list[tuple[str, tuple]]:

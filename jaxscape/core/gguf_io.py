@@ -305,7 +305,7 @@ def load(path: str, hf_names_of) -> tuple[dict, Tensors, Any, tuple[int, ...]]:
   """``(hf_config, tensors, tokenizer, eos_ids)`` of a GGUF file.
 
   Args:
-    hf_names_of: ``hf_config -> HF tensor names`` the caller will read (``convert.name_table``'s keys).
+    hf_names_of: ``hf_config -> HF tensor names`` the caller will read (``hf_params.name_table``'s keys).
   """
   f = File(path)
   cfg = hf_config(f)

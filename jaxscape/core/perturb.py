@@ -150,8 +150,8 @@ def dense(w) -> jax.Array:
 def _mm(x: jax.Array, w: jax.Array) -> jax.Array:
   """``x @ w`` accumulated in float32, returned in ``x``'s dtype.
 
-  For bfloat16 this is both more accurate and, on CPUs with AVX512-BF16, 2x faster than a
-  bfloat16-output matmul (388 vs 186 GFLOP/s for 2048^2 on the benchmark machine).
+  For bfloat16 this is both more accurate and, on CPUs with AVX512-BF16, faster than a
+  bfloat16-output matmul (BENCHMARKS.md, "Measurements behind the code").
   """
   return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
 
@@ -162,8 +162,7 @@ def _directions_delta(x: jax.Array, w: Factored, spec: str) -> jax.Array:
   ``x`` is broadcast over the n directions so the product is a matmul batched over n, which
   reads each [n, ...] direction in place. Contracting ``x`` with the stacked directions
   directly (n a free dimension) made XLA transpose them to [in, n, out], and slicing out each
-  Dᵢ copies it: either way a direction-sized copy kept for the whole call (+0.36 GiB per
-  direction on a 100M model).
+  Dᵢ copies it: either way a direction-sized copy kept for the whole call.
   """
   n, dtype = w.dirs.shape[0], x.dtype
   xs = jnp.broadcast_to(x, (n,) + x.shape)
@@ -193,14 +192,14 @@ def matmul(x: jax.Array, w, dtype) -> jax.Array:
 def matmul_split(x: jax.Array, ws: Sequence, dtype, *, shards: int = 1) -> list[jax.Array]:
   """``[x @ w for w in ws]`` (all ``[in, out_k]``, same ``in``) as one matmul on the concatenated kernels.
 
-  One wider matmul runs much closer to the CPU's peak than several narrow ones (gate and up
-  of the toy MLP: 3.3 ms together vs 3.1 ms each). Plain (e.g. materialized) weights only.
+  One wider matmul runs much closer to the CPU's peak than several narrow ones (BENCHMARKS.md,
+  "Measurements behind the code"). Plain (e.g. materialized) weights only.
 
   ``shards``: devices the kernels' out axis is split over (``ModelConfig.model_shards``). The
   concatenation then goes shard by shard, ``[w1_s, w2_s, ...]`` for each shard s, so every device
   concatenates and splits only its own columns. A plain concatenation along the split axis made
-  XLA move kernel columns between devices: 240 collective-permutes and ~3x the temporary
-  bytes (1.35-1.74 vs 0.50 GiB per device) for a 100M model on points:1,model:2.
+  XLA move kernel columns between devices (collective-permutes, and several times the
+  temporary bytes; BENCHMARKS.md, "Measurements behind the code").
   """
   widths = [w.shape[-1] for w in ws]
   if any(isinstance(w, Factored) for w in ws) or any(n % shards for n in widths):
@@ -219,8 +218,8 @@ def _concat_last(ws: Sequence[jax.Array]) -> jax.Array:
   """``jnp.concatenate(ws, axis=-1)``; 16-bit floats are moved as uint16.
 
   XLA:CPU has no bfloat16 concatenate: it converts the operands to float32 and the result
-  back, which made concatenating the materialized bfloat16 kernels of 5 points (100M model)
-  ~3x slower than the float32 concatenate. As bits the copy is exact and cheap everywhere.
+  back, which made concatenating materialized bfloat16 kernels slower than the float32
+  concatenate. As bits the copy is exact and cheap everywhere.
   """
   if len({w.dtype for w in ws}) == 1 and jnp.dtype(ws[0].dtype).itemsize == 2:
     bits = [jax.lax.bitcast_convert_type(w, jnp.uint16) for w in ws]

@@ -14,7 +14,8 @@ import numpy as np
 
 from jaxscape.core.decode import phase_ends
 from jaxscape.errors import InputError
-from jaxscape.core.model import ModelConfig, kv_dtype
+from jaxscape.core.config import ModelConfig
+from jaxscape.core.model import kv_dtype
 
 STRATEGIES = ("materialize", "factored", "hybrid")
 

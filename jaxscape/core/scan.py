@@ -1,8 +1,8 @@
 """Landscape scans: slices of grid points decoded under ``vmap`` in one jitted call, scored on the host.
 
-The Python loop runs over *slices*, never over points: one compiled call perturbs the
-weights for every point of a slice (materialize or factored, see ``jaxscape.core.perturb``),
-prefills all prompts and runs the whole greedy loop. Each finished slice is written
+The Python loop runs over *slices*, never over points: one compiled call (a program of
+``jaxscape.core.slices``) perturbs the weights for every point of a slice (materialize or
+factored, see ``jaxscape.core.perturb``), prefills all prompts and runs the whole greedy loop. Each finished slice is written
 atomically to ``OUT/points/`` with its point indices, so an interrupted scan resumes
 where it stopped (see ``jaxscape.core.results``).
 """
@@ -10,7 +10,6 @@ where it stopped (see ``jaxscape.core.results``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sys
 import time
 from typing import Any, Callable, NamedTuple
@@ -21,125 +20,14 @@ import numpy as np
 
 from jaxscape.core import decode as decode_lib
 from jaxscape.core import model as model_lib
-from jaxscape.core import perturb
 from jaxscape.core import plan as plan_lib
 from jaxscape.core import prompts as prompts_lib
-from jaxscape.core import score
 from jaxscape.core import sharding as sharding_lib
-from jaxscape.errors import InputError
-from jaxscape.core.model import ModelConfig
-from jaxscape.core.plan import phase_strategies
+from jaxscape.core import slices
+from jaxscape.core.config import ModelConfig
 
 PyTree = Any
-# ----------------------------------------------------------------- jitted slices
-
-
-@functools.partial(jax.jit, static_argnames=("decoder", "strategy"))
-def decode_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens: jax.Array,
-                 mask: jax.Array, max_steps: jax.Array, pad_id: jax.Array, prefix: jax.Array | None = None,
-                 *, decoder: decode_lib.Decoder, strategy: str) -> decode_lib.Generation:
-  """Generations of all prompts at every point of a slice.
-
-  Args:
-    params: params pytree θ.
-    stacked_dirs: directions, leaves ``[n, *S]`` (``perturb.stack_directions``).
-    coeffs: [P, n] float32 coordinates of the slice's points.
-    tokens, mask: [B, T] left-padded prompts (shared by every point).
-    max_steps, pad_id: int32 scalars (see ``decode.generate``).
-    prefix: optional [p] int32 prompt prefix shared by every prompt, prefilled once per point.
-    decoder: ``decode.Decoder`` (static).
-    strategy: "materialize", "factored" or "hybrid" (static; see :func:`phase_strategies`).
-  Returns:
-    ``Generation`` with a leading points axis: tokens [P, B, N], lengths/nonfinite/truncated [P, B].
-  """
-  pre, dec = phase_strategies(strategy)
-  state = _prefill_points(_per_point(params, stacked_dirs, coeffs, pre, decoder.cfg.dtype), decoder, tokens, mask,
-                          pad_id, prefix)
-  # With "hybrid" the materialized weights are dead once prefill is done: XLA frees them.
-  advance = _advance_points(_per_point(params, stacked_dirs, coeffs, dec, decoder.cfg.dtype), decoder)
-  return decoder.run_phases(advance, state, jnp.int32(1), max_steps, pad_id)
-
-
-def _per_point(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, strategy: str, compute_dtype=jnp.float32):
-  """``run(fn, *batched)`` = ``vmap`` of ``fn(weights_at_point, *batched_at_point)`` over the points.
-
-  materialize: θ(c) for every point is formed once, outside any loop, and vmapped over. With a
-  narrower compute dtype (bfloat16) its matrices are stored in it: the model casts every
-  matrix to the compute dtype at each use anyway (same numbers), so this halves their bytes and
-  drops the casts (100M model, 3 points x 16 prompts: prefill 2.34 -> 2.21 s).
-  factored: only the [P, n] coefficients are vmapped; θ and the directions stay shared, so the
-  base matmuls of all points become one large matmul.
-  """
-  if strategy == "materialize":
-    weights = jax.vmap(lambda c: perturb.materialize(params, stacked_dirs, c))(coeffs)
-    if jnp.dtype(compute_dtype).itemsize < 4:
-      # [P, ...] matrices only; vectors (norm scales, biases) keep float32. Layer leaves have [P, L, ...].
-      cast = lambda tree, vector_ndim: jax.tree.map(
-          lambda w: w.astype(compute_dtype) if w.ndim > vector_ndim else w, tree)
-      weights = {k: cast(v, 3 if k == "layers" else 2) for k, v in weights.items()}
-    return lambda fn, *batched: jax.vmap(fn)(weights, *batched)
-  if strategy == "factored":
-    return lambda fn, *batched: jax.vmap(lambda c, *b: fn(perturb.factored(params, stacked_dirs, c), *b))(
-        coeffs, *batched)
-  raise InputError(f"unknown strategy {strategy!r}; expected 'materialize' or 'factored'")
-
-
-def _prefill_points(run, decoder: decode_lib.Decoder, tokens, mask, pad_id, prefix):
-  """Prefill at every point; the returned state has a leading [P] axis and is at step 1."""
-  return run(lambda w: decoder.prefill(w, tokens, mask, pad_id, prefix))
-
-
-def _advance_points(run, decoder: decode_lib.Decoder):
-  """``advance(state, step)`` of all points: one step vmapped over the points (a scalar step shared by all)."""
-  def advance(st, i):
-    return run(lambda w, s: decoder.advance(w, s, i), st)
-  return advance
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "strategy"))
-def choice_logprobs_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens: jax.Array,
-                          mask: jax.Array, targets: jax.Array, *, cfg: ModelConfig, strategy: str) -> jax.Array:
-  """Log-probabilities of the answer letters after each multiple-choice prompt, at every point.
-
-  Args:
-    tokens, mask: [Q, T] left-padded questions; targets: [Q, 1, C] int32 letter token ids
-      (``score.choice_targets``).
-  Returns:
-    [P, Q, C] float32 (``score.continuation_logprobs`` at each point).
-  """
-  def one_point(weights):
-    return score.continuation_logprobs(weights, tokens, mask, targets, cfg=cfg)[:, 0]
-  return _per_point(params, stacked_dirs, coeffs, phase_strategies(strategy)[0], cfg.dtype)(one_point)
-
-
-# ----------------------------------------------------------------- chunked decoding
-
-
-@functools.partial(jax.jit, static_argnames=("decoder", "strategy"))
-def prefill_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, tokens: jax.Array, mask: jax.Array,
-                  pad_id: jax.Array, prefix: jax.Array | None = None, *, decoder: decode_lib.Decoder,
-                  strategy: str) -> decode_lib.DecodeState:
-  """Prefill every prompt at every point of a slice: a ``DecodeState`` with leading [P] axis (step 1)."""
-  run = _per_point(params, stacked_dirs, coeffs, phase_strategies(strategy)[0], decoder.cfg.dtype)
-  return _prefill_points(run, decoder, tokens, mask, pad_id, prefix)
-
-
-@functools.partial(jax.jit, static_argnames=("decoder", "strategy"), donate_argnames=("state",))
-def extend_slice(params: PyTree, stacked_dirs: PyTree, coeffs: jax.Array, state: decode_lib.DecodeState,
-                 step: jax.Array, stop: jax.Array, limit: jax.Array, pad_id: jax.Array, *,
-                 decoder: decode_lib.Decoder, strategy: str) -> tuple[decode_lib.DecodeState, jax.Array]:
-  """Continue decoding a slice's states [P, B, ...] from ``step`` up to ``limit`` tokens.
-
-  ``stop`` [P, B] bool marks rows to stop now (their answer is known). The cache must already
-  hold the slots of step ``limit - 1`` (:data:`grow_state`). Returns (state, step).
-  """
-  state = state.replace(done=state.done | stop)
-  run = _per_point(params, stacked_dirs, coeffs, phase_strategies(strategy)[1], decoder.cfg.dtype)
-  return decoder.run_loop(_advance_points(run, decoder), state, step, limit, pad_id)
-
-
-grow_state = jax.jit(decode_lib.grow, static_argnums=1)
-grow_state.__doc__ = "Jitted :func:`jaxscape.core.decode.grow`: pad a state's caches to hold steps below a static bound."
+# ----------------------------------------------------------------- early stopping
 
 
 @jax.jit  # no donation: the compacted state is smaller, so XLA could not reuse the old buffers
@@ -150,8 +38,8 @@ def compact_state(state: decode_lib.DecodeState, point_idx: jax.Array, row_idx: 
   With the points split over D devices in contiguous blocks, ``point_idx[d]`` indexes within
   block d, so no point moves between devices: ``new[d * P'd + j, b] = state[d * Pd +
   point_idx[d, j], row_idx[d * P'd + j, b]]``. (A global gather over a sharded points axis made
-  XLA gather the whole state onto every device first: 9-12 GB RSS peaks instead of 4.7 on
-  the toy model at 512 new tokens over 2 CPU devices.) Rows of different length groups may now
+  XLA gather the whole state onto every device first, doubling peak memory; BENCHMARKS.md,
+  "--stop_when_decided after the compaction fix".) Rows of different length groups may now
   share a batch, so the groups are merged first (``decode.merge_groups``).
 
   Args:
@@ -179,12 +67,10 @@ def compact_state(state: decode_lib.DecodeState, point_idx: jax.Array, row_idx: 
 
 
 # Compact the running rows when that cuts the batch (points x rows) by at least this fraction.
-# Each new batch shape compiles the chunk program again (~0.4 s on the toy model), so a few
-# large cuts beat many small ones. On the toy model at 512 new tokens, where every point keeps
-# >= 40% of its prompts undecided, "only when it halves, to powers of two" never fired (no work
-# saved); >= 15% with rows in multiples of 8 (80 / ROW_STEPS) fires 3 times and leaves ~0.53 of
-# the attention-weighted work (simulated from that run's decision steps); measured on 2 CPU
-# devices, the scan went from 104 to 66-68 s (the plain decode: 76-79 s).
+# Each new batch shape compiles the chunk program again, so a few large cuts beat many small
+# ones. Where every point keeps many of its prompts undecided, "only when it halves, to powers of
+# two" never fired (no work saved); >= 15% with rows in multiples of B // ROW_STEPS fires a few
+# times and beats the plain decode (BENCHMARKS.md, "--stop_when_decided after the compaction fix").
 COMPACT_SAVING = 0.15
 ROW_STEPS = 10  # rows per point are rounded up to a multiple of B // ROW_STEPS: <= ~10 row counts
 
@@ -241,7 +127,7 @@ def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarra
   and once the running rows fit in a batch at least :data:`COMPACT_SAVING` smaller, the states
   are compacted (:func:`_compaction`; with the points split over ``point_multiple`` devices,
   each device keeps its own points) and decoding goes on. Tokens of a row that ended by EOS or
-  at ``max_new_tokens`` are exactly those of :func:`decode_slice`; a decided row keeps the
+  at ``max_new_tokens`` are exactly those of :func:`slices.decode_slice`; a decided row keeps the
   tokens it had.
 
   Returns:
@@ -252,8 +138,8 @@ def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarra
   P, B, N = coeffs.shape[0], tokens.shape[0], decoder.max_new_tokens
   gen = decode_lib.Generation(tokens=np.full((P, B, N), pad_id, np.int32), lengths=np.zeros((P, B), np.int32),
                               nonfinite=np.zeros((P, B), bool), truncated=np.zeros((P, B), bool), row_steps=0)
-  state = prefill_slice(params, stacked_dirs, put(coeffs), tokens, mask, np.int32(pad_id), prefix, decoder=decoder,
-                        strategy=strategy)
+  state = slices.prefill_slice(params, stacked_dirs, put(coeffs), tokens, mask, np.int32(pad_id), prefix,
+                               decoder=decoder, strategy=strategy)
   rows = _Rows(point_of=np.arange(P), row_of=np.tile(np.arange(B), (P, 1)), valid=np.ones((P, B), bool))
   limit, step, row_steps = 0, 1, 0
   ends = decode_lib.phase_ends(N)
@@ -262,10 +148,10 @@ def decode_until_decided(params: PyTree, stacked_dirs: PyTree, coeffs: np.ndarra
     # Grow the cache by phases (few distinct shapes to compile), never to more than this chunk needs.
     end = next(e for e in ends if e >= limit)
     if end > state.room:
-      state = grow_state(state, end)
-    state, new_step = extend_slice(params, stacked_dirs, put(coeffs[rows.point_of]), state, np.int32(step),
-                                   put(~rows.valid), np.int32(limit), np.int32(pad_id), decoder=decoder,
-                                   strategy=strategy)
+      state = slices.grow_state(state, end)
+    state, new_step = slices.extend_slice(params, stacked_dirs, put(coeffs[rows.point_of]), state, np.int32(step),
+                                          put(~rows.valid), np.int32(limit), np.int32(pad_id), decoder=decoder,
+                                          strategy=strategy)
     out, done, lengths, nonfinite = (to_host(x) for x in (state.out, state.done, state.lengths, state.nonfinite))
     row_steps += (int(new_step) - step) * rows.valid.size  # the shape of the decoding batch
     step = int(new_step)
@@ -426,14 +312,14 @@ def _compile_programs(setup: ScanSetup, plan: plan_lib.Plan, mesh, placed: dict,
   coeffs = jax.ShapeDtypeStruct((plan.slice_size, n_dirs), jnp.float32, sharding=sharding_lib.points_sharding(mesh))
   programs, sizes = {}, []
   if setup.rows is not None and setup.is_decided is None:
-    programs["decode"] = decode_slice.lower(
+    programs["decode"] = slices.decode_slice.lower(
         d["params"], d["stacked"], coeffs, d["tokens"], d["mask"], np.int32(dec.max_new_tokens),
         np.int32(setup.pad_id), d["prefix"], decoder=dec, strategy=plan.strategy).compile()
   if setup.rows is not None and setup.is_decided is not None and check_chunk:
     sizes.append(plan_lib.compiled_bytes(_largest_chunk(setup, plan, mesh, d, coeffs)))
   if setup.choices is not None:
-    programs["choices"] = choice_logprobs_slice.lower(d["params"], d["stacked"], coeffs, *d["choices"],
-                                                      cfg=dec.cfg, strategy=plan.strategy).compile()
+    programs["choices"] = slices.choice_logprobs_slice.lower(d["params"], d["stacked"], coeffs, *d["choices"],
+                                                             cfg=dec.cfg, strategy=plan.strategy).compile()
   sizes += [plan_lib.compiled_bytes(p) for p in programs.values()]
   sizes = [b for b in sizes if b is not None]
   return programs, (max(sizes) if sizes else None)
@@ -445,14 +331,14 @@ def _largest_chunk(setup: ScanSetup, plan: plan_lib.Plan, mesh, d: dict, coeffs:
   only shrinks the state, and earlier phases hold fewer slots)."""
   dec = setup.decoder
   state = jax.eval_shape(lambda c: decode_lib.grow(
-      prefill_slice(d["params"], d["stacked"], c, d["tokens"], d["mask"], np.int32(setup.pad_id), d["prefix"],
-                    decoder=dec, strategy=plan.strategy), dec.max_new_tokens), coeffs)
+      slices.prefill_slice(d["params"], d["stacked"], c, d["tokens"], d["mask"], np.int32(setup.pad_id),
+                           d["prefix"], decoder=dec, strategy=plan.strategy), dec.max_new_tokens), coeffs)
   place = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_lib.points_sharding(mesh, x.ndim))
   state = jax.tree.map(place, state)
   stop = place(jax.ShapeDtypeStruct(state.done.shape, jnp.bool_))
-  return extend_slice.lower(d["params"], d["stacked"], coeffs, state, np.int32(1), stop,
-                            np.int32(dec.max_new_tokens), np.int32(setup.pad_id), decoder=dec,
-                            strategy=plan.strategy).compile()
+  return slices.extend_slice.lower(d["params"], d["stacked"], coeffs, state, np.int32(1), stop,
+                                   np.int32(dec.max_new_tokens), np.int32(setup.pad_id), decoder=dec,
+                                   strategy=plan.strategy).compile()
 
 
 def compile_scan(params: PyTree, stacked_dirs: PyTree, setup: ScanSetup, *, mesh, n_points: int,
@@ -536,8 +422,8 @@ def compile_abstract(cfg: ModelConfig, plan: plan_lib.Plan, mesh, *, n_dirs: int
   coeffs = jax.ShapeDtypeStruct((plan.slice_size, n_dirs), jnp.float32, sharding=sharding_lib.points_sharding(mesh))
   decoder = decode_lib.Decoder(cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=(0,),
                                groups=((0, batch, prompt_tokens),))
-  compiled = decode_slice.lower(params, dirs, coeffs, tokens, mask, np.int32(max_new_tokens), np.int32(0), None,
-                                decoder=decoder, strategy=plan.strategy).compile()
+  compiled = slices.decode_slice.lower(params, dirs, coeffs, tokens, mask, np.int32(max_new_tokens), np.int32(0),
+                                       None, decoder=decoder, strategy=plan.strategy).compile()
   return plan_lib.memory_breakdown(compiled)
 
 

@@ -5,11 +5,11 @@ multiple-choice capability and a judge's label; a generation's own tokens, teach
 its per-token log-likelihood (the coherence score). Everything reads the same forward pass::
 
     logp = score.score(params, tokens, mask, letters[None, None, :].repeat(B, 0), cfg=cfg)  # [B, 1, 4]
+    logp = score.logprobs(params, tokens, cfg=cfg)  # [B, T-1]: each next token, teacher-forced
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -17,12 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscape.core import model as model_lib
+from jaxscape.core.config import ModelConfig
 
 PyTree = Any
 
 
 def continuation_logprobs(params: PyTree, tokens: jax.Array, mask: jax.Array, targets: jax.Array,
-                          target_mask: jax.Array | None = None, *, cfg: model_lib.ModelConfig) -> jax.Array:
+                          target_mask: jax.Array | None = None, *, cfg: ModelConfig) -> jax.Array:
   """Log-probabilities of candidate tokens at each continuation position (un-jitted; composes with ``vmap``).
 
   The sequence fed to the model is the prompt, then the first candidate of every continuation
@@ -54,6 +55,30 @@ def continuation_logprobs(params: PyTree, tokens: jax.Array, mask: jax.Array, ta
   return jnp.where(target_mask[..., None], picked, 0.0)
 
 
+def logprobs(params: PyTree, tokens: jax.Array, *, cfg: ModelConfig, mask: jax.Array | None = None) -> jax.Array:
+  """Log-probability of each next token, teacher-forced: the short form of :func:`continuation_logprobs`.
+
+  ``out[b, t] = log p(tokens[b, t + 1] | tokens[b, :t + 1])``; ``out.sum(-1)`` is each row's
+  log-likelihood after its first real token. Un-jitted, like ``model.forward``: it composes with
+  ``jit``, ``vmap`` (e.g. over the params of ``perturb.materialize`` at several points) and ``grad``.
+
+  Args:
+    params: params pytree (layers stacked; leaves may be ``perturb.Factored``).
+    tokens: [B, T] int32, T >= 2, left- or right-padded.
+    cfg: model config (static under ``jit``).
+    mask: [B, T] bool, True for real tokens (default: all real).
+  Returns:
+    [B, T-1] float32; 0 where ``tokens[:, t + 1]`` or ``tokens[:, t]`` is padding.
+  """
+  B, T = tokens.shape
+  if mask is None:
+    mask = jnp.ones((B, T), bool)
+  # The "prompt" is the first column and the continuation the rest: the model then reads
+  # tokens[:, :T-1] with mask[:, :T-1], the same sequence and mask as a plain forward pass.
+  out = continuation_logprobs(params, tokens[:, :1], mask[:, :1], tokens[:, 1:, None], mask[:, 1:], cfg=cfg)[..., 0]
+  return jnp.where(mask[:, :-1], out, 0.0)  # no real context: the first real token of a left-padded row
+
+
 score = jax.jit(continuation_logprobs, static_argnames=("cfg",))
 score.__doc__ = "Jitted :func:`continuation_logprobs`: [B, C, K] float32 log-probabilities."
 
@@ -64,7 +89,7 @@ def choice_targets(batch: int, choice_ids) -> np.ndarray:
 
 
 def score_in_batches(params: PyTree, tokens: np.ndarray, mask: np.ndarray, targets: np.ndarray,
-                     target_mask: np.ndarray | None = None, *, cfg: model_lib.ModelConfig,
+                     target_mask: np.ndarray | None = None, *, cfg: ModelConfig,
                      batch_size: int = 64, put=jnp.asarray, multiple_of: int = 1) -> np.ndarray:
   """:func:`score` over N rows in fixed [batch_size, ...] batches (one compiled program for all).
 
