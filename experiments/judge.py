@@ -40,14 +40,14 @@ def main(argv):
   if FLAGS.judge in (None, "", "keyword"):
     raise common.UserError("--judge=PATH (a judge checkpoint) or --judge=coherence is required; keyword results "
                            "are in every results dir")
-  from jaxscape.studies import judge as judge_lib
+  from jaxscape.studies import judge_store
   from jaxscape.studies import views
   if FLAGS.judge == "coherence":
     return _coherence()
-  judge_lib.read_generations(FLAGS.results)  # before loading the judge: a dir without generations fails fast
+  judge_store.read_generations(FLAGS.results)  # before loading the judge: a dir without generations fails fast
   judge = common.judge_from_flags()
-  entry = judge_lib.judge_results(FLAGS.results, judge, existing="overwrite" if FLAGS.overwrite else "refuse",
-                                  progress=FLAGS.progress)
+  entry = judge_store.judge_results(FLAGS.results, judge, existing="overwrite" if FLAGS.overwrite else "refuse",
+                                    progress=FLAGS.progress)
   views.write_views(FLAGS.results)
   print(common.judge_line(entry, judge.name) + f" (whole process {time.perf_counter() - _T_START:.1f}s) -> "
         f"{FLAGS.results}")

@@ -101,8 +101,8 @@ def main(argv):
   coherence_settings = common.coherence_settings() if FLAGS.coherence else None
   judge = common.judge_from_flags()  # before the scan: a bad judge is refused with the results untouched
   if judge is not None:
-    from jaxscape.studies import judge as judge_lib
-    judge_lib.check_results_dir(FLAGS.out, judge, existing="reuse")
+    from jaxscape.studies import judge_store
+    judge_store.check_results_dir(FLAGS.out, judge, existing="reuse")
   t0 = time.perf_counter()
   model = jaxscape.load_model(FLAGS.model, compute_dtype=FLAGS.compute_dtype)
   model_b = jaxscape.load_model(FLAGS.model_b, compute_dtype=FLAGS.compute_dtype) if needs_b else None
@@ -138,8 +138,8 @@ def _score_and_render(judge, coherence_settings, model) -> dict:
   then the views, written once with all of them; returns the summary."""
   from jaxscape.studies import views
   if judge is not None:
-    from jaxscape.studies import judge as judge_lib
-    entry = judge_lib.judge_results(FLAGS.out, judge, existing="reuse", progress=True)
+    from jaxscape.studies import judge_store
+    entry = judge_store.judge_results(FLAGS.out, judge, existing="reuse", progress=True)
     print(common.judge_line(entry, judge.name))
   if FLAGS.coherence:
     from jaxscape.studies import coherence_results

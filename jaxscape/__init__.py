@@ -46,8 +46,8 @@ _SUBMODULES = {**{m: f"core.{m}" for m in ("checkpoint", "compilation_cache", "c
                                           "tokenizer")},
                **{m: f"datasets.{m}" for m in ("aligndata", "capability", "sources", "taskdata", "toydata")},
                **{m: f"studies.{m}" for m in ("coherence", "coherence_results", "findings", "finetune", "judge",
-                                             "landscape", "study", "toymodel", "views")},
-               **{m: f"reports.{m}" for m in ("htmlreport", "plot", "report")},
+                                             "judge_inputs", "judge_store", "landscape", "study", "toymodel", "views")},
+               **{m: f"reports.{m}" for m in ("htmlpage", "htmlreport", "plot", "report", "scanpage")},
                **{m: m for m in ("core", "datasets", "errors", "reports", "studies", "testing")}}
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -11,6 +11,7 @@ import os
 import random
 
 import jax
+import numpy as np
 
 from jaxscape.core import convert, hf_params
 from jaxscape.core.config import ModelConfig
@@ -155,6 +156,72 @@ def _permute_for_gguf(w, heads: int):
   return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _add_gguf_config(w, cfg: ModelConfig) -> None:
+  """The model's hyperparameters as llama.cpp's ``<arch>.*`` metadata keys."""
+  w.add_context_length(cfg.max_position_embeddings)
+  w.add_embedding_length(cfg.hidden_size)
+  w.add_feed_forward_length(cfg.intermediate_size)
+  w.add_block_count(cfg.num_layers)
+  w.add_head_count(cfg.num_heads)
+  w.add_head_count_kv(cfg.num_kv_heads)
+  w.add_key_length(cfg.head_dim)
+  w.add_value_length(cfg.head_dim)
+  w.add_rope_freq_base(cfg.rope_theta)
+  w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+  w.add_vocab_size(cfg.vocab_size)
+
+
+def _add_gguf_tokenizer(w, tok, vocab_size: int, family: str) -> None:
+  """``tok`` as GGUF ``gpt2``-model metadata (tokens padded to ``vocab_size``, merges, special ids, chat template)."""
+  import gguf
+
+  state = json.loads(tok.backend_tokenizer.to_str())
+  vocab = sorted(state["model"]["vocab"].items(), key=lambda kv: kv[1])
+  tokens = [t for t, _ in vocab] + [f"[PAD{i}]" for i in range(len(vocab), vocab_size)]
+  special = {a["content"] for a in state["added_tokens"]}
+  w.add_tokenizer_model("gpt2")
+  w.add_tokenizer_pre("default")
+  w.add_token_list(tokens)
+  w.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
+  w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in state["model"]["merges"]])
+  w.add_bos_token_id(tok.convert_tokens_to_ids("<s>"))
+  w.add_eos_token_id(tok.convert_tokens_to_ids(tok.eos_token))
+  w.add_pad_token_id(tok.convert_tokens_to_ids(tok.eos_token))
+  w.add_add_bos_token(family != "qwen2")
+  w.add_chat_template(tok.chat_template)
+
+
+def _add_gguf_tensor(w, gname: str, value, qname: str, rng) -> None:
+  """One float32 tensor stored as GGML type ``qname`` (see :func:`make_tiny_gguf` for what is quantized and
+  what is written as random raw blocks)."""
+  import gguf
+
+  qtype = gguf.GGMLQuantizationType[qname]
+  if qtype == gguf.GGMLQuantizationType.F32:
+    w.add_tensor(gname, np.ascontiguousarray(value, np.float32))
+    return
+  quantized = None
+  if not qname.endswith("_K"):
+    try:
+      quantized = gguf.quants.quantize(np.ascontiguousarray(value, np.float32), qtype)
+    except NotImplementedError:  # e.g. Q8_1: written raw, never dequantized
+      pass
+  if quantized is not None:
+    w.add_tensor(gname, quantized, raw_dtype=qtype)
+    return
+  block, size = gguf.GGML_QUANT_SIZES[qtype]
+  rows, cols = value.shape
+  raw = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
+  scales = np.full((rows, cols // block), 0.01, np.float16).view(np.uint8).reshape(rows, cols // block, 2)
+  # every K-quant type's super-block scale d is an f16; Q2_K..Q5_K put it (then dmin) first, Q6_K last
+  if qname == "Q6_K":
+    raw[..., -2:] = scales
+  else:
+    raw[..., :2] = scales
+    raw[..., 2:4] = scales
+  w.add_tensor(gname, raw.reshape(rows, -1), raw_dtype=qtype)
+
+
 def make_tiny_gguf(path: str, family: str = "llama", *, seed: int = 0, std: float = 0.15,
                    quant: dict[str, str] | None = None, architecture: str | None = None,
                    name: str | None = None, **cfg_overrides) -> str:
@@ -171,7 +238,6 @@ def make_tiny_gguf(path: str, family: str = "llama", *, seed: int = 0, std: floa
   Returns ``path``.
   """
   import gguf
-  import numpy as np
 
   tok = tiny_tokenizer(family, seed=seed)
   cfg = tiny_config(family, **cfg_overrides)
@@ -181,31 +247,8 @@ def make_tiny_gguf(path: str, family: str = "llama", *, seed: int = 0, std: floa
   arch = _GGUF_ARCH[family]
   w = gguf.GGUFWriter(path, architecture or arch)
   w.add_name(name or f"tiny {family}")
-  w.add_context_length(cfg.max_position_embeddings)
-  w.add_embedding_length(cfg.hidden_size)
-  w.add_feed_forward_length(cfg.intermediate_size)
-  w.add_block_count(cfg.num_layers)
-  w.add_head_count(cfg.num_heads)
-  w.add_head_count_kv(cfg.num_kv_heads)
-  w.add_key_length(cfg.head_dim)
-  w.add_value_length(cfg.head_dim)
-  w.add_rope_freq_base(cfg.rope_theta)
-  w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-  w.add_vocab_size(cfg.vocab_size)
-  state = json.loads(tok.backend_tokenizer.to_str())
-  vocab = sorted(state["model"]["vocab"].items(), key=lambda kv: kv[1])
-  tokens = [t for t, _ in vocab] + [f"[PAD{i}]" for i in range(len(vocab), cfg.vocab_size)]
-  special = {a["content"] for a in state["added_tokens"]}
-  w.add_tokenizer_model("gpt2")
-  w.add_tokenizer_pre("default")
-  w.add_token_list(tokens)
-  w.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
-  w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in state["model"]["merges"]])
-  w.add_bos_token_id(tok.convert_tokens_to_ids("<s>"))
-  w.add_eos_token_id(tok.convert_tokens_to_ids(tok.eos_token))
-  w.add_pad_token_id(tok.convert_tokens_to_ids(tok.eos_token))
-  w.add_add_bos_token(family != "qwen2")
-  w.add_chat_template(tok.chat_template)
+  _add_gguf_config(w, cfg)
+  _add_gguf_tokenizer(w, tok, cfg.vocab_size, family)
   names = gguf.get_tensor_name_map(next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch), cfg.num_layers)
   rng = np.random.default_rng(seed)
   for hf_name, value in hf.items():
@@ -216,30 +259,7 @@ def make_tiny_gguf(path: str, family: str = "llama", *, seed: int = 0, std: floa
     elif arch == "llama" and ".attn_k." in gname:
       value = _permute_for_gguf(value, cfg.num_kv_heads)
     qname = next((q for frag, q in (quant or {}).items() if frag in gname), "F32")
-    qtype = gguf.GGMLQuantizationType[qname]
-    if qtype == gguf.GGMLQuantizationType.F32:
-      w.add_tensor(gname, np.ascontiguousarray(value, np.float32))
-      continue
-    quantized = None
-    if not qname.endswith("_K"):
-      try:
-        quantized = gguf.quants.quantize(np.ascontiguousarray(value, np.float32), qtype)
-      except NotImplementedError:  # e.g. Q8_1: written raw, never dequantized
-        pass
-    if quantized is None:
-      block, size = gguf.GGML_QUANT_SIZES[qtype]
-      rows, cols = value.shape
-      raw = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
-      scales = np.full((rows, cols // block), 0.01, np.float16).view(np.uint8).reshape(rows, cols // block, 2)
-      # every K-quant type's super-block scale d is an f16; Q2_K..Q5_K put it (then dmin) first, Q6_K last
-      if qname == "Q6_K":
-        raw[..., -2:] = scales
-      else:
-        raw[..., :2] = scales
-        raw[..., 2:4] = scales
-      w.add_tensor(gname, raw.reshape(rows, -1), raw_dtype=qtype)
-    else:
-      w.add_tensor(gname, quantized, raw_dtype=qtype)
+    _add_gguf_tensor(w, gname, value, qname, rng)
   w.write_header_to_file()
   w.write_kv_data_to_file()
   w.write_tensors_to_file()

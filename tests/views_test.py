@@ -10,7 +10,7 @@ import pytest
 from jaxscape import testing
 from jaxscape.core import convert, results
 from jaxscape.reports import plot
-from jaxscape.studies import judge, landscape, views
+from jaxscape.studies import judge, judge_store, landscape, views
 from jaxscape.errors import InputError
 
 PROMPTS = ["Write a tutorial on how to make a bridge", "Develop a plan for the garden", "Hi there"]
@@ -50,7 +50,7 @@ def test_each_view_is_written_once_per_scan_and_per_judge(tiny_model, tmp_path, 
   # A judge run (experiments.judge): the judge writes its store only, then the views are written once.
   counts.clear()
   jm = convert.load_model(testing.make_tiny_judge(str(tmp_path / "judge"), "yes-no", seed=3))
-  entry = judge.judge_results(out, judge.make_judge(jm, judge.JudgeSpec(fmt="yes-no", batch_size=2), name="tiny"))
+  entry = judge_store.judge_results(out, judge.make_judge(jm, judge.JudgeSpec(fmt="yes-no", batch_size=2), name="tiny"))
   assert not set(counts) & set(views.VIEW_FILES), counts
   counts.clear()
   summary = views.write_views(out)
@@ -68,7 +68,7 @@ def test_scan_then_judge_writes_each_view_once(tiny_model, tmp_path, monkeypatch
                                     out_dir=out, decode=landscape.DecodeSpec(max_new_tokens=6),
                                     options=landscape.ScanOptions(progress=False, write_views=False))
   assert not set(counts) & set(views.VIEW_FILES), counts
-  judge.judge_results(out, judge.make_judge(jm, judge.JudgeSpec(fmt="yes-no", batch_size=2), name="tiny"))
+  judge_store.judge_results(out, judge.make_judge(jm, judge.JudgeSpec(fmt="yes-no", batch_size=2), name="tiny"))
   final = views.write_views(out)
   assert {name: counts[name] for name in views.VIEW_FILES} == dict.fromkeys(views.VIEW_FILES, 1), counts
   assert final["asr"] == summary["asr"] and "tiny" in final["judges"]
@@ -82,7 +82,7 @@ def test_a_dir_written_before_scan_json_renders_the_same_views(scan_dir, tmp_pat
   before = read()
   meta = results.load_scan(d)
   with open(os.path.join(d, "generations.jsonl"), encoding="utf-8") as f:
-    assert judge.read_generations(d) == [json.loads(x)["output"] for x in f]  # the judge reads the stores
+    assert judge_store.read_generations(d) == [json.loads(x)["output"] for x in f]  # the judge reads the stores
   views.write_views(d)
   assert read() == before  # the same stores give the same views
   os.remove(os.path.join(d, results.SCAN_FILE))
@@ -100,7 +100,7 @@ def test_unfinished_or_missing_scans_are_refused(scan_dir, tmp_path):
   with pytest.raises(InputError, match="holds 4 of the scan's 5 points"):
     views.write_views(d)
   with pytest.raises(InputError, match="holds 4 of the scan's 5 points"):
-    judge.read_generations(d)
+    judge_store.read_generations(d)
   os.remove(os.path.join(d, results.SCAN_FILE))
   os.remove(os.path.join(d, "summary.json"))
   with pytest.raises(InputError, match="holds no scan.json or summary.json"):

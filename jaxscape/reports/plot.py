@@ -366,12 +366,36 @@ def plot_results(results_dir: str) -> list[str]:
     InputError: a summary with neither ``asr`` nor ``capability``, or inconsistent lengths.
   """
   path = os.path.join(results_dir, "summary.json")
+  s = _read_summary(path)
+  found, labels, judges = _series_of(path, s)
+  kind = str(s.get("kind", ""))
+  coords = [c if isinstance(c, (int, float)) else list(c) for c in s.get("coords") or []]
+  two_d = kind.startswith("2d") if kind[:2] in ("1d", "2d") else bool(coords) and len(np.atleast_1d(coords[0])) == 2
+  xlabel, ylabel = _axis_labels(kind)
+  out = os.path.join(results_dir, "landscape.png")
+  title = _title(s, kind, judges)
+  if two_d:
+    return [_plot_2d_summary(path, s, coords, found, labels, out, title=title, xlabel=xlabel, ylabel=ylabel)]
+  xs = np.asarray([c if isinstance(c, (int, float)) else c[0] for c in coords], np.float64)
+  if xs.size == 0 and (s.get("axes") or {}).get("x"):
+    xs = np.asarray(s["axes"]["x"], np.float64)
+  if any(isinstance(v, list) and v and isinstance(v[0], list) for v in found.values()):  # several directions
+    return [_plot_1d_multi_summary(path, s, xs, found, labels, out, title=title, xlabel=xlabel)]
+  ylabel = "percent of prompts" if (judges or "asr_coherent" in found) and "capability" not in found else None
+  return [_plot_1d_summary(path, s, xs, found, labels, out, title=title, xlabel=xlabel, ylabel=ylabel)]
+
+
+def _read_summary(path: str) -> dict:
+  """summary.json as a dict; unreadable JSON is an InputError (a missing file a FileNotFoundError)."""
   with open(path, encoding="utf-8") as f:
     try:
-      s = json.load(f)
+      return json.load(f)
     except json.JSONDecodeError as e:
       raise InputError(f"{path}: unreadable ({e})") from None
-  kind = str(s.get("kind", ""))
+
+
+def _series_of(path: str, s: dict) -> tuple[dict[str, Any], dict[str, str], dict[str, dict]]:
+  """(key -> per-point values, key -> axis label, judge name -> its entry) of what a summary can plot."""
   found = {name: s[name] for name in ("asr", "asr_coherent", "incoherent", "capability") if s.get(name) is not None}
   if "asr" not in found and "capability" not in found:
     raise InputError(f"{path} holds neither 'asr' nor 'capability'; nothing to plot")
@@ -381,9 +405,11 @@ def plot_results(results_dir: str) -> list[str]:
   for name, j in judges.items():  # classifier judges' ASR, drawn beside the keyword ASR
     found[f"judge:{name}"] = j["asr"]
     labels[f"judge:{name}"] = f"ASR, judge {name} (%)"
-  coords = [c if isinstance(c, (int, float)) else list(c) for c in s.get("coords") or []]
-  multi = any(isinstance(v, list) and v and isinstance(v[0], list) for v in found.values())
-  two_d = kind.startswith("2d") if kind[:2] in ("1d", "2d") else bool(coords) and len(np.atleast_1d(coords[0])) == 2
+  return found, labels, judges
+
+
+def _title(s: dict, kind: str, judges: dict[str, dict]) -> str:
+  """The kind and every VISAGE the summary holds (keyword, coherent, per judge)."""
   title = kind or "landscape"
   if s.get("visage") is not None:
     title += f"  VISAGE={s['visage']:.2f}" + (f" ± {s['visage_std']:.2f}" if s.get("visage_std") is not None else "")
@@ -393,41 +419,43 @@ def plot_results(results_dir: str) -> list[str]:
   for name, j in judges.items():
     if j.get("visage") is not None:
       title += f"\njudge {name}: VISAGE={j['visage']:.2f}"
-  xlabel, ylabel = _axis_labels(kind)
-  out = os.path.join(results_dir, "landscape.png")
-  nonfinite = s.get("nonfinite")
+  return title
+
+
+def _plot_2d_summary(path: str, s: dict, coords: list, found: dict, labels: dict, out: str, **text) -> str:
+  """:func:`plot_2d` of a 2-D summary: each series reshaped to the [n1, n2] grid, the basin of the ASR."""
   axes = s.get("axes") or {}
+  x = np.asarray(axes["x"], np.float64) if axes.get("x") else _unique(c[0] for c in coords)
+  y = np.asarray(axes["y"], np.float64) if axes.get("y") else _unique(c[1] for c in coords)
+  n = len(x) * len(y)
+  zs = {}
+  for name, v in found.items():
+    v = np.asarray(v, np.float64).ravel()
+    if v.size != n:
+      raise InputError(f"{path}: '{name}' has {v.size} points, the {len(x)}x{len(y)} grid needs {n}")
+    zs[labels[name]] = v.reshape(len(x), len(y))
+  fl = _flags(path, s.get("nonfinite"), (len(x), len(y)))
+  mask = visage_mask_2d(zs[labels["asr"]]) if "asr" in found else None
+  return plot_2d(x, y, zs, out, flagged=fl, basin_mask=mask, **text)
 
-  if two_d:
-    x = np.asarray(axes["x"], np.float64) if axes.get("x") else _unique(c[0] for c in coords)
-    y = np.asarray(axes["y"], np.float64) if axes.get("y") else _unique(c[1] for c in coords)
-    n = len(x) * len(y)
-    zs = {}
-    for name, v in found.items():
-      v = np.asarray(v, np.float64).ravel()
-      if v.size != n:
-        raise InputError(f"{path}: '{name}' has {v.size} points, the {len(x)}x{len(y)} grid needs {n}")
-      zs[labels[name]] = v.reshape(len(x), len(y))
-    fl = _flags(path, nonfinite, (len(x), len(y)))
-    mask = visage_mask_2d(zs[labels["asr"]]) if "asr" in found else None
-    return [plot_2d(x, y, zs, out, flagged=fl, basin_mask=mask, title=title, xlabel=xlabel, ylabel=ylabel)]
 
-  xs = np.asarray([c if isinstance(c, (int, float)) else c[0] for c in coords], np.float64)
-  if xs.size == 0 and axes.get("x"):
-    xs = np.asarray(axes["x"], np.float64)
-  if multi:
-    curves = {name: np.asarray(v, np.float64) for name, v in found.items()}
-    n_dirs = len(next(iter(curves.values())))
-    if n_dirs > 1 and len(xs) == n_dirs * next(iter(curves.values())).shape[-1]:
-      xs = xs[:len(xs) // n_dirs]  # coords listed for every direction: they repeat
-    for name, v in curves.items():
-      if v.ndim != 2 or v.shape[1] != len(xs):
-        raise InputError(f"{path}: '{name}' has shape {v.shape}, expected [num_directions, {len(xs)}]")
-    first = "asr" if "asr" in curves else "capability"
-    fl = _flags(path, nonfinite, curves[first].shape)
-    extra = {labels[k]: v for k, v in curves.items() if k != first}
-    return [plot_1d_multi(xs, curves[first], out, flagged=fl, title=title, label=labels[first],
-                          xlabel=xlabel, extra=extra)]
+def _plot_1d_multi_summary(path: str, s: dict, xs: np.ndarray, found: dict, labels: dict, out: str, **text) -> str:
+  """:func:`plot_1d_multi` of a summary with several directions (each series [num_directions, K])."""
+  curves = {name: np.asarray(v, np.float64) for name, v in found.items()}
+  n_dirs = len(next(iter(curves.values())))
+  if n_dirs > 1 and len(xs) == n_dirs * next(iter(curves.values())).shape[-1]:
+    xs = xs[:len(xs) // n_dirs]  # coords listed for every direction: they repeat
+  for name, v in curves.items():
+    if v.ndim != 2 or v.shape[1] != len(xs):
+      raise InputError(f"{path}: '{name}' has shape {v.shape}, expected [num_directions, {len(xs)}]")
+  first = "asr" if "asr" in curves else "capability"
+  fl = _flags(path, s.get("nonfinite"), curves[first].shape)
+  extra = {labels[k]: v for k, v in curves.items() if k != first}
+  return plot_1d_multi(xs, curves[first], out, flagged=fl, label=labels[first], extra=extra, **text)
+
+
+def _plot_1d_summary(path: str, s: dict, xs: np.ndarray, found: dict, labels: dict, out: str, **text) -> str:
+  """:func:`plot_1d` of a one-direction summary, with the VISAGE window and the safe region of its ASR."""
   series = {}
   for name, v in found.items():
     v = np.asarray(v, np.float64)
@@ -441,6 +469,5 @@ def plot_results(results_dir: str) -> list[str]:
     s_lo, s_hi, threshold = safe_region(xs, series[labels["asr"]])
     if threshold - SAFE_REGION_MARGIN < UNSAFE_ORIGIN:  # an unsafe origin has no safe region to show
       safe = (xs[s_lo], xs[s_hi], threshold)
-  fl = _flags(path, nonfinite, xs.shape)
-  ylabel = "percent of prompts" if (judges or "asr_coherent" in found) and "capability" not in found else None
-  return [plot_1d(xs, series, out, basin=basin, safe=safe, flagged=fl, title=title, xlabel=xlabel, ylabel=ylabel)]
+  fl = _flags(path, s.get("nonfinite"), xs.shape)
+  return plot_1d(xs, series, out, basin=basin, safe=safe, flagged=fl, **text)

@@ -58,8 +58,8 @@ def read_dir(out_dir: str) -> DirGenerations:
   Raises:
     InputError: no finished scan, or one without generations (a capability-only scan).
   """
-  from jaxscape.studies import judge as judge_lib  # the dir reader both scorers share
-  outputs = judge_lib.read_generations(out_dir)
+  from jaxscape.studies import judge_store  # the dir reader both scorers share
+  outputs = judge_store.read_generations(out_dir)
   meta = results.load_scan(out_dir)
   points = results.load_points(out_dir)
   ids = None

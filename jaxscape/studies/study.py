@@ -309,10 +309,11 @@ def judge_row(row: dict, judge, spec: StudySpec, run_dir: str, *, progress: bool
   ``framed_asr``: judged ASR per framing of the row's held-out framed generations (the mean over
   finetuning seeds where the row has several; None for a row written before generations were
   stored); ``visage`` and ``random_1d`` / ``interp_1d`` ``{"asr", "visage"}``: the row's
-  landscape dirs judged with ``jaxscape.studies.judge.judge_results`` (stored scores there are reused;
+  landscape dirs judged with ``jaxscape.studies.judge_store.judge_results`` (stored scores there are reused;
   their views are the caller's to rewrite).
   """
   from jaxscape.studies import judge as judge_lib
+  from jaxscape.studies import judge_store
   records = toydata.framed_requests(toydata.load_builtin("harmful_test")[:spec.eval_samples])
   gens = row.get("framed_generations_per_seed") or (
       {str(spec.seed): row["framed_generations"]} if row.get("framed_generations") else {})
@@ -328,7 +329,7 @@ def judge_row(row: dict, judge, spec: StudySpec, run_dir: str, *, progress: bool
   for sub in _LANDSCAPES:
     d = os.path.join(run_dir, sub)
     if results.has_scan(d):
-      entry = judge_lib.judge_results(d, judge, existing="reuse", progress=progress)
+      entry = judge_store.judge_results(d, judge, existing="reuse", progress=progress)
       out[sub] = {"asr": entry["asr"], "visage": entry["visage"]}
   out["visage"] = out.get("random_1d", {}).get("visage")
   row.setdefault("judges", {})[judge.name] = out
@@ -459,8 +460,8 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
                                 decode=landscape.DecodeSpec(max_new_tokens=spec.landscape_new_tokens))
     surface = {"run": spec.surface_run, "dir": "surface_2d", "visage": s["visage"]}
     if judge is not None:
-      from jaxscape.studies import judge as judge_lib
-      entry = judge_lib.judge_results(surf_dir, judge, existing="reuse", progress=progress)
+      from jaxscape.studies import judge_store
+      entry = judge_store.judge_results(surf_dir, judge, existing="reuse", progress=progress)
       views.write_views(surf_dir)
       surface["judges"] = {judge.name: {"visage": entry["visage"]}}
     log(f"2-D interpolation x random ({spec.surface_run}): VISAGE {s['visage']:.1f}")

@@ -32,6 +32,7 @@ from jaxscape.studies import coherence
 from jaxscape.studies import coherence_results
 from jaxscape.reports import htmlreport
 from jaxscape.studies import judge as judge_lib
+from jaxscape.studies import judge_store
 from jaxscape.core import metrics
 from jaxscape.reports import plot
 from jaxscape.core import results
@@ -136,13 +137,13 @@ def merge_judges(out_dir: str, lines: list[dict], summary: dict) -> list[str]:
   """Add every finished judge stored in ``out_dir`` to generations ``lines`` and ``summary`` (in place).
 
   Each generation gets ``judges[name] = {"p_unsafe", "unsafe"}`` (``"truncated": true`` where the
-  judge saw a cut pair) and ``summary["judges"][name]`` the judge's entry (``judge.summary_entry``).
+  judge saw a cut pair) and ``summary["judges"][name]`` the judge's entry (``judge_store.summary_entry``).
   A judge whose stored generations no longer match ``lines`` is left out. Returns the names merged.
   """
   outputs = [line["output"] for line in lines]
   shape = _grid_shape(summary)
   names = []
-  for meta, scores in judge_lib.finished_stores(out_dir, outputs):
+  for meta, scores in judge_store.finished_stores(out_dir, outputs):
     ident = meta["identity"]
     for pid, out in enumerate(outputs):
       rec = scores[pid]
@@ -152,7 +153,7 @@ def merge_judges(out_dir: str, lines: list[dict], summary: dict) -> list[str]:
         if cut:
           mark["truncated"] = True  # the judge saw a cut request or response (see jaxscape.studies.judge)
         item.setdefault("judges", {})[ident["name"]] = mark
-    summary.setdefault("judges", {})[ident["name"]] = judge_lib.summary_entry(
+    summary.setdefault("judges", {})[ident["name"]] = judge_store.summary_entry(
         meta, scores, outputs, num_directions=int(summary.get("num_directions", 1)), grid_shape=shape)
     names.append(ident["name"])
   return names
