@@ -42,7 +42,7 @@ _LAZY = {
 # short module name -> its place in the subpackages: ``jaxscape.decode`` is ``jaxscape.core.decode``, loaded on first use
 _SUBMODULES = {**{m: f"core.{m}" for m in ("checkpoint", "compilation_cache", "convert", "decode", "directions", "gguf_io",
                                           "hub", "metrics", "model", "perturb", "plan", "prompts", "results", "scan",
-                                          "score", "sharding", "tokenizer")},
+                                          "score", "sharding", "tokenizer", "direction_store", "fused_draw", "grid", "paths")},
                **{m: f"datasets.{m}" for m in ("aligndata", "capability", "sources", "taskdata", "toydata")},
                **{m: f"studies.{m}" for m in ("coherence", "coherence_results", "findings", "finetune", "judge",
                                              "landscape", "study", "toymodel", "views")},
