@@ -176,7 +176,6 @@ def _norm_path(path: str, norm: str) -> str:
   return "embedding" if norm == "filter" and path.split("/")[-1] == "embedding" else ""
 
 
-
 def _fused_ok(leaf, norm: str) -> bool:
   """Whether :mod:`jaxscape.core.fused_draw` gives this leaf the per-tensor program's bits."""
   _, w, stacked, _, keep, sharding = leaf
@@ -186,7 +185,6 @@ def _fused_ok(leaf, norm: str) -> bool:
     return False
   # "none" has no reductions: its values are exact whatever the shape.
   return norm == "none" or math.prod(np.shape(w)[1:] if stacked else np.shape(w)) >= fused_draw.FUSED_MIN_SLICE
-
 
 
 def _per_tensor(leaf, norm: str) -> jax.Array:
@@ -224,7 +222,6 @@ def _per_tensor(leaf, norm: str) -> jax.Array:
     elif d is not None:
       out = _put_slice_jit(sharding)(out, d, np.int32(i))
   return jnp.stack(slices) if traced else out
-
 
 
 def key_data(key) -> np.ndarray:

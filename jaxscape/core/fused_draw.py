@@ -98,7 +98,6 @@ def backend_ok() -> bool:
           and jax.default_backend() == "cpu")
 
 
-
 @jax.jit
 def _fused_values(k1: jax.Array, k2: jax.Array, base: jax.Array) -> jax.Array:
   """``jax.random.normal`` values / sqrt(2), [R, _ROW] float32: row r hashes key (k1[r], k2[r]) at flat
