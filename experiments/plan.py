@@ -92,12 +92,12 @@ def main(argv):
   if FLAGS.devices:
     sharding.split_cpu_host(FLAGS.devices)  # before JAX starts
   import jax
-  from jaxscape.core import directions, plan, scan
+  from jaxscape.core import grid, plan, scan
   target = FLAGS.target or ("cpu" if jax.default_backend() == "cpu" else "gpu")
   cfg, model_dir = _config(FLAGS.model, FLAGS.compute_dtype)
   prompt_tokens = _prompt_tokens(model_dir)
   batch = FLAGS.samples or 80
-  axes = directions.grid_axes(FLAGS.kind, steps=FLAGS.steps, extra_steps=FLAGS.extra_steps)
+  axes = grid.grid_axes(FLAGS.kind, steps=FLAGS.steps, extra_steps=FLAGS.extra_steps)
   points = math.prod(len(a) for a in axes) * FLAGS.num_directions
   n_dirs = (2 if FLAGS.kind.startswith("2d") else 1) * FLAGS.num_directions
   mesh = sharding.make_mesh(FLAGS.mesh)

@@ -55,7 +55,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   import jaxscape
-  from jaxscape.core import directions as directions_lib
+  from jaxscape.core import direction_store, grid
   from jaxscape.core import sharding
   from jaxscape.datasets import sources
   if not FLAGS.out:
@@ -74,7 +74,7 @@ def main(argv):
   budget = common.parse_bytes(FLAGS.memory_budget, "--memory_budget") if FLAGS.memory_budget else None
   if FLAGS.cpu_devices < 0:
     raise common.UserError(f"--cpu_devices must be >= 0, got {FLAGS.cpu_devices}")
-  points = math.prod(len(a) for a in directions_lib.grid_axes(
+  points = math.prod(len(a) for a in grid.grid_axes(
       FLAGS.kind, steps=FLAGS.steps, multiplier=FLAGS.multiplier, extra_steps=FLAGS.extra_steps))
   sharding.split_cpu_host(FLAGS.cpu_devices, points=points)  # before anything starts a JAX backend
   if FLAGS.coordinator or FLAGS.distributed:
@@ -109,7 +109,7 @@ def main(argv):
   model_c = (jaxscape.load_model(FLAGS.model_c, compute_dtype=FLAGS.compute_dtype)
              if FLAGS.kind == "2d_interpolation" else None)
   load_s = time.perf_counter() - t0
-  dirs = directions_lib.load_directions(FLAGS.directions, model.params) if FLAGS.directions else None
+  dirs = direction_store.load_directions(FLAGS.directions, model.params) if FLAGS.directions else None
   options = jaxscape.ScanOptions(metric=FLAGS.metric, strategy=FLAGS.strategy, slice_size=FLAGS.slice_size,
                                  memory_budget=budget, resume=FLAGS.resume, mesh=mesh,
                                  save_directions=FLAGS.save_directions, flags=_flag_values(), t_start=_T_START,

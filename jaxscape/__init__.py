@@ -41,9 +41,9 @@ _LAZY = {
 }
 # short module name -> its place in the subpackages: ``jaxscape.decode`` is ``jaxscape.core.decode``, loaded on first use
 _SUBMODULES = {**{m: f"core.{m}" for m in ("checkpoint", "compilation_cache", "config", "convert", "decode",
-                                          "directions", "gguf_io", "hf_params", "hub", "metrics", "model", "perturb",
-                                          "plan", "prompts", "results", "scan", "score", "sharding", "slices",
-                                          "tokenizer")},
+                                          "direction_store", "directions", "fused_draw", "gguf_io", "grid",
+                                          "hf_params", "hub", "metrics", "model", "paths", "perturb", "plan",
+                                          "prompts", "results", "scan", "score", "sharding", "slices", "tokenizer")},
                **{m: f"datasets.{m}" for m in ("aligndata", "capability", "sources", "taskdata", "toydata")},
                **{m: f"studies.{m}" for m in ("coherence", "coherence_results", "findings", "finetune", "judge",
                                              "judge_inputs", "judge_store", "landscape", "study", "toymodel", "views")},

@@ -73,7 +73,6 @@ def test_on_by_default_and_second_process_hits(tmp_path):
   entries = _entries(default_dir)
   assert first["misses"] >= 1 and first["hits"] == 0
   assert len(entries) == first["misses"]  # every program is written, however small or fast to compile
-  assert not glob.glob(str(default_dir / ".tmp-*"))  # temporary files are renamed into place
   second, err = _run(tmp_path)
   assert err == ""
   assert second["hits"] == first["misses"] and second["misses"] == 0
@@ -90,7 +89,6 @@ def test_concurrent_processes_share_a_dir(tmp_path):
   again, err = _run(tmp_path, f"--compilation_cache_dir={shared}")
   assert err == "" and again["misses"] == 0 and again["hits"] == len(_entries(shared)) >= 1
   assert again["y"] == results[0][0]["y"]
-  assert not glob.glob(os.path.join(shared, ".tmp-*"))
 
 
 def test_flag_off_writes_nothing(tmp_path):
@@ -137,29 +135,30 @@ def test_default_dir_follows_xdg(monkeypatch, tmp_path):
   assert compilation_cache.default_dir() == os.path.join(os.path.expanduser("~"), ".cache", "jaxscape", "xla")
 
 
-def test_entries_are_written_through_a_temporary_file(tmp_path, monkeypatch):
-  from jax._src import compilation_cache as jax_cc
+def test_a_size_limit_makes_jax_lock_the_dir(tmp_path):
+  # JAX's own cache locks reads, writes and evictions (DIR/.lockfile) only when its size is limited.
+  r, err = _run(tmp_path, f"--compilation_cache_dir={tmp_path / 'c'}")
+  assert err == "" and r["misses"] >= 1
+  assert (tmp_path / "c" / ".lockfile").exists()
+  assert len(glob.glob(str(tmp_path / "c" / "*-atime"))) == len(_entries(tmp_path / "c"))
+  code = ("from jaxscape.core import compilation_cache as c; import jax; c.enable(%r); "
+          "print(jax.config.jax_compilation_cache_max_size)")
+  out = lambda env: subprocess.run([sys.executable, "-c", code % str(tmp_path / "c")], cwd=REPO,  # noqa: E731
+                                   env=_env(tmp_path, **env), capture_output=True, text=True, check=True).stdout
   from jaxscape.core import compilation_cache
-  monkeypatch.setattr(jax_cc, "LRUCache", jax_cc.LRUCache)  # restored after the test
-  assert compilation_cache._install_atomic_writes()
-  cache = jax_cc.LRUCache(str(tmp_path), max_size=-1)
-  renames = []
-  real_replace = os.replace
+  assert int(out({})) == compilation_cache.MAX_SIZE_BYTES
+  assert int(out({"JAX_COMPILATION_CACHE_MAX_SIZE": "12345"})) == 12345  # the user's limit stays
 
-  def replace(src, dst):
-    renames.append((src, dst, os.path.exists(dst)))
-    real_replace(src, dst)
 
-  monkeypatch.setattr(os, "replace", replace)
-  cache.put("k1", b"first")
-  cache.put("k1", b"second")  # an existing entry is kept, as in JAX
-  assert cache.get("k1") == b"first" and cache.get("k2") is None
-  [(src, dst, existed)] = renames
-  assert os.path.dirname(src) == str(tmp_path) and os.path.basename(src).startswith(".tmp-")
-  assert dst == str(tmp_path / "k1-cache") and not existed
-  assert sorted(os.listdir(tmp_path)) == ["k1-cache"]
-  with pytest.raises(ValueError):
-    cache.put("", b"x")
+def test_entries_without_an_access_time_get_one(tmp_path):
+  # Written without a size limit (JAX's default): JAX's eviction would fail on them.
+  d = tmp_path / "old"
+  first, _ = _run(tmp_path, f"--compilation_cache_dir={d}")
+  for atime in glob.glob(str(d / "*-atime")):
+    os.unlink(atime)
+  again, err = _run(tmp_path, f"--compilation_cache_dir={d}")
+  assert err == "" and again["hits"] == first["misses"] and again["misses"] == 0
+  assert len(glob.glob(str(d / "*-atime"))) == len(_entries(d)) >= 1
 
 
 @pytest.mark.parametrize("user_flags, expected", [

@@ -1,11 +1,10 @@
-"""Tests for jaxscape.core.directions: random/interpolation directions (stacked layers), grid axes, storage."""
+"""Tests for jaxscape.core.directions (random/interpolation directions over stacked layers, recipes), its leaf
+paths (jaxscape.core.paths), host keys (jaxscape.core.fused_draw) and storage (jaxscape.core.direction_store)."""
 
 import functools
 import json
 import os
 import re
-import subprocess
-import sys
 import zlib
 
 import jax
@@ -13,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxscape.core import direction_store, fused_draw, paths
 from jaxscape.core import directions as dl
 
 V, D, H, HD, K, F = 32, 16, 4, 4, 2, 24
@@ -65,7 +65,7 @@ def stack(tree):
 
 
 def flat(tree):
-  return dict(zip(dl.leaf_paths(tree), jax.tree.leaves(tree)))
+  return dict(zip(paths.leaf_paths(tree), jax.tree.leaves(tree)))
 
 
 def per_layer(tree):
@@ -74,7 +74,7 @@ def per_layer(tree):
 
 
 def assert_trees_equal(a, b):
-  assert dl.leaf_paths(a) == dl.leaf_paths(b)
+  assert paths.leaf_paths(a) == paths.leaf_paths(b)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     assert np.asarray(x).dtype == np.asarray(y).dtype
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -84,7 +84,7 @@ def assert_trees_equal(a, b):
 def path_kind(request, monkeypatch):
   """Run a test on both ways of drawing: the fused small-tree path and tensor by tensor."""
   if request.param == "per_tensor":
-    monkeypatch.setattr(dl, "FUSED_MAX_VALUES", 0)
+    monkeypatch.setattr(fused_draw, "FUSED_MAX_VALUES", 0)
   return request.param
 
 
@@ -93,28 +93,28 @@ def path_kind(request, monkeypatch):
 
 def test_leaf_paths_and_index():
   p = make_params(bias=True)
-  paths = dl.leaf_paths(p)
-  assert len(paths) == len(jax.tree.leaves(p))
+  names = paths.leaf_paths(p)
+  assert len(names) == len(jax.tree.leaves(p))
   for want in ("embed/embedding", "layers/attn/q/kernel", "layers/attn/q/bias", "layers/mlp/down/kernel",
                "final_norm/scale", "lm_head/kernel", "layers/attn_norm/scale"):
-    assert want in paths
-  assert paths[0] == "embed/embedding"  # sorted dict keys, flatten order
-  assert dl.is_stacked("layers/attn/q/kernel") and not dl.is_stacked("layers/0/attn/q/kernel")
-  assert not dl.is_stacked("embed/embedding") and not dl.is_stacked("layers")
-  assert dl.slice_paths("layers/attn/q/kernel", 2) == ["layers/0/attn/q/kernel", "layers/1/attn/q/kernel"]
-  assert dl.slice_paths("lm_head/kernel", 1) == ["lm_head/kernel"]
-  assert "layers/1/attn/q/bias" in dl.leaf_paths(make_params(bias=True, stacked=False))  # the former layout
-  assert dl.path_index("layers/0/attn/q/kernel") == zlib.crc32(b"layers/0/attn/q/kernel")
-  assert dl.path_index("layers/0/attn/q/kernel") != dl.path_index("layers/1/attn/q/kernel")
+    assert want in names
+  assert names[0] == "embed/embedding"  # sorted dict keys, flatten order
+  assert paths.is_stacked("layers/attn/q/kernel") and not paths.is_stacked("layers/0/attn/q/kernel")
+  assert not paths.is_stacked("embed/embedding") and not paths.is_stacked("layers")
+  assert paths.slice_paths("layers/attn/q/kernel", 2) == ["layers/0/attn/q/kernel", "layers/1/attn/q/kernel"]
+  assert paths.slice_paths("lm_head/kernel", 1) == ["lm_head/kernel"]
+  assert "layers/1/attn/q/bias" in paths.leaf_paths(make_params(bias=True, stacked=False))  # the former layout
+  assert paths.path_index("layers/0/attn/q/kernel") == zlib.crc32(b"layers/0/attn/q/kernel")
+  assert paths.path_index("layers/0/attn/q/kernel") != paths.path_index("layers/1/attn/q/kernel")
 
 
 def test_host_keys_match_jax():
   for seed in (0, 1, 123, -1, 2**31 - 1, -2**31, 2**31, 2**32 + 5, 2**40, -2**40, 2**63 - 1):
-    np.testing.assert_array_equal(dl._seed_key(seed), np.asarray(jax.random.PRNGKey(seed)), err_msg=str(seed))
+    np.testing.assert_array_equal(fused_draw.seed_key(seed), np.asarray(jax.random.PRNGKey(seed)), err_msg=str(seed))
   key = jax.random.fold_in(jax.random.PRNGKey(9), np.uint32(4))
   data = [0, 1, 7, 2**31, 2**32 - 1, zlib.crc32(b"layers/3/mlp/up/kernel")]
   want = np.stack([np.asarray(jax.random.fold_in(key, np.uint32(x))) for x in data])
-  np.testing.assert_array_equal(dl._fold_in(np.asarray(key), data), want)
+  np.testing.assert_array_equal(fused_draw.fold_in(np.asarray(key), data), want)
 
 
 # ---------------------------------------------------------------------- random directions
@@ -158,7 +158,7 @@ def old_random_direction(params, *, seed, index=0, norm="layer", exclude=("norm"
 
 
 TOY_DIMS = (2048, 128, 128, 128, 384)  # checkpoints/toy-chat: its reductions take another code path than tiny ones
-# Slices of 4032 to 4160 values, around the fused path's smallest slice (dl.FUSED_MIN_SLICE).
+# Slices of 4032 to 4160 values, around the fused path's smallest slice (fused_draw.FUSED_MIN_SLICE).
 BOUNDARY_DIMS = (64, 64, 64, 63, 65)
 
 
@@ -281,9 +281,9 @@ def test_exclude_patterns(path_kind):
   # Patterns see the per-layer paths: "layers/0/" zeroes layer 0's slice of every stacked leaf, only it.
   d0 = dl.random_direction(p, seed=0, exclude=("layers/0/",))
   full = dl.random_direction(p, seed=0, exclude=())
-  for path, x, y in zip(dl.leaf_paths(d0), jax.tree.leaves(d0), jax.tree.leaves(full)):
+  for path, x, y in zip(paths.leaf_paths(d0), jax.tree.leaves(d0), jax.tree.leaves(full)):
     x, y = np.asarray(x), np.asarray(y)
-    if dl.is_stacked(path):
+    if paths.is_stacked(path):
       assert not x[0].any(), path
       np.testing.assert_array_equal(x[1], y[1], err_msg=path)
     else:
@@ -440,55 +440,81 @@ def test_directions_for_errors():
     dl.directions_for("1d_random", a, orthogonal=True)
 
 
-# ------------------------------------------------------------------------ grid axes
+# ------------------------------------------------------------------------ PRNG keys
 
 
-def test_grid_axes_reference_layout():
-  steps, m, e = 4, 0.5, 2
-  (x,) = dl.grid_axes("1d_random", steps=steps, multiplier=m)
-  np.testing.assert_array_equal(x, np.linspace(-m / 2, m / 2, steps + 1))
-  assert x.dtype == np.float64 and len(x) == 5 and x[0] == -0.25 and x[-1] == 0.25
-  # The reference walks: centre - steps/2 * step, then + step (step = m / steps).
-  np.testing.assert_allclose(x, -steps / 2 * (m / steps) + np.arange(steps + 1) * (m / steps), atol=1e-12)
-
-  (t,) = dl.grid_axes("1d_interpolation", steps=steps, extra_steps=e)
-  np.testing.assert_array_equal(t, np.linspace(-e / steps, 1 + e / steps, steps + 2 * e + 1))
-  assert len(t) == 9
-  np.testing.assert_allclose(t, (np.arange(steps + 2 * e + 1) - e) / steps, atol=1e-12)
-  assert t[e] == 0.0 and abs(t[e + steps] - 1.0) < 1e-12
-
-  t0, r = dl.grid_axes("2d_interpolation_random", steps=steps, multiplier=m, extra_steps=e)
-  np.testing.assert_array_equal(t0, t)
-  np.testing.assert_array_equal(r, x)
-  assert [len(a) for a in dl.grid_axes("2d_random", steps=3)] == [4, 4]
-  assert [len(a) for a in dl.grid_axes("2d_interpolation", steps=3, extra_steps=1)] == [6, 6]
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey], ids=["typed", "raw"])
+@pytest.mark.parametrize("seed", [0, 123, 2**40])
+def test_a_key_draws_what_its_seed_draws(make_key, seed, path_kind):
+  p = make_params(5, dims=TOY_DIMS[:1] + (64, 64, 64, 96))
+  for index in (0, 3):
+    assert_trees_equal(dl.random_direction(p, make_key(seed), index=index),
+                       dl.random_direction(p, seed=seed, index=index))
+  other = dl.random_direction(p, jax.random.fold_in(make_key(seed), 1))
+  assert not np.array_equal(np.asarray(jax.tree.leaves(other)[0]), np.asarray(jax.tree.leaves(dl.random_direction(
+      p, make_key(seed)))[0]))
 
 
-def test_grid_coords_row_major():
-  c1 = dl.grid_coords([np.array([0.0, 1.0, 2.0])])
-  assert c1.shape == (3, 1) and c1.dtype == np.float64
-  c2 = dl.grid_coords([np.array([0.0, 1.0]), np.array([10.0, 20.0, 30.0])])
-  np.testing.assert_array_equal(c2, [[0, 10], [0, 20], [0, 30], [1, 10], [1, 20], [1, 30]])
-  with pytest.raises(ValueError, match="1 or 2 axes"):
-    dl.grid_coords([np.zeros(2)] * 3)
+def test_key_errors():
+  p = make_params()
+  with pytest.raises(ValueError, match="exactly one"):
+    dl.random_direction(p)
+  with pytest.raises(ValueError, match="exactly one"):
+    dl.random_direction(p, jax.random.key(0), seed=0)
+  with pytest.raises(ValueError, match="threefry2x32 PRNG key"):
+    dl.random_direction(p, np.zeros(3, np.uint32))
+  with pytest.raises(ValueError, match="concrete PRNG key"):
+    jax.jit(lambda k: dl.random_direction(p, k))(jax.random.PRNGKey(0))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"steps": 0}, "steps must be > 0, got 0"),
-    ({"steps": -3}, "steps must be > 0, got -3"),
-    ({"steps": 2.5}, "steps must be > 0, got 2.5"),
-    ({"steps": 4, "multiplier": 0.0}, "multiplier must be finite and nonzero, got 0.0"),
-    ({"steps": 4, "multiplier": float("nan")}, "multiplier must be finite and nonzero"),
-    ({"steps": 4, "extra_steps": -1}, "extra_steps must be an integer >= 0, got -1"),
-])
-def test_grid_axes_errors(kwargs, match):
-  with pytest.raises(ValueError, match=match):
-    dl.grid_axes("1d_interpolation", **kwargs)
+def test_directions_from_a_key_are_stored_as_its_data(tmp_path):
+  p = make_params()
+  key = jax.random.fold_in(jax.random.key(7), 2)  # a key no seed gives
+  dirs, recipes = dl.directions_for("2d_random", p, key=key, orthogonal=True)
+  words = tuple(int(w) for w in jax.random.key_data(key))
+  assert [r.key for r in recipes] == [words, words] and recipes[0].seed is None
+  assert_trees_equal(dirs[0], dl.random_direction(p, key))
+  assert dl.RandomRecipe.from_json(json.dumps(recipes[1].to_json())) == recipes[1]
+  direction_store.save_directions(tmp_path / "d", dirs, recipes)
+  loaded, lrec = direction_store.load_directions(tmp_path / "d", p)
+  assert lrec == recipes
+  for a, b in zip(loaded, dirs):
+    assert_trees_equal(a, b)
+  assert "key" not in dl.RandomRecipe(5).to_json()  # seed recipes are stored as before
+  with pytest.raises(ValueError, match="seed or a key"):
+    dl.RandomRecipe(5, key=words)
+  with pytest.raises(ValueError, match="not both"):
+    dl.directions_for("1d_random", p, key=key, seed=1)
 
 
-def test_grid_axes_unknown_kind():
-  with pytest.raises(ValueError, match="unknown kind 'random'.*2d_interpolation_random"):
-    dl.grid_axes("random", steps=4)
+def test_a_loss_landscape_composes_with_jit_vmap_and_grad():
+  """What a JAX researcher writes: a 1-D loss landscape of the toy model, vmapped over coefficients."""
+  import jaxscape
+  from jaxscape.core import model as model_lib
+  from jaxscape.core import perturb
+
+  toy = jaxscape.load_model(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                         "checkpoints", "toy-chat"))
+  params, cfg = toy.params, toy.cfg
+  d = dl.random_direction(params, jax.random.key(0))
+  dirs = perturb.stack_directions([d])  # leaves [1, *S]
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 12)), jnp.int32)  # [B, T]
+
+  def loss(c):  # mean next-token cross-entropy at θ + c·d; c float32 scalar
+    logits = model_lib.forward(perturb.materialize(params, dirs, c[None]), tokens[:, :-1], cfg=cfg)
+    logp = jax.nn.log_softmax(logits, axis=-1)  # [B, T-1, V] float32
+    return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1))
+
+  coeffs = jnp.linspace(-1.0, 1.0, 5, dtype=jnp.float32)
+  curve = jax.jit(jax.vmap(loss))(coeffs)  # [5]
+  slope = jax.jit(jax.grad(loss))(jnp.float32(0.0))
+  assert curve.shape == (5,) and curve.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(curve)))
+  assert slope.shape == () and bool(jnp.isfinite(slope))
+  for i in (0, 3):  # the vmapped loss is the Python loop's
+    np.testing.assert_allclose(curve[i], jax.jit(loss)(coeffs[i]), rtol=1e-5)
+  # The gradient at the origin is the curve's slope there (central difference, small step).
+  eps = jnp.float32(1e-2)
+  np.testing.assert_allclose(slope, (jax.jit(loss)(eps) - jax.jit(loss)(-eps)) / (2 * eps), rtol=0.1, atol=1e-3)
 
 
 # ------------------------------------------------------------------------- storage
@@ -498,19 +524,19 @@ def test_save_load_random_is_recipe_only_and_bit_identical(tmp_path):
   p = make_params()
   dirs, recipes = dl.directions_for("2d_random", p, seed=21, orthogonal=True, norm="filter")
   out = tmp_path / "dirs"
-  dl.save_directions(out, dirs, recipes)
+  direction_store.save_directions(out, dirs, recipes)
   assert sorted(os.listdir(out)) == ["directions.json"]  # nothing but the recipes
   manifest = json.loads((out / "directions.json").read_text())
   assert [e["index"] for e in manifest["directions"]] == [0, 1]
-  loaded, lrec = dl.load_directions(out, p)
+  loaded, lrec = direction_store.load_directions(out, p)
   assert lrec == recipes
   for a, b in zip(dirs, loaded):
     assert_trees_equal(a, b)
   with pytest.raises(ValueError, match="already holds directions"):
-    dl.save_directions(out, dirs, recipes)
-  dl.save_directions(out, dirs, recipes, overwrite=True)
+    direction_store.save_directions(out, dirs, recipes)
+  direction_store.save_directions(out, dirs, recipes, overwrite=True)
   with pytest.raises(ValueError, match="no directions.json"):
-    dl.load_directions(tmp_path / "missing", p)
+    direction_store.load_directions(tmp_path / "missing", p)
 
 
 def test_save_load_interpolation_orbax(tmp_path):
@@ -520,11 +546,11 @@ def test_save_load_interpolation_orbax(tmp_path):
   cwd = os.getcwd()
   try:  # relative paths are made absolute for orbax
     os.chdir(tmp_path)
-    dl.save_directions("dirs", dirs, recipes)
+    direction_store.save_directions("dirs", dirs, recipes)
   finally:
     os.chdir(cwd)
   assert os.path.isdir(out / "direction_0")
-  loaded, lrec = dl.load_directions(out, a)
+  loaded, lrec = direction_store.load_directions(out, a)
   assert lrec[0] is None and lrec[1] == recipes[1]
   assert jax.tree.structure(loaded[0]) == jax.tree.structure(a)
   for x, y in zip(dirs, loaded):
@@ -533,9 +559,9 @@ def test_save_load_interpolation_orbax(tmp_path):
   bad = make_params(0)
   bad["layers"]["attn"]["o"]["kernel"] = jnp.zeros((2, H * HD + 1, D))
   with pytest.raises(ValueError, match=r"do not match the model.*layers/attn/o/kernel.*\(2, 17, 16\).*\(2, 16, 16\)"):
-    dl.load_directions(out, bad)
+    direction_store.load_directions(out, bad)
   with pytest.raises(ValueError, match="do not match the model.*lm_head/kernel"):
-    dl.load_directions(out, make_params(0, tied=True))
+    direction_store.load_directions(out, make_params(0, tied=True))
 
 
 def test_check_matches():
@@ -554,17 +580,17 @@ def test_interpolation_direction_saved_before_stacking_is_stacked_on_load(tmp_pa
   a, b = make_params(0), make_params(1)
   old = dl.interpolation_direction(unstack(a), unstack(b))  # what the former code saved
   out = tmp_path / "dirs"
-  dl.save_directions(out, [old], [None])
-  assert "layers/0/attn/q/kernel" in dl.leaf_paths(old)
-  (loaded,), (recipe,) = dl.load_directions(out, a)
+  direction_store.save_directions(out, [old], [None])
+  assert "layers/0/attn/q/kernel" in paths.leaf_paths(old)
+  (loaded,), (recipe,) = direction_store.load_directions(out, a)
   assert recipe is None and jax.tree.structure(loaded) == jax.tree.structure(a)
   assert_trees_equal(loaded, dl.interpolation_direction(a, b))
   # A stacked direction for a model in the former layout: refused, saying what differs.
   new = tmp_path / "new"
-  dl.save_directions(new, [dl.interpolation_direction(a, b)], [None])
+  direction_store.save_directions(new, [dl.interpolation_direction(a, b)], [None])
   with pytest.raises(ValueError, match=r"do not match the model: the model holds its layers as a per-layer list.*"
                                        r"stack_layers"):
-    dl.load_directions(new, unstack(a))
+    direction_store.load_directions(new, unstack(a))
 
 
 def test_bfloat16_interpolation_endpoint_drift_is_the_rounding_of_the_held_difference():

@@ -251,10 +251,10 @@ def test_bad_generation_config_names_the_file(tmp_path):
     (json.dumps({"format": "jaxscape.core.directions", "version": 1, "directions": [{"kind": "x"}]}), "unknown kind"),
 ])
 def test_bad_directions_manifest_names_the_file(tmp_path, manifest, fragment):
-  from jaxscape.core import directions
-  (tmp_path / directions.MANIFEST).write_text(manifest)
+  from jaxscape.core import direction_store
+  (tmp_path / direction_store.MANIFEST).write_text(manifest)
   with pytest.raises(InputError, match=fragment):
-    directions.load_directions(str(tmp_path), {"w": __import__("numpy").zeros(2)})
+    direction_store.load_directions(str(tmp_path), {"w": __import__("numpy").zeros(2)})
 
 
 def test_non_utf8_jsonl_names_the_file(tmp_path):

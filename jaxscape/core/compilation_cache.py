@@ -13,34 +13,35 @@ Every compiled program is cached, however small or quick to compile
 the same shapes (model, prompts, slice size, tokens, devices) loads its programs from disk instead
 of compiling them. Entries are keyed by JAX on the program, the devices, the compile options and
 the jax/jaxlib version, so runs of other shapes or versions add entries and never load wrong ones.
-The directory grows without bound (JAX's default, ``jax_compilation_cache_max_size=-1``); delete
-it at any time.
 
-Sharing one directory between processes (parallel runs, the processes of a multi-host run,
-several users who trust each other) is safe:
+Size and sharing: :func:`enable` sets ``jax_compilation_cache_max_size`` to :data:`MAX_SIZE_BYTES`
+(unless it is already set, e.g. by ``JAX_COMPILATION_CACHE_MAX_SIZE``). A size limit is what
+makes JAX's own file cache safe to share between processes (parallel runs, the processes of a
+multi-host run, several users who trust each other): with a limit, JAX takes a ``filelock``
+lock (``DIR/.lockfile``) around every read, write and eviction, so no process reads a
+half-written entry and two writers of one key do not interleave their bytes; without one (JAX's
+default, -1) it writes entries in place, unlocked. Every process sharing the directory must be
+able to open the lock file for writing (users sharing it: a group-writable directory and umask);
+one that cannot gets JAX's one-line warnings and compiles instead.
 
-* Reads: JAX (0.10) reads an entry with one ``read_bytes`` of ``KEY-cache`` and treats a
-  missing file as a miss; an entry that fails to decompress or deserialize is reported by JAX as
-  a warning and the program is compiled instead (``jax_raise_persistent_cache_errors=False``).
-* Writes: JAX's own file cache (``jax._src.lru_cache.LRUCache.put``, without a size limit: no
-  file lock either) writes ``KEY-cache`` in place with ``Path.write_bytes``, so another process
-  could read a half-written entry, and two processes writing one key at the same time could
-  interleave their bytes. :func:`enable` therefore makes JAX's cache write each entry to a
-  private temporary file in the same directory (``.tmp-PID-RANDOM``, created with ``O_EXCL``)
-  and ``os.replace`` it onto ``KEY-cache``: a rename within one file system is atomic, so readers
-  see no file or a whole entry, never a partial one, and the last of two concurrent writers of a
-  key wins with an equally valid entry. A temporary file left by a killed process is never read
-  (JAX opens only ``*-cache`` names) and can be deleted. With a size limit
-  (``jax_compilation_cache_max_size``) or a non-local path (``gs://...``), JAX's own code runs
-  unchanged: it then serialises reads, writes and evictions with a ``filelock`` lock file.
-* In a multi-host run (``jax.distributed``) only process 0 writes entries; all processes read.
-* On GPU, JAX also points XLA's per-fusion autotuning cache at
-  ``DIR/xla_gpu_per_fusion_autotune_cache_dir`` (only process 0 of a multi-host run updates it);
-  XLA writes each of its files to a temporary file first and renames it into place, too.
+The limit also turns on eviction of the least recently used entries once the directory holds
+more. It is generous: entries hold compiled programs, not weights (the README's toy scan writes
+under 1 MiB), so eviction only trims a cache that has served many models, shapes and JAX
+versions, and an evicted program is simply compiled again. An entry that fails to decompress or
+deserialize is reported by JAX as a warning and the program is compiled instead
+(``jax_raise_persistent_cache_errors=False``). In a multi-host run (``jax.distributed``) only
+process 0 writes entries; all processes read. On GPU, JAX also points XLA's per-fusion
+autotuning cache at ``DIR/xla_gpu_per_fusion_autotune_cache_dir``.
 
 The cache is trusted: whoever can write to the directory can make your runs execute their code,
 so share it only with people you trust. A directory that cannot be created or written does not
 stop a run: :func:`enable` warns on one line and the run goes on without the cache.
+
+Python-API users: ``import jaxscape`` turns nothing on. Enabling a persistent cache changes
+process-wide JAX configuration (and writes to the user's disk), which a library should not do
+behind its caller's back: a researcher may have their own cache directory, size or JAX's own
+``JAX_COMPILATION_CACHE_DIR``, and a notebook session compiles each program once anyway. The entry
+points, which own their process, turn it on; from Python it is one call (above).
 
 Cold compiles on CPU: :func:`use_fast_cpu_compiler` (also called by every entry point) has
 XLA:CPU emit its fused loops with its classic emitters instead of the newer MLIR fusion
@@ -50,11 +51,17 @@ faster with the same scan time (measured in BENCHMARKS.md).
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import time
 import uuid
 
 _log = logging.getLogger("jaxscape")
+
+# Bytes the cache directory may hold before JAX evicts its least recently used entries (see the
+# module docstring: a limit is what makes JAX lock the directory).
+MAX_SIZE_BYTES = 4 << 30
 
 _CONFIG = {
     "jax_persistent_cache_min_compile_time_secs": 0.0,  # cache every program, not only slow ones
@@ -109,8 +116,12 @@ def enable(cache_dir: str | None = None) -> str | None:
   jax.config.update("jax_compilation_cache_dir", path)
   for name, value in _CONFIG.items():
     jax.config.update(name, value)
-  _install_atomic_writes()
-  _reopen_if_elsewhere(path)
+  if jax.config.jax_compilation_cache_max_size == -1:  # JAX's default: unlimited, and unlocked
+    jax.config.update("jax_compilation_cache_max_size", MAX_SIZE_BYTES)
+  if not remote:
+    _add_missing_access_times(path)
+  from jax.experimental.compilation_cache import compilation_cache as jax_cache
+  jax_cache.reset_cache()  # JAX opens its cache once: a cache opened before this call reopens on ``path``
   return path
 
 
@@ -130,12 +141,8 @@ def use_fast_cpu_compiler() -> list[str]:
   Returns:
     The flags it added.
   """
-  try:
-    from jax._src import xla_bridge  # private: whether a backend is up (too late for XLA_FLAGS)
-    if xla_bridge.backends_are_initialized():
-      return []
-  except (ImportError, AttributeError):
-    pass
+  if _backend_started():
+    return []
   current = os.environ.get("XLA_FLAGS", "")
   added = [f for f in FAST_CPU_COMPILER_FLAGS if f.split("=")[0] not in current]
   if added:
@@ -159,63 +166,36 @@ def is_enabled() -> bool:
   return bool(jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir)
 
 
-def _reopen_if_elsewhere(path: str) -> None:
-  """JAX opens its cache once, at the first compile: drop one already open on another dir (or without
-  the atomic writer), so the next compile opens ``path``."""
-  try:
-    from jax._src import compilation_cache as jax_cc
-    from jax._src import lru_cache
-    cache = jax_cc._cache
-    if cache is not None and (str(cache._path) != path or type(cache) is lru_cache.LRUCache):
-      jax_cc.reset_cache()
-  except (ImportError, AttributeError):
-    pass
+def _backend_started() -> bool:
+  """Whether JAX has started a backend (too late for ``XLA_FLAGS``, which it reads then).
 
-
-def _install_atomic_writes() -> bool:
-  """Make JAX's file cache write entries by temporary file + ``os.replace`` (see the module docstring).
-
-  Returns whether the atomic writer is installed; ``False`` (JAX's own writer stays) when this JAX
-  version's internals differ from 0.10's.
+  JAX has no public query for this, but its config refuses to change a backend option once a
+  backend is up: change one (a CPU topology timeout, nothing we use) and put it back.
   """
+  import jax
+  name = "jax_cpu_get_local_topology_timeout_minutes"
+  value = getattr(jax.config, name)
   try:
-    from jax._src import compilation_cache as jax_cc
-    from jax._src import lru_cache
-  except ImportError:
-    return False
-  base = getattr(jax_cc, "LRUCache", None)
-  if getattr(base, "_jaxscape_atomic", False):
+    jax.config.update(name, value + 1)
+  except RuntimeError:
     return True
-  if base is not lru_cache.LRUCache or not hasattr(lru_cache, "_CACHE_SUFFIX"):
-    return False
+  jax.config.update(name, value)
+  return False
 
-  class AtomicLRUCache(base):
-    """JAX's ``LRUCache``; without a size limit, on a local path, each entry is written atomically."""
 
-    _jaxscape_atomic = True
+def _add_missing_access_times(path: str) -> None:
+  """Give every entry of ``path`` the access-time file JAX's eviction reads (``KEY-atime``).
 
-    def put(self, key: str, value: bytes) -> None:
-      root = str(self.path)
-      if self.eviction_enabled or "://" in root:
-        return super().put(key, value)
-      if not key:
-        raise ValueError("key cannot be empty")
-      final = os.path.join(root, f"{key}{lru_cache._CACHE_SUFFIX}")
-      if os.path.exists(final):
-        return
-      tmp = os.path.join(root, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-      fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode: as JAX's, minus the umask
+  Entries written without a size limit (by JAX's default, or by jaxscape before it set one) have
+  none, and JAX's eviction fails on an entry without one (every later write would warn and be
+  dropped). JAX's format: the time in nanoseconds, 8 bytes little-endian.
+  """
+  now = time.time_ns().to_bytes(8, "little")
+  for entry in glob.glob(os.path.join(glob.escape(path), "*-cache")):
+    atime = entry.removesuffix("-cache") + "-atime"
+    if not os.path.exists(atime):
       try:
-        with os.fdopen(fd, "wb") as f:
-          f.write(value)
-        os.replace(tmp, final)
-      except BaseException:
-        try:
-          os.unlink(tmp)
-        except OSError:
-          pass
-        raise
-
-  AtomicLRUCache.__name__ = AtomicLRUCache.__qualname__ = "AtomicLRUCache"
-  jax_cc.LRUCache = AtomicLRUCache  # what jax_cc.get_file_cache builds when it opens the cache
-  return True
+        with open(atime, "wb") as f:
+          f.write(now)
+      except OSError:  # read-only entries of a shared dir: JAX warns on the writes that need them
+        pass

@@ -133,12 +133,12 @@ def phase_ends(max_new_tokens: int, first: int = 32) -> tuple[int, ...]:
   to a multiple of 32), then ``max_new_tokens``.
 
   Each phase is its own ``while_loop`` over a cache sized for that phase's last step, so a
-  step's attention reads ~prompt + step slots instead of prompt + ``max_new_tokens``. Each
-  phase compiles the model step once more (+0.7 s compile on the toy scan): a first phase of 32
-  took the default toy scan (64 new tokens after <= 40 prompt slots) from 6.5 to 6.1-6.2 s; 16
-  was no faster. Doubling leaves a phase's cache up to 1/3 longer than its tokens; growing by
-  half past 128 took the toy scan at 512 new tokens (32, 64, 128, 192, 288, 448, 512 instead of
-  32 ... 256, 512) from 78.6 to 64.4 s for 3.3 s more compile, same tokens.
+  step's attention reads ~prompt + step slots instead of prompt + ``max_new_tokens``, at the
+  price of compiling the model step once more per phase. A first phase of 32 pays for that on
+  the default toy scan (64 new tokens after <= 40 prompt slots) where 16 gains nothing more.
+  Doubling leaves a phase's cache up to 1/3 longer than its tokens, so past 128 the phases grow
+  by half, which scans long generations faster for a little more compile, same tokens
+  (BENCHMARKS.md, "Finer cache phases past 128 new tokens").
   """
   ends, end = [], first
   while end < max_new_tokens:

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxscape.core.paths import is_stacked, path_str
 from jaxscape.errors import InputError
 
 PyTree = Any
@@ -45,9 +46,10 @@ def cpu_devices_for(points: int, cores: int) -> int:
   """The most devices (<= ``cores``) whose padding of ``points`` leaves <= 10% of point-slots idle.
 
   The points of a slice are padded to a multiple of the device count, and a padded slot costs as
-  much as a real point. One device per core gained 10-20% on the toy scan (21 points over 2 CPU
-  devices: 1 idle slot of 22), but 5 points of a 100M model over 2 devices (6 slots) took
-  16.0 s against 14.3 s on one device, so a split must not idle more than it gains.
+  much as a real point: one device per core pays on the toy scan (21 points over 2 devices, 1 idle
+  slot of 22) but not for 5 points of a 100M model over 2 devices (6 slots), where the split was
+  slower than one device (BENCHMARKS.md, "One device per core"). So a split must not idle more
+  than it gains.
   """
   for d in range(max(1, cores), 1, -1):
     if d * -(-points // d) - points <= MAX_IDLE_POINT_SLOTS * points:
@@ -58,29 +60,29 @@ def cpu_devices_for(points: int, cores: int) -> int:
 def split_cpu_host(n: int = 0, *, points: int | None = None) -> int:
   """Expose a CPU-only host as ``n`` JAX devices (0: one per core), so grid points run in parallel.
 
-  XLA:CPU runs the many small ops of a decoding step on ~1.6 of 2 cores; with one device per
-  core each device decodes its own share of the points (splitting points is bit-identical),
-  which measured 10-15% faster on the toy scan (2 cores). With ``n`` = 0 and the grid's
-  ``points`` given, fewer devices are used when one per core would leave many padded point-slots
-  idle (:func:`cpu_devices_for`). Must run before JAX initialises a
-  backend. Does nothing (returns 0) when ``n`` is 1, when ``XLA_FLAGS`` already sets a device
-  count, when ``JAX_PLATFORMS`` names another platform, when an accelerator plugin is installed
-  or when the backends are already up. Returns the device count it set.
+  XLA:CPU runs the many small ops of a decoding step on fewer cores than the host has; with one
+  device per core each device decodes its own share of the points (splitting points is
+  bit-identical), which is faster on the toy scan (BENCHMARKS.md, "One device per core"). With
+  ``n`` = 0 and the grid's ``points`` given, fewer devices are used when one per core would leave
+  many padded point-slots idle (:func:`cpu_devices_for`). Sets ``jax_num_cpu_devices``, which JAX
+  reads when it starts its CPU backend: call it before anything runs on a device. Does nothing
+  (returns 0) when ``n`` is 1, when ``XLA_FLAGS`` or ``jax_num_cpu_devices`` already sets a device
+  count, when ``JAX_PLATFORMS`` names another platform, when an accelerator plugin is installed or
+  when the backends are already up. Returns the device count it set.
   """
-  try:
-    from jax._src import xla_bridge  # private: whether a backend is up (too late to add devices)
-    started = xla_bridge.backends_are_initialized()
-  except (ImportError, AttributeError):  # another JAX version: do not guess
-    return 0
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
   n = n or (cpu_devices_for(points, cores) if points else cores)
   platforms = os.environ.get("JAX_PLATFORMS", "")
   accelerator = (importlib.util.find_spec("jax_plugins") is not None or importlib.util.find_spec("libtpu") is not None
                  or any(True for _ in importlib.metadata.entry_points(group="jax_plugins")))
-  if (n <= 1 or started or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+  if (n <= 1 or jax.config.jax_num_cpu_devices >= 0
+      or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
       or platforms not in ("", "cpu") or (accelerator and platforms != "cpu")):
     return 0
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError:  # JAX refuses once a backend is up: too late to add devices
+    return 0
   return n
 
 
@@ -117,19 +119,6 @@ def make_mesh(text: str | None = None, devices=None) -> Mesh:
   return Mesh(np.asarray(devices).reshape(sizes[POINTS], sizes[MODEL]), (POINTS, MODEL))
 
 
-def _path_str(path) -> str:
-  parts = []
-  for k in path:
-    parts.append(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))))
-  return "/".join(parts)
-
-
-def is_stacked(path) -> bool:
-  """Whether a params key path is a stacked layer leaf (``layers/<name>/...``, leading axis = layer)."""
-  keys = [getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path]
-  return len(keys) > 1 and keys[0] == "layers" and not isinstance(keys[1], int)
-
-
 def param_specs(params: PyTree, mesh: Mesh) -> PyTree:
   """PartitionSpec per leaf from :data:`PARAM_RULES` (replicated where a dim does not divide).
 
@@ -140,8 +129,8 @@ def param_specs(params: PyTree, mesh: Mesh) -> PyTree:
   def spec(path, leaf):
     if model_size == 1:
       return P()
-    lead = 1 if is_stacked(path) else 0
-    name = _path_str(path)
+    name = path_str(path)
+    lead = 1 if is_stacked(name) else 0
     for pattern, s in PARAM_RULES:
       if re.search(pattern, name):
         ok = len(leaf.shape) == lead + len(s) and all(

@@ -27,7 +27,9 @@ import numpy as np
 from jaxscape.datasets import capability as capability_lib
 from jaxscape.core import convert
 from jaxscape.core import decode as decode_lib
+from jaxscape.core import direction_store
 from jaxscape.core import directions as directions_lib
+from jaxscape.core import grid as grid_lib
 from jaxscape.core import metrics
 from jaxscape.core import prompts as prompts_lib
 from jaxscape.core import results
@@ -81,9 +83,9 @@ class Grid:
 
 def make_grid(spec: LandscapeSpec) -> Grid:
   """Coordinates of every point in step order (2-D row-major, first direction as rows)."""
-  axes = directions_lib.grid_axes(spec.kind, steps=spec.steps, multiplier=spec.multiplier,
+  axes = grid_lib.grid_axes(spec.kind, steps=spec.steps, multiplier=spec.multiplier,
                                   extra_steps=spec.extra_steps)
-  pts = np.asarray(directions_lib.grid_coords(axes), np.float64)  # [K, ndim]
+  pts = np.asarray(grid_lib.grid_coords(axes), np.float64)  # [K, ndim]
   if spec.num_directions > 1:
     if spec.kind != "1d_random":
       raise InputError(f"--num_directions > 1 needs kind 1d_random, got {spec.kind}")
@@ -172,7 +174,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
       A generative set's prompts are decoded beside the harmful ones (with metric "capability", alone).
     capability_shots: shots per subject when ``capability_set`` is an ``mmlu:`` name.
     directions: ``(direction trees, recipes)`` to scan along instead of generating them from
-      ``spec`` (e.g. from ``directions.load_directions``); validated against the model.
+      ``spec`` (e.g. from ``direction_store.load_directions``); validated against the model.
   """
   t_start = options.t_start or time.perf_counter()
   cset = capability_lib.as_set(capability_set, capability_shots) if options.metric != "safety" else None
@@ -192,7 +194,7 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
   writer = jax.process_index() == 0
   reuse = results.prepare_run(out_dir, identity, resume=options.resume, write=writer)
   if (options.save_directions if options.save_directions is not None else all(recipes)) and not reuse:
-    directions_lib.save_directions(os.path.join(out_dir, "directions"), dirs, recipes, overwrite=True)
+    direction_store.save_directions(os.path.join(out_dir, "directions"), dirs, recipes, overwrite=True)
   t0 = time.perf_counter()
   stacked = _stack_owned(dirs)
   _return_freed_memory()  # loading's and the directions' transients
