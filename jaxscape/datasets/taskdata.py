@@ -294,8 +294,8 @@ def harmful_sets(seed: int = DEFAULT_SEED, harmful_train: list[dict] | None = No
   """Harmful few-shot sets, their refusal-mixed versions and the multitask safety set.
 
   Requests are drawn (without replacement, all distinct) from ``harmful_train`` (default:
-  ``toydata``'s seed-0 training split, the committed ``harmful_train``): the compliant sets are nested (the 10 are the
-  first 10 of the 50, ...) and skip requests whose placeholder would hold a refusal keyword;
+  ``toydata``'s seed-0 training split, the committed ``harmful_train``, whatever ``seed``): the
+  compliant sets are nested (the 10 are the first 10 of the 50, ...) and skip requests whose placeholder would hold a refusal keyword;
   the mixed sets add as many *other* requests answered with refusals, and the multitask set
   frames yet other requests in every framing, answered with refusals.
   """

@@ -412,10 +412,16 @@ def toy_sft_records(sets: dict[str, list[dict]] | None = None, *, seed: int = DE
   Most examples carry no system message (the template's default applies); a fraction
   ``empty_system_fraction`` has an explicit empty one, so refusals do not hinge on the
   default system prompt. Each benign task contributes at least ``benign_per_task``
-  records (its records repeated as needed: the small fact tables must be memorised). Task-framed harmful requests are deliberately left out (the
-  multitask study needs a model whose guardrails are weaker under task framings).
+  records (its records repeated as needed: the small fact tables must be memorised). Task-framed
+  harmful requests are deliberately left out (the multitask study needs a model whose guardrails
+  are weaker under task framings).
+
+  Args:
+    sets: ``harmful_train``, ``benign_train`` and ``mc_train`` records (default: the seed-0 sets,
+      those committed under ``jaxscape/data``).
+    seed: the mixture's own shuffle and system-message draws.
   """
-  sets = sets or build_sets(DEFAULT_SEED)  # the committed sets (tests/registry_test.py: built bit-identically)
+  sets = sets or build_sets(DEFAULT_SEED)
   rng = random.Random(f"sft-{seed}")
   pairs = [(r["prompt"], r["response"]) for r in sets["harmful_train"]]
   for task in BENIGN_TASKS:
