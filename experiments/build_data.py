@@ -24,7 +24,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   from jaxscape.datasets import registry
-  families = registry.FAMILIES if FLAGS.family == "all" else (registry.family(FLAGS.family),)
+  families = registry.families() if FLAGS.family == "all" else (registry.family(FLAGS.family),)
   for fam in families:
     out_dir = None
     if FLAGS.out_dir:

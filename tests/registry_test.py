@@ -15,7 +15,7 @@ from jaxscape.errors import InputError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("fam", registry.FAMILIES, ids=lambda f: f.name)
+@pytest.mark.parametrize("fam", registry.families(), ids=lambda f: f.name)
 def test_committed_files_regenerate_bit_identically(fam, tmp_path):
   # Fails when a generator changed and `python -m experiments.build_data` was not re-run.
   paths = registry.write_family(fam, str(tmp_path))
@@ -43,7 +43,8 @@ def test_loading_by_name():
   assert sources.resolve("some/file.csv") == "some/file.csv"
 
 
-@pytest.mark.parametrize("name", ["no_such_set", "align/nope", "finetune/nope", "nope/train"])
+@pytest.mark.parametrize("name", ["no_such_set", "align/nope", "finetune/nope", "nope/train", "align/../harmful_test",
+                                  "/etc/passwd", "README"])
 def test_unknown_name_is_one_input_error_line_listing_every_set(name):
   with pytest.raises(InputError) as e:
     sources.load_prompts(f"builtin:{name}")
@@ -61,6 +62,12 @@ def test_family_lookup():
 def test_data_floor_imports_without_jax():
   code = ("import sys; from jaxscape.datasets import registry, sources, evaluation, capability; "
           "sources.load_prompts('builtin:harmful_test'); assert 'jax' not in sys.modules, 'jax imported'")
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_reading_a_set_imports_no_generator():
+  code = ("import sys, jaxscape; jaxscape.load_prompts('builtin:align/train'); "
+          "assert not {'jaxscape.datasets.toydata', 'numpy'} & set(sys.modules), sorted(sys.modules)")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 

@@ -20,11 +20,11 @@ diff. ``tests/registry_test.py`` rebuilds every committed file bit-identically t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from importlib import resources
 
-from jaxscape.datasets import aligndata, taskdata, toydata
 from jaxscape.datasets import jsonl
 from jaxscape.errors import InputError
 
@@ -47,24 +47,28 @@ class Family:
   default_seed: int
 
 
-FAMILIES = (
-    Family("toy", "", toydata.SET_NAMES, toydata.build_sets, toydata.DEFAULT_SEED),
-    Family("align", "align/", aligndata.SET_NAMES, aligndata.build_sets, aligndata.DEFAULT_SEED),
-    Family("finetune", "finetune/", taskdata.SET_NAMES, taskdata.build_sets, taskdata.DEFAULT_SEED),
-)
+@functools.cache
+def families() -> tuple[Family, ...]:
+  """Every registered family: toy, align, finetune."""
+  # Deferred: the generators' tables (and numpy, through core.metrics) load only to build or list sets,
+  # so reading a committed set (``load_prompts("builtin:...")``) stays a plain file read.
+  from jaxscape.datasets import aligndata, taskdata, toydata  # noqa: PLC0415
+  return (Family("toy", "", toydata.SET_NAMES, toydata.build_sets, toydata.DEFAULT_SEED),
+          Family("align", "align/", aligndata.SET_NAMES, aligndata.build_sets, aligndata.DEFAULT_SEED),
+          Family("finetune", "finetune/", taskdata.SET_NAMES, taskdata.build_sets, taskdata.DEFAULT_SEED))
 
 
 def family(name: str) -> Family:
   """The family called ``name``; InputError listing the families otherwise."""
-  for f in FAMILIES:
+  for f in families():
     if f.name == name:
       return f
-  raise InputError(f"no built-in family {name!r}; expected one of {', '.join(f.name for f in FAMILIES)}")
+  raise InputError(f"no built-in family {name!r}; expected one of {', '.join(f.name for f in families())}")
 
 
 def names() -> tuple[str, ...]:
   """Every built-in set's name as ``builtin:`` takes it (``harmful_test``, ``align/train``, ...)."""
-  return tuple(f.prefix + s for f in FAMILIES for s in f.set_names)
+  return tuple(f.prefix + s for f in families() for s in f.set_names)
 
 
 def data_dir() -> str:
@@ -73,10 +77,15 @@ def data_dir() -> str:
 
 
 def builtin_path(name: str) -> str:
-  """Path of the built-in set ``name`` (as :func:`names` spells it); InputError listing every name otherwise."""
-  if name not in names():
+  """Path of the built-in set ``name`` (as :func:`names` spells it); InputError listing every name otherwise.
+
+  A committed file is found without importing the generators (``tests/registry_test.py`` checks that the
+  committed files are exactly the registered sets).
+  """
+  path = os.path.join(data_dir(), f"{name}.jsonl")
+  if os.path.isabs(name) or ".." in name.split("/") or not os.path.isfile(path):
     raise InputError(f"no built-in set {name!r}; available: {', '.join(names())}")
-  return os.path.join(data_dir(), f"{name}.jsonl")
+  return path
 
 
 def load(name: str) -> list[dict]:
