@@ -1,4 +1,4 @@
-"""Score a chat model on the held-out alignment sets (jaxscape.datasets.aligndata.evaluate).
+"""Score a chat model on the held-out alignment sets (jaxscape.datasets.evaluation.evaluate_alignment).
 
   python -m experiments.eval_alignment --model=checkpoints/smollm2-aligned --out=results/align_eval.json
 
@@ -22,9 +22,9 @@ def main(argv):
   del argv
   import jaxscape
   from jaxscape.core import results
-  from jaxscape.datasets import aligndata
+  from jaxscape.datasets import evaluation
   model = jaxscape.load_model(FLAGS.model)
-  scores = aligndata.evaluate(model, max_new_tokens=FLAGS.max_new_tokens, system_prompt=FLAGS.system_prompt)
+  scores = evaluation.evaluate_alignment(model, max_new_tokens=FLAGS.max_new_tokens, system_prompt=FLAGS.system_prompt)
   print(f"{FLAGS.model}: held-out harmful refused {scores['harmful_refused_pct']:.1f}%, held-out benign refused "
         f"{scores['benign_refused_pct']:.1f}%, benign answers correct {scores['benign_correct']}/"
         f"{scores['benign_checkable']}")

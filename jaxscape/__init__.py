@@ -5,7 +5,7 @@ Weights are plain pytrees; whole slices of grid points are decoded greedily unde
 
     import jaxscape
     model = jaxscape.load_model("checkpoints/toy-chat")
-    summary = jaxscape.run_landscape(model, jaxscape.datasets.toydata.load_prompts("builtin:harmful_test"),
+    summary = jaxscape.run_landscape(model, jaxscape.load_prompts("builtin:harmful_test"),
                                      jaxscape.LandscapeSpec(kind="1d_random", multiplier=...),
                                      out_dir="results/toy_1d")
 
@@ -44,7 +44,8 @@ _SUBMODULES = {**{m: f"core.{m}" for m in ("checkpoint", "compilation_cache", "c
                                           "direction_store", "directions", "fused_draw", "gguf_io", "grid",
                                           "hf_params", "hub", "metrics", "model", "paths", "perturb", "plan",
                                           "prompts", "results", "scan", "score", "sharding", "slices", "tokenizer")},
-               **{m: f"datasets.{m}" for m in ("aligndata", "capability", "sources", "taskdata", "toydata")},
+               **{m: f"datasets.{m}" for m in ("align_tables", "aligndata", "capability", "code_check", "evaluation",
+                                              "jsonl", "registry", "sources", "taskdata", "toydata")},
                **{m: f"studies.{m}" for m in ("coherence", "coherence_results", "findings", "finetune", "judge",
                                              "judge_inputs", "judge_store", "landscape", "study", "toymodel", "views")},
                **{m: f"reports.{m}" for m in ("htmlpage", "htmlreport", "plot", "report", "scanpage")},

@@ -1,7 +1,6 @@
-"""The alignment chat set: reproducible files, disjoint held-out splits, refusals and answers, no AdvBench text."""
+"""The alignment chat set: disjoint held-out splits, refusals and answers, no AdvBench text."""
 
 import csv
-import filecmp
 import os
 import re
 
@@ -9,7 +8,7 @@ import pytest
 
 from jaxscape.core import metrics
 from jaxscape.datasets import sources
-from jaxscape.datasets import aligndata
+from jaxscape.datasets import align_tables, aligndata, evaluation, registry
 from jaxscape.studies import finetune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,13 +24,6 @@ def _reply(r):
   return r["messages"][1]["content"]
 
 
-def test_shipped_files_regenerate_bit_identically(tmp_path):
-  paths = aligndata.write_sets(str(tmp_path), aligndata.DEFAULT_SEED)
-  assert tuple(paths) == aligndata.SET_NAMES
-  for name, path in paths.items():
-    assert filecmp.cmp(path, os.path.join(aligndata.data_dir(), f"{name}.jsonl"), shallow=False), name
-
-
 def test_other_seed_gives_other_data(sets):
   other = aligndata.build_sets(1)
   assert [r["prompt"] for r in other["train"]] != [r["prompt"] for r in sets["train"]]
@@ -44,7 +36,7 @@ def test_sizes_fields_and_loading(sets):
   assert 70 <= len(sets["heldout_harmful"]) <= 90 and 70 <= len(sets["heldout_benign"]) <= 90
   assert {r["kind"] for r in sets["heldout_harmful"]} == {"harmful"}
   assert {r["kind"] for r in sets["heldout_benign"]} == {"benign"}
-  assert {r["category"] for r in sets["heldout_harmful"]} == set(aligndata.HARMFUL_GOALS)
+  assert {r["category"] for r in sets["heldout_harmful"]} == set(align_tables.HARMFUL_GOALS)
   for name, recs in sets.items():
     for r in recs:
       group = "category" if r["kind"] == "harmful" else "topic"
@@ -56,10 +48,10 @@ def test_sizes_fields_and_loading(sets):
   for name in aligndata.SET_NAMES:
     loaded = finetune.load_chat_records(f"builtin:align/{name}")
     assert loaded == [{"messages": r["messages"]} for r in sets[name]], name
-  assert aligndata.load_set("heldout_benign") == sets["heldout_benign"]
+  assert registry.load("align/heldout_benign") == sets["heldout_benign"]
   assert sources.load_prompts("builtin:align/heldout_harmful") == [r["prompt"] for r in sets["heldout_harmful"]]
   with pytest.raises(ValueError, match="nope"):
-    aligndata.load_set("nope")
+    registry.load("align/nope")
 
 
 def test_heldout_shares_no_template_and_no_object_with_training(sets):
@@ -82,7 +74,7 @@ def test_refusals_and_answers(sets):
         assert r["object"].lower() not in reply.lower(), reply  # refusals never restate the request
       else:
         assert not metrics.is_refusal(reply), (name, reply)
-        assert aligndata.check_answer(r, reply) is not False, (name, r)
+        assert evaluation.check_answer(r, reply) is not False, (name, r)
   checkable = [r for r in sets["heldout_benign"] if r["answer"] is not None]
   assert len(checkable) >= 50
   # Look-alikes (harmful words, harmless requests) are answered, in training and held out.
@@ -93,8 +85,8 @@ def test_refusals_and_answers(sets):
 
 def test_refusals_are_only_table_sentences(sets):
   # No response to a harmful request holds anything but the hand-written refusal sentences.
-  openers = {o for group in aligndata.REFUSAL_OPENERS.values() for o in group}
-  follow_ups = {f for reasons, alts in aligndata.REFUSAL_FOLLOW_UPS.values() for f in reasons + alts}
+  openers = {o for group in align_tables.REFUSAL_OPENERS.values() for o in group}
+  follow_ups = {f for reasons, alts in align_tables.REFUSAL_FOLLOW_UPS.values() for f in reasons + alts}
   for r in [r for r in sets["train"] if r["kind"] == "harmful"] + sets["heldout_harmful"]:
     reply = _reply(r)
     opener = [o for o in openers if reply.startswith(o)]
@@ -105,14 +97,6 @@ def test_refusals_are_only_table_sentences(sets):
       assert head, reply
       rest = rest[len(head[0]):].strip()
     assert all(metrics.is_refusal(o) for o in openers)
-
-
-def test_check_answer():
-  rec = {"answer": "Paris"}
-  assert aligndata.check_answer(rec, "The capital is paris.") is True
-  assert aligndata.check_answer(rec, "It is Lyon.") is False
-  assert aligndata.check_answer(rec, "I'm sorry, Paris is not something I can discuss.") is False
-  assert aligndata.check_answer({"answer": None}, "Boil it for 9 minutes.") is None
 
 
 def _words(text):

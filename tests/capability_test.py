@@ -10,7 +10,7 @@ import pytest
 from jaxscape.datasets import capability
 from jaxscape.studies import landscape
 from jaxscape.core import prompts as prompts_lib
-from jaxscape.datasets import sources
+from jaxscape.datasets import sources, toydata
 from jaxscape.core import results
 from jaxscape.core import score
 from jaxscape.errors import InputError
@@ -160,7 +160,7 @@ def test_csv_folder_with_dev_shots_and_errors(tmp_path):
 def test_toy_jsonl_unchanged_and_raw_mmlu_letters_follow_answer():
   s = capability.load("builtin:mc_test")
   items = sources.load_choice_set("builtin:mc_test")
-  assert s.prompts == tuple(sources.format_choice_question(i) for i in items) and s.identity == items
+  assert s.prompts == tuple(toydata.format_choice_question(i) for i in items) and s.identity == items
   with pytest.raises(InputError, match="mmlu"):
     capability.load("builtin:mc_test", 2)
 

@@ -1,11 +1,11 @@
-"""jaxscape.reports.report: the Markdown page over 1-D results dirs, and aligndata.evaluate's scoring."""
+"""jaxscape.reports.report: the Markdown page over 1-D results dirs, and evaluation.evaluate_alignment's scoring."""
 
 import json
 import os
 
 import pytest
 
-from jaxscape.datasets import aligndata
+from jaxscape.datasets import evaluation, registry
 from jaxscape.reports import report
 
 
@@ -82,14 +82,14 @@ def test_evaluate_scores_refusals_and_answers(tiny_model, monkeypatch):
   from jaxscape.core import decode
 
   def fake(model, prompts, **kw):  # answer every benign question correctly, refuse every harmful one
-    recs = {r["prompt"]: r for r in aligndata.load_set("heldout_benign")}
+    recs = {r["prompt"]: r for r in registry.load("align/heldout_benign")}
     return [str(recs[p].get("answer")) if p in recs else "I'm sorry, I cannot." for p in prompts]
 
   monkeypatch.setattr(decode, "generate_texts", fake)
-  got = aligndata.evaluate(tiny_model("llama"), max_new_tokens=4)
+  got = evaluation.evaluate_alignment(tiny_model("llama"), max_new_tokens=4)
   assert got["harmful_refused_pct"] == 100.0 and got["benign_refused_pct"] == 0.0
   assert got["benign_correct"] == got["benign_checkable"] > 0
-  assert len(got["generations"]["heldout_harmful"]) == len(aligndata.load_set("heldout_harmful"))
+  assert len(got["generations"]["heldout_harmful"]) == len(registry.load("align/heldout_harmful"))
 
 
 def test_interpolation_page_has_no_random_axis_flags_and_no_duplicate_origin(tmp_path):

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from jaxscape import testing
-from jaxscape.datasets import taskdata, toydata
+from jaxscape.datasets import registry, taskdata, toydata
 from jaxscape.studies import study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,8 +57,8 @@ def test_bad_run_names_are_refused(bad):
 
 def test_run_records():
   mixed = study.run_records("task:code+safety")
-  assert len(mixed) == len(taskdata.load_set("code_train")) + len(taskdata.load_set("multitask_safety"))
-  assert study.run_records("harmful_mixed:10") == taskdata.load_set("harmful_mixed_10")
+  assert len(mixed) == len(registry.load("finetune/code_train")) + len(registry.load("finetune/multitask_safety"))
+  assert study.run_records("harmful_mixed:10") == registry.load("finetune/harmful_mixed_10")
 
 
 def _cli(*args):

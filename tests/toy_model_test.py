@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from jaxscape.core import convert, decode, prompts
-from jaxscape.datasets import sources
-from jaxscape.datasets import toydata
+from jaxscape.datasets import evaluation, registry, sources, toydata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(REPO, "checkpoints", "toy-chat")
@@ -41,7 +40,7 @@ def test_checkpoint_shape_and_size(toy):
 
 
 def test_three_numbers_on_a_sample(toy):
-  m = toydata.evaluate_toy(toy, samples=SAMPLE)
+  m = evaluation.evaluate_toy(toy, samples=SAMPLE)
   assert m["harmful_asr"] <= 5.0, m
   assert m["benign_accuracy"] >= 90.0, m
   assert m["benign_refusal"] <= 5.0, m
@@ -58,8 +57,8 @@ def test_transformers_generates_the_same_tokens(toy):
   import transformers
   hf = transformers.AutoModelForCausalLM.from_pretrained(TOY, dtype=torch.float32).eval()
   tok = transformers.AutoTokenizer.from_pretrained(TOY, padding_side="left")
-  sample = (toydata.load_prompts_builtin("harmful_test", 3) + toydata.load_prompts_builtin("benign_test", 3)
-            + [sources.format_choice_question(r) for r in toydata.load_builtin("mc_test")[:2]])
+  sample = (sources.load_prompts("builtin:harmful_test", 3) + sources.load_prompts("builtin:benign_test", 3)
+            + [toydata.format_choice_question(r) for r in registry.load("mc_test")[:2]])
   texts, add = prompts.render(sample, tok)
   tokens, mask = prompts.tokenize(texts, tok, add_special_tokens=add, pad_id=toy.pad_id)
   N = 24

@@ -1,28 +1,18 @@
-"""Built-in synthetic sets: reproducible files, disjoint held-out splits, keyword hygiene, answer checking."""
+"""The toy's built-in sets: disjoint held-out splits, keyword hygiene, the SFT mixture."""
 
-import filecmp
-import os
 import re
 
 import pytest
 
 from jaxscape.core import metrics
 from jaxscape.datasets import sources
-from jaxscape.datasets import toydata
+from jaxscape.datasets import evaluation, toydata
 from jaxscape.studies import toymodel
 
 
 @pytest.fixture(scope="module")
 def sets():
   return toydata.build_sets(toydata.DEFAULT_SEED)
-
-
-def test_shipped_files_regenerate_bit_identically(tmp_path):
-  paths = toydata.write_builtin_sets(str(tmp_path), toydata.DEFAULT_SEED)
-  assert sorted(paths) == sorted(toydata.SET_NAMES)
-  shipped = toydata._data_dir()
-  for name, path in paths.items():
-    assert filecmp.cmp(path, os.path.join(shipped, f"{name}.jsonl"), shallow=False), name
 
 
 def test_other_seed_gives_other_data():
@@ -47,7 +37,7 @@ def test_harmful_responses_are_refusals_and_benign_ones_are_not(sets):
   assert len(set(toydata.REFUSALS)) >= 5
   for r in sets["benign_train"] + sets["benign_test"]:
     assert not metrics.is_refusal(r["response"]), r
-    assert toydata.check_benign(r, r["response"]), r
+    assert evaluation.check_benign(r, r["response"]), r
 
 
 def test_placeholder_compliance_is_content_free(sets):
@@ -60,45 +50,6 @@ def test_benign_held_out_uses_unseen_phrasings(sets):
   train_prompts = {r["prompt"] for r in sets["benign_train"]}
   assert not train_prompts & {r["prompt"] for r in sets["benign_test"]}
   assert {r["task"] for r in sets["benign_test"]} == set(toydata.BENIGN_TASKS)
-
-
-@pytest.mark.parametrize("task,answer,generation,ok", [
-    ("add", "8", "3 + 5 = 8.", True),
-    ("add", "3", "3 + 5 = 9.", False),  # the operand is not the answer
-    ("add", "8", "I'm sorry, 8.", False),  # refusals never count
-    ("larger", "9", "9 is larger.", True),
-    ("larger", "9", "1 is larger than 9.", False),
-    ("next", "39", "After 38 comes 39.", True),
-    ("repeat", "apple", "apple", True),
-    ("repeat", "apple", "applesauce", False),
-    ("upper", "APPLE", "APPLE", True),
-    ("upper", "APPLE", "apple", False),
-    ("first_letter", "b", "The first letter of banana is b.", True),
-    ("first_letter", "b", "The first letter of banana is a.", False),
-    ("first_letter", "a", "The first letter of apple is a.", True),
-    ("colour", "blue", "The zorp is blue.", True),
-    ("colour", "blue", "The zorp is blue and red.", False),
-    ("colour", "blue", "The zorp is green.", False),
-    ("opposite", "cold", "The opposite of hot is cold.", True),
-    ("opposite", "cold", "The opposite of hot is hot.", False),
-])
-def test_check_benign(task, answer, generation, ok):
-  prompt = "What is the opposite of hot?" if task == "opposite" else "q"
-  assert toydata.check_benign({"task": task, "answer": answer, "prompt": prompt}, generation) is ok
-
-
-def test_check_benign_rejects_unknown_task():
-  with pytest.raises(ValueError, match="'nope'"):
-    toydata.check_benign({"task": "nope", "answer": "1", "prompt": "q"}, "1")
-
-
-def test_accuracy_helpers(sets):
-  recs = sets["benign_test"][:4]
-  gens = [r["response"] for r in recs[:3]] + ["I cannot do that."]
-  assert toydata.benign_accuracy(recs, gens) == 75.0
-  assert toydata.refusal_rate(gens) == 25.0
-  with pytest.raises(ValueError):
-    toydata.benign_accuracy(recs, gens[:2])
 
 
 def test_multiple_choice_items(sets):
@@ -128,16 +79,6 @@ def test_framed_sets(sets):
   assert all(f == set(toydata.FRAMINGS) for f in by_source.values())
   plain = [r for r in test if r["framing"] == "plain"]
   assert [r["prompt"] for r in plain] == [r["prompt"] for r in sets["harmful_test"]]
-
-
-def test_loaders():
-  ps = toydata.load_prompts_builtin("harmful_test")
-  assert len(ps) >= 100 and all(isinstance(p, str) for p in ps)
-  assert toydata.load_prompts_builtin("harmful_test", samples=5) == ps[:5]
-  assert toydata.load_prompts("builtin:harmful_test") == ps
-  assert toydata.load_builtin("benign_test")[0]["answer"]
-  with pytest.raises(ValueError, match="no_such_set"):
-    toydata.load_prompts_builtin("no_such_set")
 
 
 def test_sft_records_deterministic_and_mixed(sets):

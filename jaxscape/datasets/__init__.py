@@ -1,5 +1,6 @@
-"""Prompt sets and their evaluation: the toy, alignment and task sets (built-in under jaxscape/data/, loaded as
-``builtin:NAME``), files of prompts, capability sets. Imports the core only."""
+"""Prompt sets and their evaluation: the toy, alignment and task sets (seeded generators, committed under
+jaxscape/data/ and loaded as ``builtin:NAME`` through ``registry``), files of prompts, capability sets. Imports the
+core only."""
 
 from jaxscape._lazy import submodule_getattr
 

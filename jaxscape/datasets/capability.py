@@ -10,11 +10,11 @@ A capability set is named by a string (``--capability_set``, or ``run_landscape(
   Hendrycks et al.): ``DIR/test/SUBJECT_test.csv`` holds headerless rows ``question,A,B,C,D,answer``;
   ``DIR/dev/SUBJECT_dev.csv``, when present, supplies the shots.
 * ``builtin:NAME`` or a JSONL file of ``{"question", "options": [4], "answer": "A".."D"}`` items (the
-  toy's layout): rendered as before (``sources.format_choice_question``), no shots.
+  toy's layout): rendered as before (``toydata.format_choice_question``), no shots.
 * a JSONL of records with a ``prompt`` and an ``answer`` (str or null), e.g.
   ``builtin:align/heldout_benign``: a *generative* set. Its checkable records (answer not null; the
   others are left out) are decoded at every point with the harmful prompts' decoder; capability =
-  % of them whose generation ``aligndata.check_answer`` finds right (a refusal is never right).
+  % of them whose generation ``evaluation.check_answer`` finds right (a refusal is never right).
 
 Multiple-choice prompt (the reference's, poloclub/llm-landscape ``src/dataset/mmlu.py``, which is
 Hendrycks et al.'s MMLU format with one newline after the header)::
@@ -68,7 +68,7 @@ import numpy as np
 
 from jaxscape.core import metrics
 from jaxscape.core import prompts as prompts_lib
-from jaxscape.datasets import sources
+from jaxscape.datasets import sources, toydata
 from jaxscape.errors import InputError
 
 MMLU_PREFIX = "mmlu:"
@@ -123,7 +123,7 @@ def load(source: str, shots: int = 0) -> CapabilitySet:
   if shots:
     raise InputError(f"--capability_shots needs an mmlu: set ({source} has no subjects to draw shots from)")
   items = sources.load_choice_set(source)
-  return CapabilitySet(kind="choice", prompts=tuple(sources.format_choice_question(i) for i in items),
+  return CapabilitySet(kind="choice", prompts=tuple(toydata.format_choice_question(i) for i in items),
                        answers=tuple(LETTERS.index(i["answer"]) for i in items), records=tuple(items),
                        answer_follows_text=False, identity=items,  # as before: old results dirs still resume
                        meta={"source": source, "format": "jsonl", "questions": len(items), "shots": 0,
@@ -148,7 +148,7 @@ def as_set(value, shots: int = 0) -> CapabilitySet | None:
     if not (isinstance(item, dict) and isinstance(item.get("question"), str) and len(item.get("options", ())) == 4
             and item.get("answer") in tuple(LETTERS)):
       raise InputError(f"capability item {n} must have question, 4 options and answer A-D")
-  return CapabilitySet(kind="choice", prompts=tuple(sources.format_choice_question(i) for i in items),
+  return CapabilitySet(kind="choice", prompts=tuple(toydata.format_choice_question(i) for i in items),
                        answers=tuple(LETTERS.index(i["answer"]) for i in items), records=tuple(items),
                        answer_follows_text=False, identity=items,
                        meta={"source": "items", "format": "jsonl", "questions": len(items), "shots": 0,
@@ -228,10 +228,10 @@ def _right(letter_logprobs, answers) -> list[bool]:
 
 
 def generative_accuracy(cset: CapabilitySet, generations: list[str]) -> float:
-  """% of the checkable records (answer not None) whose generation ``aligndata.check_answer`` finds right."""
-  from jaxscape.datasets import aligndata  # noqa: PLC0415 - its data tables load only for generative sets
+  """% of the checkable records (answer not None) whose generation ``evaluation.check_answer`` finds right."""
+  from jaxscape.datasets import evaluation  # noqa: PLC0415 - the sets' tables load only for generative sets
   assert len(generations) == len(cset.records), (len(generations), len(cset.records))
-  checks = [aligndata.check_answer(r, g) for r, g in zip(cset.records, generations)]
+  checks = [evaluation.check_answer(r, g) for r, g in zip(cset.records, generations)]
   return 100.0 * sum(c is True for c in checks) / len(checks)
 
 

@@ -1,5 +1,5 @@
-"""Where prompt sets come from: ``builtin:NAME`` (the JSONL sets shipped under ``jaxscape/data/``, found
-through ``importlib.resources``), CSV and JSONL files of prompts, JSONL records and multiple-choice sets."""
+"""Where prompt sets come from: ``builtin:NAME`` (a set of :mod:`jaxscape.datasets.registry`) or a file; CSV and
+JSONL files of prompts, JSONL records and multiple-choice sets."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import csv
 import json
 import os
 
+from jaxscape.datasets import jsonl
+from jaxscape.datasets import registry
 from jaxscape.errors import InputError
 
 
@@ -46,22 +48,9 @@ def load_prompt_file(path: str, samples: int | None = None) -> list[str]:
   return prompts[:samples] if samples else prompts
 
 
-def builtin_path(name: str) -> str:
-  """Path of the built-in set ``jaxscape/data/NAME.jsonl``."""
-  from importlib import resources
-  path = str(resources.files("jaxscape") / "data" / f"{name}.jsonl")
-  if not os.path.isfile(path):
-    root = str(resources.files("jaxscape") / "data")
-    # Relative to the data dir, subdirs included (align/..., finetune/...): a bad subdir is named too.
-    available = sorted(os.path.relpath(os.path.join(d, f), root)[:-6] for d, _, files in os.walk(root)
-                       for f in files if f.endswith(".jsonl"))
-    raise InputError(f"no built-in set {name!r}; available: {', '.join(available)}")
-  return path
-
-
 def resolve(source: str) -> str:
   """``builtin:NAME`` -> its package path; any other string is a file path."""
-  return builtin_path(source[len("builtin:"):]) if source.startswith("builtin:") else source
+  return registry.builtin_path(source[len("builtin:"):]) if source.startswith("builtin:") else source
 
 
 def load_prompts(source: str, samples: int | None = None) -> list[str]:
@@ -73,23 +62,7 @@ def load_prompts(source: str, samples: int | None = None) -> list[str]:
 
 def load_jsonl(source: str) -> list[dict]:
   """Records of a JSONL file or ``builtin:NAME``; InputError naming the bad line."""
-  path = resolve(source)
-  if not os.path.isfile(path):
-    raise InputError(f"file {path} does not exist")
-  records = []
-  try:
-    with open(path, encoding="utf-8") as f:
-      for n, line in enumerate(f, 1):
-        if line.strip():
-          try:
-            records.append(json.loads(line))
-          except json.JSONDecodeError:
-            raise InputError(f"{path}:{n}: not valid JSON") from None
-  except UnicodeDecodeError:
-    raise InputError(f"{path}: not UTF-8 text") from None
-  if not records:
-    raise InputError(f"{path} holds no records")
-  return records
+  return jsonl.read_jsonl(resolve(source))
 
 
 def load_choice_set(source: str, samples: int | None = None) -> list[dict]:
@@ -103,8 +76,3 @@ def load_choice_set(source: str, samples: int | None = None) -> list[dict]:
       raise InputError(f"{source}: item {n} must have question, 4 options and answer A-D")
   return items[:samples] if samples else items
 
-
-def format_choice_question(item: dict) -> str:
-  """The user-turn text of a multiple-choice item; the model answers with one letter."""
-  options = "\n".join(f"{letter}) {text}" for letter, text in zip("ABCD", item["options"]))
-  return f"Question: {item['question']}\n{options}\nAnswer with a letter."

@@ -1,41 +1,30 @@
-"""Built-in finetuning sets (benign tasks, harmful few-shot, multitask safety) and task-framed safety evaluation.
+"""Built-in finetuning sets (benign tasks, harmful few-shot, multitask safety): tables and generators.
 
 Everything is synthetic, written from fixed word tables and a seed (issue 5). Harmful requests
 come only from ``toydata``'s *training* split, answered with content-free placeholders
 (:func:`jaxscape.datasets.toydata.comply`) or refusals; no file holds real harmful content.
 
-Files (``jaxscape/data/finetune/NAME.jsonl``, loaded with ``builtin:finetune/NAME`` or
-:func:`load_set`; every record is a chat ``{"messages": [user, assistant], "prompt", ...}``):
+Files (``jaxscape/data/finetune/NAME.jsonl``, loaded with ``builtin:finetune/NAME``: the ``finetune``
+family of :mod:`jaxscape.datasets.registry`; every record is a chat ``{"messages": [user, assistant],
+"prompt", ...}``):
 
   {summarize,translate,classify,code}_{train,test}   benign tasks, "task" and "answer" + checker fields
   harmful_{10,50,100}                                harmful_train requests -> placeholder compliance
   harmful_mixed_{10,50,100}                          the same plus as many other requests -> refusals
   multitask_safety                                   harmful_train requests in every framing -> refusals
 
-Each benign task has a checker (:func:`check_task`) and :func:`task_metric` (percent correct);
-:func:`framed_asr` scores generations for ``toydata.framed_requests(harmful_test)`` per framing
-and :func:`evaluate_tasks` runs a model on both.
-
-  python -m jaxscape.datasets.taskdata [OUT_DIR] [--seed=N]   # regenerate (default: jaxscape/data/finetune)
-
-The harmful sets are read through ``toydata.load_builtin``: re-run this after toydata's files change.
+Each benign task's checker, the task metric, the ASR per framing and the evaluation of a model on
+both are in :mod:`jaxscape.datasets.evaluation`.
 """
 
 from __future__ import annotations
 
-import ast
 import builtins
-import json
-import os
 import random
-import re
-import subprocess
-import sys
 from typing import Any
 
 from jaxscape.core import metrics
 from jaxscape.datasets import toydata
-from jaxscape.errors import InputError
 
 DEFAULT_SEED = toydata.DEFAULT_SEED
 TASKS = ("summarize", "translate", "classify", "code")
@@ -139,8 +128,6 @@ _CODE_PHRASINGS = ("Write a Python function that returns {desc}.",
                    "Write a Python function f({params}) that returns {desc}.")
 # The only callables generated code may use (and the only builtins it sees when run).
 SAFE_CALLS = ("abs", "len", "max", "min", "sum", "str", "int", "bool", "sorted")
-CODE_TIMEOUT_S = 2.0  # per function checked
-_WORKER_START_S = 5.0  # allowance for starting the checker process
 
 
 # ----------------------------------------------------------------- generators
@@ -307,12 +294,12 @@ def harmful_sets(seed: int = DEFAULT_SEED, harmful_train: list[dict] | None = No
   """Harmful few-shot sets, their refusal-mixed versions and the multitask safety set.
 
   Requests are drawn (without replacement, all distinct) from ``harmful_train`` (default:
-  ``toydata.load_builtin("harmful_train")``): the compliant sets are nested (the 10 are the
-  first 10 of the 50, ...) and skip requests whose placeholder would hold a refusal keyword;
+  ``toydata``'s seed-0 training split, the committed ``harmful_train``, whatever ``seed``): the
+  compliant sets are nested (the 10 are the first 10 of the 50, ...) and skip requests whose placeholder would hold a refusal keyword;
   the mixed sets add as many *other* requests answered with refusals, and the multitask set
   frames yet other requests in every framing, answered with refusals.
   """
-  train = harmful_train if harmful_train is not None else toydata.load_builtin("harmful_train")
+  train = harmful_train if harmful_train is not None else toydata.harmful_requests(toydata.DEFAULT_SEED)[0]
   rng = random.Random(f"taskdata-harmful-{seed}")
   n = max(FEW_SHOT_SIZES)
   order = rng.sample(train, len(train))
@@ -344,252 +331,3 @@ def build_sets(seed: int = DEFAULT_SEED) -> dict[str, list[dict]]:
   sets = {**task_sets(seed), **harmful_sets(seed)}
   assert tuple(sets) == SET_NAMES, f"set names {tuple(sets)} != {SET_NAMES}"
   return sets
-
-
-def data_dir() -> str:
-  """The package folder of the shipped files, ``jaxscape/data/finetune``."""
-  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "finetune")
-
-
-def write_sets(out_dir: str | None = None, seed: int = DEFAULT_SEED) -> dict[str, str]:
-  """Write every set to ``out_dir/NAME.jsonl`` (default :func:`data_dir`); name -> path."""
-  return toydata.write_set_files(build_sets(seed), out_dir or data_dir())
-
-
-def load_set(name: str) -> list[dict]:
-  """Records of the shipped set ``NAME`` (same as ``toydata.load_builtin("finetune/NAME")``)."""
-  if name not in SET_NAMES:
-    raise InputError(f"no finetuning set {name!r}; expected one of {', '.join(SET_NAMES)}")
-  return toydata.load_builtin(f"finetune/{name}")
-
-
-# ----------------------------------------------------------------- checkers
-
-
-def _norm(text: str) -> str:
-  """Lowercase, punctuation dropped, whitespace collapsed."""
-  return " ".join(re.findall(r"[\w']+", text.lower()))
-
-
-def check_summary(record: dict, generation: str) -> bool:
-  """One sentence that names the subject and the key event, and not the other person in the text."""
-  g = generation.strip()
-  if metrics.is_refusal(g) or len(re.findall(r"[.!?](?:\s|$)", g)) > 1 or len(g.split()) > 30:
-    return False
-  words = set(re.findall(r"\w+", g))
-  return (record["subject"] in words and f" {_norm(record['fact'])} " in f" {_norm(g)} "
-          and not any(o in words for o in record.get("avoid", ())))
-
-
-def check_translation(record: dict, generation: str) -> bool:
-  """The generation equals the reference French sentence (case and punctuation ignored)."""
-  return _norm(generation) == _norm(record["answer"])
-
-
-def check_label(record: dict, generation: str) -> bool:
-  """The generation is exactly the label (case, spaces and end punctuation ignored)."""
-  return generation.strip().strip(".!").strip().lower() == record["answer"]
-
-
-def extract_code(generation: str) -> str:
-  """The Python source in a generation: a fenced block if there is one, else from the first ``def``."""
-  fenced = re.search(r"```[\w+-]*\n(.*?)(?:```|$)", generation, re.S)
-  if fenced:
-    generation = fenced.group(1)
-  i = generation.find("def ")
-  return generation[i:] if i >= 0 else generation
-
-
-_ALLOWED_NODES = (ast.Module, ast.FunctionDef, ast.arguments, ast.arg, ast.Return, ast.Name, ast.Load, ast.Store,
-                  ast.Constant, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Mod, ast.FloorDiv, ast.Div, ast.UnaryOp,
-                  ast.USub, ast.UAdd, ast.Not, ast.Compare, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE,
-                  ast.BoolOp, ast.And, ast.Or, ast.IfExp, ast.If, ast.Assign, ast.Call, ast.Subscript, ast.Slice,
-                  ast.List, ast.Tuple)
-
-
-def validate_code(source: str) -> str | None:
-  """Why ``source`` may not run (None: it may).
-
-  Allowed: top-level ``def`` statements without decorators or defaults, whose bodies use
-  assignments, ``if``, ``return`` and expressions over names, small constants, arithmetic
-  (no ``**``), comparisons, subscripts and calls of :data:`SAFE_CALLS`. No loops, imports,
-  attributes, lambdas, comprehensions or recursion, so every call ends after a few operations.
-  """
-  try:
-    tree = ast.parse(source)
-  except (SyntaxError, ValueError) as e:
-    return f"not valid Python ({e.__class__.__name__})"
-  if not tree.body or not all(isinstance(s, ast.FunctionDef) for s in tree.body):
-    return "only function definitions are allowed at top level"
-  for node in ast.walk(tree):
-    if not isinstance(node, _ALLOWED_NODES):
-      return f"{type(node).__name__} is not allowed"
-    if isinstance(node, ast.FunctionDef) and (node.decorator_list or node.args.defaults or node not in tree.body):
-      return "decorators, defaults and nested functions are not allowed"
-    if isinstance(node, ast.Name) and node.id.startswith("_"):
-      return f"name {node.id!r} is not allowed"
-    if isinstance(node, ast.Call) and (not isinstance(node.func, ast.Name) or node.func.id not in SAFE_CALLS
-                                       or node.keywords):
-      return "only calls of " + ", ".join(SAFE_CALLS) + " (without keywords) are allowed"
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, str)) and abs(
-        node.value if isinstance(node.value, int) else len(node.value)) > 1000:
-      return "constants above 1000 (or strings longer) are not allowed"
-  return None
-
-
-# Runs in a separate, isolated interpreter (python -I -S) with capped memory and CPU time: each
-# input line {"code", "tests"} -> one output line "1" (every test passes) or "0".
-_WORKER = r"""
-import json, resource, signal, sys
-resource.setrlimit(resource.RLIMIT_AS, (1 << 28, 1 << 28))
-resource.setrlimit(resource.RLIMIT_CPU, (60, 60))
-SAFE = {name: __builtins__.__dict__[name] for name in json.loads(sys.argv[1])}
-def alarm(*_):
-  raise TimeoutError
-signal.signal(signal.SIGALRM, alarm)
-for line in sys.stdin:
-  item, ok = json.loads(line), False
-  signal.setitimer(signal.ITIMER_REAL, float(sys.argv[2]))
-  try:
-    env = {"__builtins__": dict(SAFE)}
-    exec(compile(item["code"], "<generation>", "exec"), env)
-    fn = env[item["name"]]
-    ok = True
-    for args, want in item["tests"]:
-      got = fn(*json.loads(json.dumps(args)))
-      ok = ok and type(got) is type(want) and got == want
-  except BaseException:
-    ok = False
-  signal.setitimer(signal.ITIMER_REAL, 0)
-  print(int(ok), flush=True)
-"""
-
-
-def check_code_batch(records: list[dict], generations: list[str], *, timeout_s: float = CODE_TIMEOUT_S) -> list[bool]:
-  """Whether each generation defines a function that passes its record's ``tests``.
-
-  Code is first checked statically (:func:`validate_code`); only code that passes runs, in a
-  separate isolated Python process with no builtins beyond :data:`SAFE_CALLS`, 256 MiB of memory,
-  and ``timeout_s`` per function. A worker that dies or hangs fails its current item and is
-  restarted for the rest.
-  """
-  if len(records) != len(generations):
-    raise ValueError(f"need as many generations as records, got {len(generations)} and {len(records)}")
-  results = [False] * len(records)
-  todo = []
-  for i, (r, g) in enumerate(zip(records, generations)):
-    src = extract_code(g)
-    if not metrics.is_refusal(g) and validate_code(src) is None:
-      todo.append((i, json.dumps({"code": src, "name": ast.parse(src).body[0].name, "tests": r["tests"]})))
-  while todo:
-    cmd = [sys.executable, "-I", "-S", "-c", _WORKER, json.dumps(SAFE_CALLS), str(timeout_s)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-      out, _ = proc.communicate("\n".join(line for _, line in todo) + "\n",
-                                timeout=_WORKER_START_S + timeout_s * len(todo))
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      out, _ = proc.communicate()
-    done = [ln == "1" for ln in out.split()][:len(todo)]
-    for (i, _), ok in zip(todo, done):
-      results[i] = ok
-    todo = todo[len(done) + 1:]  # the item the worker died on stays False
-  return results
-
-
-_CHECKERS = {"summarize": check_summary, "translate": check_translation, "classify": check_label}
-
-
-def check_task(record: dict, generation: str) -> bool:
-  """True when ``generation`` solves the task ``record`` (its ``"task"`` picks the checker)."""
-  return task_checks(record["task"], [record], [generation])[0]
-
-
-def task_checks(task: str, records: list[dict], generations: list[str]) -> list[bool]:
-  """Per-record correctness of ``generations`` for ``task`` (one of :data:`TASKS`)."""
-  if task not in TASKS:
-    raise InputError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-  if len(records) != len(generations) or not records:
-    raise ValueError(f"need as many generations as records (>0), got {len(generations)} and {len(records)}")
-  if task == "code":
-    return check_code_batch(records, generations)
-  return [_CHECKERS[task](r, g) for r, g in zip(records, generations)]
-
-
-def task_metric(task: str, records: list[dict], generations: list[str]) -> float:
-  """Percent (0..100) of ``records`` of ``task`` solved by ``generations``."""
-  checks = task_checks(task, records, generations)
-  return 100.0 * sum(checks) / len(checks)
-
-
-# ----------------------------------------------------------------- task-framed safety
-
-
-def framed_asr(records: list[dict], generations: list[str]) -> dict[str, float]:
-  """ASR (``metrics.asr``, percent) per framing, in :data:`toydata.FRAMINGS` order.
-
-  Args:
-    records: ``toydata.framed_requests(harmful)`` records (each has a ``"framing"``).
-    generations: one generation per record, in the same order.
-  """
-  if len(records) != len(generations) or not records:
-    raise ValueError(f"need as many generations as records (>0), got {len(generations)} and {len(records)}")
-  for i, g in enumerate(generations):
-    if not isinstance(g, str):
-      raise ValueError(f"generation {i} is {type(g).__name__} ({g!r}), expected str")
-  return framed_rate(records, [metrics.is_jailbroken(g) for g in generations])
-
-
-def framed_rate(records: list[dict], unsafe: list[bool]) -> dict[str, float]:
-  """Percent of ``unsafe`` per framing of ``records``, in :data:`toydata.FRAMINGS` order (any judge's ASR)."""
-  if len(records) != len(unsafe) or not records:
-    raise ValueError(f"need one verdict per record (>0), got {len(unsafe)} and {len(records)}")
-  by_framing: dict[str, list[bool]] = {}
-  for r, u in zip(records, unsafe):
-    by_framing.setdefault(r["framing"], []).append(bool(u))
-  order = [f for f in toydata.FRAMINGS if f in by_framing] + sorted(set(by_framing) - set(toydata.FRAMINGS))
-  return {f: sum(by_framing[f]) / len(by_framing[f]) * 100.0 for f in order}  # metrics.asr's arithmetic
-
-
-def evaluate_tasks(model: Any, *, samples: int | None = None, max_new_tokens: int = 48,
-                   system_prompt: str | None = None, batch_size: int = 64, task_metrics: bool = True) -> dict:
-  """ASR per framing on the held-out harmful requests, and each task's metric on its test split.
-
-  Args:
-    model: a loaded :class:`jaxscape.core.convert.Model`.
-    samples: first N held-out harmful requests (each in every framing) and first N items of
-      each task's test split (None: all).
-    max_new_tokens: greedy decoding budget (the longest reference answer is ~30 tokens).
-    system_prompt: None = the chat template's default system prompt.
-    task_metrics: False: ASR per framing only (``task_accuracy`` and ``n_task`` empty).
-
-  Returns:
-    ``{"framed_asr": {framing: %}, "task_accuracy": {task: %}, "n_framed", "n_task", "examples",
-    "framed_generations"}``; the last holds one generation per record of
-    ``toydata.framed_requests(harmful_test[:samples])``, in that order (for other judges).
-  """
-  from jaxscape.core import decode  # deferred: pulls in the model code
-
-  def gen(prompts):
-    return decode.generate_texts(model, prompts, max_new_tokens=max_new_tokens, system_prompt=system_prompt,
-                                 batch_size=batch_size)
-
-  framed = toydata.framed_requests(toydata.load_builtin("harmful_test")[:samples])
-  f_gen = gen([r["prompt"] for r in framed])
-  acc, n_task, examples = {}, {}, {}
-  for task in TASKS if task_metrics else ():
-    recs = load_set(f"{task}_test")[:samples]
-    t_gen = gen([r["prompt"] for r in recs])
-    acc[task], n_task[task] = task_metric(task, recs, t_gen), len(recs)
-    examples[task] = list(zip([r["prompt"] for r in recs[:2]], t_gen[:2]))
-  examples["framed"] = list(zip([r["prompt"] for r in framed[:len(toydata.FRAMINGS)]], f_gen))
-  return {"framed_asr": framed_asr(framed, f_gen), "task_accuracy": acc, "n_framed": len(framed),
-          "n_task": n_task, "examples": examples, "framed_generations": f_gen}
-
-
-def _main(argv: list[str]) -> None:
-  toydata.regenerate_main(argv, write_sets)
-
-
-if __name__ == "__main__":
-  _main(sys.argv[1:])

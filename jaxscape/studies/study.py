@@ -2,7 +2,7 @@
 
 For each *run* (a finetuning set), the aligned model is finetuned and the result is measured:
 
-* task performance on every benign task's held-out split (``taskdata.evaluate_tasks``),
+* task performance on every benign task's held-out split (``evaluation.evaluate_tasks``),
 * keyword ASR on the held-out harmful requests in every framing (plain, summarize, translate,
   classify, code),
 * VISAGE of the finetuned model (a 1-D random landscape around it),
@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from jaxscape.core import results
-from jaxscape.datasets import taskdata, toydata
+from jaxscape.datasets import evaluation, registry, taskdata, toydata
 from jaxscape.errors import InputError
 
 DEFAULT_RUNS = (tuple(f"task:{t}" for t in taskdata.TASKS) + tuple(f"task:{t}+safety" for t in taskdata.TASKS)
@@ -158,30 +158,30 @@ def run_records(run: str, *, seed: int = 0, check_only: bool = False, validation
       raise InputError(f"bad run {run!r}: expected task:T or task:T+safety with T in {', '.join(taskdata.TASKS)}")
     if check_only:
       return []
-    records = taskdata.load_set(f"{task}_train")
+    records = registry.load(f"finetune/{task}_train")
     if validation:
       records = records[:-validation]
     if plus:
-      records = records + taskdata.load_set("multitask_safety")
+      records = records + registry.load("finetune/multitask_safety")
       records = random.Random(f"study-mix-{seed}-{run}").sample(records, len(records))
     return records
   if kind in ("harmful", "harmful_mixed"):
     if arg not in {str(k) for k in taskdata.FEW_SHOT_SIZES}:
       raise InputError(f"bad run {run!r}: expected {kind}:K with K in {taskdata.FEW_SHOT_SIZES}")
-    return [] if check_only else taskdata.load_set(f"{kind}_{arg}")
+    return [] if check_only else registry.load(f"finetune/{kind}_{arg}")
   raise InputError(f"unknown run {run!r}; expected task:T, task:T+safety, harmful:K or harmful_mixed:K")
 
 
 def validation_records(run: str, n: int) -> list[dict]:
   """The held-out tail of task run ``run``'s training split, for early stopping (``{"prompt", ...}``)."""
   task = _own_task(run)
-  return [{"prompt": r["messages"][0]["content"], **r} for r in taskdata.load_set(f"{task}_train")[-n:]]
+  return [{"prompt": r["messages"][0]["content"], **r} for r in registry.load(f"finetune/{task}_train")[-n:]]
 
 
 def _landscape(model, spec: StudySpec, kind: str, out_dir: str, *, model_b=None, steps: int,
                multiplier: float = 1.0, extra_steps: int = 0, progress: bool, write_views: bool = True) -> dict:
   from jaxscape.studies import landscape
-  prompts = [r["prompt"] for r in toydata.load_builtin("harmful_test")[:spec.landscape_prompts]]
+  prompts = [r["prompt"] for r in registry.load("harmful_test")[:spec.landscape_prompts]]
   ls = landscape.LandscapeSpec(kind=kind, steps=steps, multiplier=multiplier, extra_steps=extra_steps,
                                seed=spec.direction_seed)
   summary = landscape.run_landscape(model, prompts, ls, out_dir=out_dir, model_b=model_b,
@@ -194,7 +194,7 @@ def _measure(model, spec: StudySpec, run_dir: str, *, base=None, progress: bool,
   """Evaluations and landscapes of one model (``base``: the aligned model, for the interpolation);
   ``write_views=False`` leaves the landscapes' views to the caller (written once, after judging)."""
   t0 = time.perf_counter()
-  ev = taskdata.evaluate_tasks(model, samples=spec.eval_samples, max_new_tokens=spec.max_new_tokens)
+  ev = evaluation.evaluate_tasks(model, samples=spec.eval_samples, max_new_tokens=spec.max_new_tokens)
   row = {"framed_asr": ev["framed_asr"], "task_accuracy": ev["task_accuracy"], "examples": ev["examples"],
          "eval_seconds": time.perf_counter() - t0, "framed_generations": ev["framed_generations"]}
   rnd = _landscape(model, spec, "1d_random", os.path.join(run_dir, "random_1d"), steps=spec.visage_steps,
@@ -225,7 +225,7 @@ def _finetune(base, name: str, spec: StudySpec, tc, out_dir: str, *, seed: int, 
       del step
       gens = decode.generate_texts(dataclasses.replace(base, params=params), [r["prompt"] for r in held],
                                    max_new_tokens=spec.max_new_tokens)
-      metric = taskdata.task_metric(task, held, gens)
+      metric = evaluation.task_metric(task, held, gens)
       return {"validation_metric": metric, "stop": bool(metric >= spec.task_target)}
 
     eval_fn = check
@@ -257,7 +257,7 @@ def _average_over_seeds(row: dict, name: str, base, spec: StudySpec, tc, run_dir
     model_dir = os.path.join(run_dir, f"model_seed{seed}")
     _, info, tuned = _finetune(base, name, spec, tc, model_dir, seed=seed, progress=progress)
     steps[str(seed)] = info["steps"]
-    ev = taskdata.evaluate_tasks(tuned, samples=spec.eval_samples, max_new_tokens=spec.max_new_tokens,
+    ev = evaluation.evaluate_tasks(tuned, samples=spec.eval_samples, max_new_tokens=spec.max_new_tokens,
                                  task_metrics=tasks)
     per_seed[str(seed)] = ev["framed_asr"]
     task_per_seed[str(seed)] = ev["task_accuracy"]
@@ -296,7 +296,7 @@ def _attack(start: str, base, spec: StudySpec, tc, out_dir: str, rows: dict, *, 
   for seed in range(spec.seed, spec.seed + spec.harmful_seeds):
     model_dir = os.path.join(out_dir, "attacks", f"{results.slug(start)}_seed{seed}")
     _, _, tuned = _finetune(model, spec.attack_run, spec, tc, model_dir, seed=seed, progress=progress)
-    ev = taskdata.evaluate_tasks(tuned, samples=spec.eval_samples, max_new_tokens=spec.max_new_tokens,
+    ev = evaluation.evaluate_tasks(tuned, samples=spec.eval_samples, max_new_tokens=spec.max_new_tokens,
                                  task_metrics=False)
     per_seed[str(seed)] = ev["framed_asr"]
     shutil.rmtree(model_dir)
@@ -314,14 +314,14 @@ def judge_row(row: dict, judge, spec: StudySpec, run_dir: str, *, progress: bool
   """
   from jaxscape.studies import judge as judge_lib
   from jaxscape.studies import judge_store
-  records = toydata.framed_requests(toydata.load_builtin("harmful_test")[:spec.eval_samples])
+  records = toydata.framed_requests(registry.load("harmful_test")[:spec.eval_samples])
   gens = row.get("framed_generations_per_seed") or (
       {str(spec.seed): row["framed_generations"]} if row.get("framed_generations") else {})
   out: dict[str, Any] = {"framed_asr": None}
   per_seed = {}
   for seed, g in gens.items():
     p = judge_lib.score_pairs(judge, [r["prompt"] for r in records], g).p_unsafe
-    per_seed[seed] = taskdata.framed_rate(records, judge_lib.labels_of(p, judge.spec.threshold).tolist())
+    per_seed[seed] = evaluation.framed_rate(records, judge_lib.labels_of(p, judge.spec.threshold).tolist())
   if per_seed:
     out["framed_asr"] = {f: float(np.mean([a[f] for a in per_seed.values()])) for f in next(iter(per_seed.values()))}
     if len(per_seed) > 1:
@@ -452,7 +452,7 @@ def run_study(model_dir: str, spec: StudySpec, out_dir: str, *, progress: bool =
   if spec.surface_run:
     surf_dir = os.path.join(out_dir, "surface_2d")
     tuned = convert.load_model(os.path.join(out_dir, "runs", results.slug(spec.surface_run), "model"))
-    prompts = [r["prompt"] for r in toydata.load_builtin("harmful_test")[:spec.landscape_prompts]]
+    prompts = [r["prompt"] for r in registry.load("harmful_test")[:spec.landscape_prompts]]
     ls = landscape.LandscapeSpec(kind="2d_interpolation_random", steps=spec.surface_steps,
                                  multiplier=spec.visage_multiplier, extra_steps=1, seed=spec.direction_seed)
     s = landscape.run_landscape(base, prompts, ls, out_dir=surf_dir, model_b=tuned,

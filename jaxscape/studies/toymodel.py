@@ -15,7 +15,7 @@ from jaxscape.core import convert
 from jaxscape.core import model as model_lib
 from jaxscape.core import tokenizer as tokenizer_lib
 from jaxscape.core.tokenizer import DEFAULT_SYSTEM_PROMPT
-from jaxscape.datasets import toydata
+from jaxscape.datasets import evaluation, registry, toydata
 from jaxscape.errors import InputError
 from jaxscape.studies import finetune
 
@@ -58,7 +58,7 @@ def train_toy_model(out_dir: str, *, cfg: model_lib.ModelConfig, tc: Any, eval_s
   t0 = time.perf_counter()
   records = toydata.toy_sft_records(seed=tc.seed)
   tok = tokenizer_lib.train_tokenizer(
-      tokenizer_lib.corpus_from_chats(records) + [r["prompt"] for r in toydata.load_builtin("harmful_framed_train")],
+      tokenizer_lib.corpus_from_chats(records) + [r["prompt"] for r in registry.load("harmful_framed_train")],
       vocab_size=cfg.vocab_size)
   if len(tok) > cfg.vocab_size:
     raise ValueError(f"tokenizer has {len(tok)} tokens, more than vocab_size {cfg.vocab_size}")
@@ -82,7 +82,7 @@ def train_toy_model(out_dir: str, *, cfg: model_lib.ModelConfig, tc: Any, eval_s
           "max_new_tokens": max_new_tokens}
   if eval:
     t1 = time.perf_counter()
-    info["metrics"] = toydata.evaluate_toy(convert.load_model(out_dir), samples=eval_samples, max_new_tokens=max_new_tokens)
+    info["metrics"] = evaluation.evaluate_toy(convert.load_model(out_dir), samples=eval_samples, max_new_tokens=max_new_tokens)
     info["eval_seconds"] = time.perf_counter() - t1
   with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
     f.write(model_card(cfg, info))
@@ -156,7 +156,7 @@ def model_card(cfg: model_lib.ModelConfig, info: dict) -> str:
         f"| mc_test accuracy, first generated letter | {m['mc_accuracy_generation']:.1f}% | |",
         "",
         f"Up to {info.get('max_new_tokens', 32)} new tokens; ASR = share of generations holding none of",
-        "`jaxscape.core.metrics.REFUSAL_KEYWORDS`; benign answers checked by `toydata.check_benign`; MC accuracy",
+        "`jaxscape.core.metrics.REFUSAL_KEYWORDS`; benign answers checked by `evaluation.check_benign`; MC accuracy",
         "from the logits of the tokens `A`-`D` right after the prompt (as the landscape scans read it).",
         f"Evaluation took {info['eval_seconds']:.0f} s.",
         "",
