@@ -30,7 +30,7 @@ _LAZY = {
     "generate_texts": "core.decode", "greedy_generate": "core.decode",
     "InputError": "errors",
     "load_prompts": "datasets.sources",
-    "TrainConfig": "studies.finetune", "load_chat_records": "studies.finetune", "run_finetune": "studies.finetune",
+    "TrainConfig": "studies.train_step", "load_chat_records": "studies.chat_data", "run_finetune": "studies.finetune",
     "DecodeSpec": "studies.landscape", "LandscapeSpec": "studies.landscape", "ScanOptions": "studies.landscape", "make_grid": "studies.landscape",
     "run_landscape": "studies.landscape",
     "ModelConfig": "core.model", "forward": "core.model", "init_params": "core.model",
@@ -44,8 +44,9 @@ _SUBMODULES = {**{m: f"core.{m}" for m in ("checkpoint", "compilation_cache", "c
                                           "hub", "metrics", "model", "perturb", "plan", "prompts", "results", "scan",
                                           "score", "sharding", "tokenizer")},
                **{m: f"datasets.{m}" for m in ("aligndata", "capability", "sources", "taskdata", "toydata")},
-               **{m: f"studies.{m}" for m in ("coherence", "coherence_results", "findings", "finetune", "judge",
-                                             "landscape", "study", "toymodel", "views")},
+               **{m: f"studies.{m}" for m in ("chat_data", "coherence", "coherence_results", "findings", "finetune",
+                                             "judge", "landscape", "lora", "study", "toymodel", "train_state",
+                                             "train_step", "views")},
                **{m: f"reports.{m}" for m in ("htmlreport", "plot", "report")},
                **{m: m for m in ("core", "datasets", "errors", "reports", "studies", "testing")}}
 
@@ -57,7 +58,9 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
   from jaxscape.core.decode import Decoder, Generation, Sampling, generate, generate_texts, greedy_generate  # noqa: F401
   from jaxscape.errors import InputError  # noqa: F401
   from jaxscape.datasets.sources import load_prompts  # noqa: F401
-  from jaxscape.studies.finetune import TrainConfig, load_chat_records, run_finetune  # noqa: F401
+  from jaxscape.studies.chat_data import load_chat_records  # noqa: F401
+  from jaxscape.studies.finetune import run_finetune  # noqa: F401
+  from jaxscape.studies.train_step import TrainConfig  # noqa: F401
   from jaxscape.studies.landscape import DecodeSpec, LandscapeSpec, ScanOptions, make_grid, run_landscape  # noqa: F401
   from jaxscape.core.model import ModelConfig, forward, init_params  # noqa: F401
   from jaxscape.core.plan import plan_scan  # noqa: F401
