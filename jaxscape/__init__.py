@@ -37,7 +37,7 @@ _LAZY = {
     "plan_scan": "core.plan",
     "compile_scan": "core.scan", "decode_slice": "core.scan",
     "continuation_logprobs": "core.score",
-    "StudySpec": "studies.study", "run_study": "studies.study",
+    "StudySpec": "studies.study_spec", "run_study": "studies.study",
 }
 # short module name -> its place in the subpackages: ``jaxscape.decode`` is ``jaxscape.core.decode``, loaded on first use
 _SUBMODULES = {**{m: f"core.{m}" for m in ("checkpoint", "compilation_cache", "convert", "decode", "directions", "gguf_io",
@@ -45,9 +45,9 @@ _SUBMODULES = {**{m: f"core.{m}" for m in ("checkpoint", "compilation_cache", "c
                                           "score", "sharding", "tokenizer")},
                **{m: f"datasets.{m}" for m in ("aligndata", "capability", "sources", "taskdata", "toydata")},
                **{m: f"studies.{m}" for m in ("chat_data", "coherence", "coherence_results", "findings", "finetune",
-                                             "judge", "landscape", "lora", "study", "toymodel", "train_state",
-                                             "train_step", "views")},
-               **{m: f"reports.{m}" for m in ("htmlreport", "plot", "report")},
+                                             "judge", "landscape", "lora", "study", "study_claims", "study_runs",
+                                             "study_spec", "toymodel", "train_state", "train_step", "views")},
+               **{m: f"reports.{m}" for m in ("htmlreport", "plot", "report", "study_table")},
                **{m: m for m in ("core", "datasets", "errors", "reports", "studies", "testing")}}
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -66,7 +66,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
   from jaxscape.core.plan import plan_scan  # noqa: F401
   from jaxscape.core.scan import compile_scan, decode_slice  # noqa: F401
   from jaxscape.core.score import continuation_logprobs  # noqa: F401
-  from jaxscape.studies.study import StudySpec, run_study  # noqa: F401
+  from jaxscape.studies.study import run_study  # noqa: F401
+  from jaxscape.studies.study_spec import StudySpec  # noqa: F401
 
 
 def __getattr__(name):
