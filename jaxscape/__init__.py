@@ -44,9 +44,10 @@ _SUBMODULES = {**{m: f"core.{m}" for m in ("checkpoint", "compilation_cache", "c
                                           "hub", "metrics", "model", "perturb", "plan", "prompts", "results", "scan",
                                           "score", "sharding", "tokenizer")},
                **{m: f"datasets.{m}" for m in ("aligndata", "capability", "sources", "taskdata", "toydata")},
-               **{m: f"studies.{m}" for m in ("chat_data", "coherence", "coherence_results", "findings", "finetune",
-                                             "judge", "landscape", "lora", "study", "study_claims", "study_runs",
-                                             "study_spec", "toymodel", "train_state", "train_step", "views")},
+               **{m: f"studies.{m}" for m in ("chat_data", "coherence", "coherence_results", "findings", "findings_page",
+                                             "finetune", "judge", "landscape", "lora", "study", "study_claims",
+                                             "study_runs", "study_spec", "toymodel", "train_state", "train_step",
+                                             "views")},
                **{m: f"reports.{m}" for m in ("htmlreport", "plot", "report", "study_table")},
                **{m: m for m in ("core", "datasets", "errors", "reports", "studies", "testing")}}
 
