@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import numpy as np
 
 from jaxscape.errors import InputError
-from jaxscape.studies.train_step import TrainConfig
+
+if TYPE_CHECKING:  # only its batching fields are read; importing it would pull in JAX and optax
+  from jaxscape.studies.train_step import TrainConfig
 
 _log = logging.getLogger("jaxscape")
 
