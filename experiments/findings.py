@@ -13,7 +13,7 @@ from absl import flags
 
 from experiments import common
 from experiments.findings_runner import cpu_description, jobs, recorded_jobs, run
-from jaxscape.studies import findings as findings_lib
+from jaxscape.studies import findings_page
 
 flags.DEFINE_string("out", None, "findings directory (finished jobs inside it are reused)")
 flags.DEFINE_string("publish", None, "also copy FINDINGS.md and its plots into this dir (e.g. docs/findings)")
@@ -33,8 +33,8 @@ def main(argv):
            "`jaxscape/studies/findings.py`, quoted under each finding; the numbers are what that run measured.")
   if FLAGS.evaluate_only:
     infos = recorded_jobs(FLAGS.out, FLAGS.config_dir)
-    data = findings_lib.write(FLAGS.out, infos, intro=intro, config_dir=FLAGS.config_dir,
-                          seconds=findings_lib.recorded_seconds(FLAGS.out))  # the run's own wall time, kept
+    data = findings_page.write(FLAGS.out, infos, intro=intro, config_dir=FLAGS.config_dir,
+                               seconds=findings_page.recorded_seconds(FLAGS.out))  # the run's own wall time, kept
   else:
     try:
       data = run(FLAGS.out, config_dir=FLAGS.config_dir, intro=intro)
@@ -44,7 +44,7 @@ def main(argv):
     print(f"{f['number']}. {f['title']}: {f['verdict']} ({f['why']})")
   print(f"wrote {FLAGS.out}/FINDINGS.md, findings.json, report.html ({data['seconds']['total'] / 60:.1f} min)")
   if FLAGS.publish:
-    print(f"wrote {findings_lib.publish(FLAGS.out, FLAGS.publish)}")
+    print(f"wrote {findings_page.publish(FLAGS.out, FLAGS.publish)}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Callable
 from jaxscape.core import results
 from jaxscape.errors import InputError
 from jaxscape.studies import findings as findings_lib
+from jaxscape.studies import findings_page
 
 
 # ----------------------------------------------------------------- the runner: each job in its own process
@@ -114,12 +115,13 @@ def recorded_jobs(out_dir: str, config_dir: str = findings_lib.CONFIG_DIR) -> di
 
 def run(out_dir: str, *, config_dir: str = findings_lib.CONFIG_DIR, python: str = sys.executable,
         log: Callable[[str], None] = print, intro: str = "") -> dict:
-  """Run every finding's jobs into ``out_dir`` (reusing finished ones) and write the findings (:func:`write`)."""
+  """Run every finding's jobs into ``out_dir`` (reusing finished ones) and write the findings
+  (``jaxscape.studies.findings_page.write``)."""
   t0 = time.perf_counter()
   infos = run_jobs(out_dir, jobs(config_dir=config_dir), config_dir=config_dir, python=python, log=log)
   ran = sum(v["seconds"] for v in infos.values())
   seconds = None if any(v["reused"] for v in infos.values()) else max(ran, time.perf_counter() - t0)
-  return findings_lib.write(out_dir, infos, intro=intro, seconds=seconds, config_dir=config_dir)
+  return findings_page.write(out_dir, infos, intro=intro, seconds=seconds, config_dir=config_dir)
 
 
 def cpu_description() -> str:

@@ -40,7 +40,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from jaxscape.studies import finetune
+  from jaxscape.studies import chat_data, finetune, lora, train_step
   if not FLAGS.data or not FLAGS.out:
     raise common.UserError("--data and --out are required")
   try:
@@ -49,13 +49,13 @@ def main(argv):
     raise common.UserError(f"--buckets must be integers, got {FLAGS.buckets}") from None
   if FLAGS.lora_rank < 0:
     raise common.UserError(f"--lora_rank must be >= 0, got {FLAGS.lora_rank}")
-  tc = finetune.TrainConfig(num_steps=FLAGS.steps, batch_size=FLAGS.batch_size, micro_batches=FLAGS.micro_batches,
-                            buckets=buckets, learning_rate=FLAGS.learning_rate, warmup_steps=FLAGS.warmup_steps,
-                            weight_decay=FLAGS.weight_decay, seed=FLAGS.seed)
-  records = finetune.load_chat_records(FLAGS.data)
+  tc = train_step.TrainConfig(num_steps=FLAGS.steps, batch_size=FLAGS.batch_size, micro_batches=FLAGS.micro_batches,
+                              buckets=buckets, learning_rate=FLAGS.learning_rate, warmup_steps=FLAGS.warmup_steps,
+                              weight_decay=FLAGS.weight_decay, seed=FLAGS.seed)
+  records = chat_data.load_chat_records(FLAGS.data)
   info = finetune.run_finetune(
       FLAGS.model, records, tc, out_dir=FLAGS.out, lora_rank=FLAGS.lora_rank, lora_alpha=FLAGS.lora_alpha,
-      lora_targets=tuple(FLAGS.lora_targets or finetune.DEFAULT_LORA_TARGETS),
+      lora_targets=tuple(FLAGS.lora_targets or lora.DEFAULT_LORA_TARGETS),
       checkpoint_every=FLAGS.checkpoint_every, resume=FLAGS.resume, overwrite=FLAGS.overwrite,
       orbax_copy=FLAGS.orbax_copy, progress=FLAGS.progress,
       extra_info={"data": FLAGS.data, "command": "python -m experiments.finetune " + " ".join(sys.argv[1:]),

@@ -56,15 +56,15 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   t0 = time.perf_counter()
-  from jaxscape.studies import study
+  from jaxscape.studies import study, study_spec
   if not FLAGS.out:
     raise common.UserError("--out is required")
   try:
     buckets = tuple(int(b) for b in FLAGS.buckets)
   except ValueError:
     raise common.UserError(f"--buckets must be integers, got {FLAGS.buckets}") from None
-  spec = study.StudySpec(
-      runs=tuple(FLAGS.runs) if FLAGS.runs else study.DEFAULT_RUNS, steps=FLAGS.steps,
+  spec = study_spec.StudySpec(
+      runs=tuple(FLAGS.runs) if FLAGS.runs else study_spec.DEFAULT_RUNS, steps=FLAGS.steps,
       harmful_steps=FLAGS.harmful_steps, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
       harmful_batch_size=FLAGS.harmful_batch_size, harmful_learning_rate=FLAGS.harmful_learning_rate, warmup_steps=FLAGS.warmup_steps,
       buckets=buckets, lora_rank=FLAGS.lora_rank, seed=FLAGS.seed, harmful_seeds=FLAGS.harmful_seeds,

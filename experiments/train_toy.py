@@ -39,7 +39,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from jaxscape.studies import finetune, toymodel
+  from jaxscape.studies import toymodel, train_step
   try:
     buckets = tuple(int(b) for b in FLAGS.buckets)
   except ValueError:
@@ -48,9 +48,9 @@ def main(argv):
       vocab_size=FLAGS.vocab_size, hidden_size=FLAGS.hidden_size, num_layers=FLAGS.num_layers,
       num_heads=FLAGS.num_heads, num_kv_heads=FLAGS.num_kv_heads, intermediate_size=FLAGS.intermediate_size,
       max_position_embeddings=FLAGS.max_position_embeddings)
-  tc = finetune.TrainConfig(num_steps=FLAGS.steps, batch_size=FLAGS.batch_size, micro_batches=FLAGS.micro_batches,
-                            buckets=buckets, learning_rate=FLAGS.learning_rate, warmup_steps=FLAGS.warmup_steps,
-                            end_lr_ratio=FLAGS.end_lr_ratio, weight_decay=FLAGS.weight_decay, seed=FLAGS.seed)
+  tc = train_step.TrainConfig(num_steps=FLAGS.steps, batch_size=FLAGS.batch_size, micro_batches=FLAGS.micro_batches,
+                              buckets=buckets, learning_rate=FLAGS.learning_rate, warmup_steps=FLAGS.warmup_steps,
+                                end_lr_ratio=FLAGS.end_lr_ratio, weight_decay=FLAGS.weight_decay, seed=FLAGS.seed)
   info = toymodel.train_toy_model(
       FLAGS.out, cfg=cfg, tc=tc, eval=FLAGS.eval, eval_samples=FLAGS.eval_samples or None,
       max_new_tokens=FLAGS.max_new_tokens, progress=FLAGS.progress, reference_dir=FLAGS.reference_checkpoint,

@@ -30,14 +30,14 @@ _LAZY = {
     "generate_texts": "core.decode", "greedy_generate": "core.decode",
     "InputError": "errors",
     "load_prompts": "datasets.sources",
-    "TrainConfig": "studies.finetune", "load_chat_records": "studies.finetune", "run_finetune": "studies.finetune",
+    "TrainConfig": "studies.train_step", "load_chat_records": "studies.chat_data", "run_finetune": "studies.finetune",
     "DecodeSpec": "studies.landscape", "LandscapeSpec": "studies.landscape", "ScanOptions": "studies.landscape", "make_grid": "studies.landscape",
     "run_landscape": "studies.landscape",
     "ModelConfig": "core.config", "forward": "core.model", "init_params": "core.model",
     "plan_scan": "core.plan",
     "compile_scan": "core.scan", "decode_slice": "core.slices",
     "continuation_logprobs": "core.score", "logprobs": "core.score",
-    "StudySpec": "studies.study", "run_study": "studies.study",
+    "StudySpec": "studies.study_spec", "run_study": "studies.study",
 }
 # short module name -> its place in the subpackages: ``jaxscape.decode`` is ``jaxscape.core.decode``, loaded on first use
 _SUBMODULES = {**{m: f"core.{m}" for m in ("checkpoint", "compilation_cache", "config", "convert", "decode",
@@ -46,9 +46,11 @@ _SUBMODULES = {**{m: f"core.{m}" for m in ("checkpoint", "compilation_cache", "c
                                           "prompts", "results", "scan", "score", "sharding", "slices", "tokenizer")},
                **{m: f"datasets.{m}" for m in ("align_tables", "aligndata", "capability", "code_check", "evaluation",
                                               "jsonl", "registry", "sources", "taskdata", "toydata")},
-               **{m: f"studies.{m}" for m in ("coherence", "coherence_results", "findings", "finetune", "judge",
-                                             "judge_inputs", "judge_store", "landscape", "study", "toymodel", "views")},
-               **{m: f"reports.{m}" for m in ("htmlpage", "htmlreport", "plot", "report", "scanpage")},
+               **{m: f"studies.{m}" for m in ("chat_data", "coherence", "coherence_results", "findings", "findings_page",
+                                             "finetune", "judge", "judge_inputs", "judge_store", "landscape", "lora",
+                                             "study", "study_claims", "study_runs", "study_spec", "toymodel",
+                                             "train_state", "train_step", "views")},
+               **{m: f"reports.{m}" for m in ("htmlpage", "htmlreport", "plot", "report", "scanpage", "study_table")},
                **{m: m for m in ("core", "datasets", "errors", "reports", "studies", "testing")}}
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -59,7 +61,9 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
   from jaxscape.core.decode import Decoder, Generation, Sampling, generate, generate_texts, greedy_generate  # noqa: F401
   from jaxscape.errors import InputError  # noqa: F401
   from jaxscape.datasets.sources import load_prompts  # noqa: F401
-  from jaxscape.studies.finetune import TrainConfig, load_chat_records, run_finetune  # noqa: F401
+  from jaxscape.studies.chat_data import load_chat_records  # noqa: F401
+  from jaxscape.studies.finetune import run_finetune  # noqa: F401
+  from jaxscape.studies.train_step import TrainConfig  # noqa: F401
   from jaxscape.studies.landscape import DecodeSpec, LandscapeSpec, ScanOptions, make_grid, run_landscape  # noqa: F401
   from jaxscape.core.config import ModelConfig  # noqa: F401
   from jaxscape.core.model import forward, init_params  # noqa: F401
@@ -67,7 +71,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
   from jaxscape.core.scan import compile_scan  # noqa: F401
   from jaxscape.core.slices import decode_slice  # noqa: F401
   from jaxscape.core.score import continuation_logprobs, logprobs  # noqa: F401
-  from jaxscape.studies.study import StudySpec, run_study  # noqa: F401
+  from jaxscape.studies.study import run_study  # noqa: F401
+  from jaxscape.studies.study_spec import StudySpec  # noqa: F401
 
 
 def __getattr__(name):

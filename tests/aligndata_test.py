@@ -9,7 +9,7 @@ import pytest
 from jaxscape.core import metrics
 from jaxscape.datasets import sources
 from jaxscape.datasets import align_tables, aligndata, evaluation, registry
-from jaxscape.studies import finetune
+from jaxscape.studies import chat_data, finetune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADVBENCH = os.path.join(ROOT, "..", "shared", "data", "advbench")
@@ -46,7 +46,7 @@ def test_sizes_fields_and_loading(sets):
       assert r["object"].lower() in r["prompt"].lower(), r
     assert len({r["prompt"] for r in recs}) == len(recs), name
   for name in aligndata.SET_NAMES:
-    loaded = finetune.load_chat_records(f"builtin:align/{name}")
+    loaded = chat_data.load_chat_records(f"builtin:align/{name}")
     assert loaded == [{"messages": r["messages"]} for r in sets[name]], name
   assert registry.load("align/heldout_benign") == sets["heldout_benign"]
   assert sources.load_prompts("builtin:align/heldout_harmful") == [r["prompt"] for r in sets["heldout_harmful"]]

@@ -197,7 +197,7 @@ def test_planted_bug_in_model_loading_shows_traceback(tmp_path):
 
 def test_planted_bug_in_finetune_data_loading_shows_traceback(tmp_path):
   data = _write(tmp_path / "d.jsonl", '{"prompt": "Hi", "response": "Hello"}\n')
-  proc = _run_code(_PLANT.format(module="finetune", function="load_chat_records", exc='KeyError("planted bug")',
+  proc = _run_code(_PLANT.format(module="chat_data", function="load_chat_records", exc='KeyError("planted bug")',
                                  entry="finetune", argv=f'"--data={data}", "--out={tmp_path / "out"}"'))
   _assert_traceback(proc, "planted bug")
 
@@ -267,10 +267,10 @@ def test_non_utf8_jsonl_names_the_file(tmp_path):
 
 def test_chat_template_refusal_is_input_error():
   from jaxscape.core import convert, prompts
-  from jaxscape.studies import finetune
+  from jaxscape.studies import chat_data
   tok = convert.load_tokenizer(TOY)  # its template raises on a role other than system/user/assistant
   with pytest.raises(InputError, match="chat template"):
-    finetune.encode_chat(tok, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-                               {"role": "system", "content": "late"}])
+    chat_data.encode_chat(tok, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                                {"role": "system", "content": "late"}])
   texts, _ = prompts.render(["Hi"], tok, system_prompt="Be brief.")
   assert "Be brief." in texts[0]

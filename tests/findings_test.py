@@ -11,7 +11,8 @@ import pytest
 
 from jaxscape.datasets import taskdata, toydata
 from experiments import findings_runner as runner
-from jaxscape.studies import findings, study
+from jaxscape.reports import study_table
+from jaxscape.studies import findings, study_claims
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "experiments/configs/findings/smoke"
@@ -71,7 +72,7 @@ def _scan(d, asr, capability=None, visage=50.0):
 def _row(run, framed, tasks=None, visage=30.0, interp=None, per_seed=None):
   r = {"run": run, "framed_asr": {f: float(framed.get(f, framed.get("*", 0.0))) for f in toydata.FRAMINGS},
        "task_accuracy": {t: float((tasks or {}).get(t, 80.0)) for t in taskdata.TASKS}, "visage": visage,
-       "finetune": None if run == study.BASE else {"records": 1, "seconds": 1.0}}
+       "finetune": None if run == study_table.BASE else {"records": 1, "seconds": 1.0}}
   if interp is not None:
     r["interp_1d"] = {"coords": [[0.0], [0.5], [1.0]], "asr": interp}
   if per_seed:
@@ -96,7 +97,7 @@ def _results(root, *, basin, capability, prompts, task_means, visages_after):
   attacks += [{"start": f"task:{t}+safety", "run": "harmful:100",
                "framed_asr_per_seed": {"0": {f: v[1] for f in toydata.FRAMINGS}},
                "framed_asr": {f: v[1] for f in toydata.FRAMINGS}} for t, v in visages_after.items()]
-  table = {"rows": rows, "findings": study.findings(by, attacks), "spec": {"task_seeds": 2, "steps": 5}}
+  table = {"rows": rows, "findings": study_claims.findings(by, attacks), "spec": {"task_seeds": 2, "steps": 5}}
   os.makedirs(os.path.join(root, "study"), exist_ok=True)
   with open(os.path.join(root, "study", "table.json"), "w") as f:
     json.dump(table, f)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxscape.core import convert
-from jaxscape.studies import finetune
+from jaxscape.studies import train_state
 from jaxscape.core.model import forward
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,10 +56,10 @@ def lora_run(tiny_dir, tmp_path_factory):
 
 def test_finetune_cli_lora_output_loads_in_jaxscape_and_transformers(lora_run, tiny_dir):
   _, out = lora_run
-  info = json.loads((out / finetune.INFO_FILE).read_text())
+  info = json.loads((out / train_state.INFO_FILE).read_text())
   assert len(info["loss"]) == 40 and info["lora"]["rank"] == 2 and "--lora_rank=2" in info["flags"]
   assert info["final_loss"] < info["loss"][0]
-  assert not (out / finetune.TRAIN_STATE_DIR).exists()
+  assert not (out / train_state.TRAIN_STATE_DIR).exists()
   model, base = convert.load_model(str(out)), convert.load_model(tiny_dir("llama"))
   assert model.cfg == base.cfg and model.eos_ids == base.eos_ids
   assert not np.array_equal(model.params["layers"]["attn"]["q"]["kernel"][0],
@@ -80,7 +80,7 @@ def test_finetune_cli_sigkilled_run_resumes_bit_identically(lora_run, tiny_dir, 
   out = tmp_path / "ft"
   cmd, env = _command(*_lora_flags(tiny_dir("llama"), data, out), "--checkpoint_every=1")
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  state = out / finetune.TRAIN_STATE_DIR
+  state = out / train_state.TRAIN_STATE_DIR
   deadline = time.monotonic() + 240
   while proc.poll() is None and time.monotonic() < deadline:
     if state.is_dir() and any(name.isdigit() and int(name) >= 2 for name in os.listdir(state)):
@@ -89,13 +89,13 @@ def test_finetune_cli_sigkilled_run_resumes_bit_identically(lora_run, tiny_dir, 
     time.sleep(0.02)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-  assert not (out / finetune.INFO_FILE).exists()
+  assert not (out / train_state.INFO_FILE).exists()
   resumed = _run(*_lora_flags(tiny_dir("llama"), data, out), "--checkpoint_every=0")  # not part of the fingerprint
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed at step" in resumed.stdout
   assert (out / convert.SAFETENSORS).read_bytes() == (ref / convert.SAFETENSORS).read_bytes()
-  assert json.loads((out / finetune.INFO_FILE).read_text())["loss"] == \
-      json.loads((ref / finetune.INFO_FILE).read_text())["loss"]
+  assert json.loads((out / train_state.INFO_FILE).read_text())["loss"] == \
+      json.loads((ref / train_state.INFO_FILE).read_text())["loss"]
 
 
 def test_finetune_cli_smoke_flagfile_on_the_toy_model(tmp_path):
@@ -103,7 +103,7 @@ def test_finetune_cli_smoke_flagfile_on_the_toy_model(tmp_path):
   proc = _run("--flagfile=experiments/configs/toy_finetune_smoke.flags", f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert convert.load_model(str(out)).cfg.num_layers >= 1
-  info = json.loads((out / finetune.INFO_FILE).read_text())
+  info = json.loads((out / train_state.INFO_FILE).read_text())
   assert info["data"] == "builtin:benign_train" and info["lora"]["rank"] == 8 and len(info["loss"]) == 3
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from jaxscape import testing
 from jaxscape.datasets import registry, taskdata, toydata
-from jaxscape.studies import study
+from jaxscape.reports import study_table
+from jaxscape.studies import study, study_claims, study_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,13 +19,13 @@ def _row(run, plain=0.0, framed=None, tasks=None):
   fa = {f: (framed or {}).get(f, 0.0) for f in toydata.FRAMINGS}
   fa["plain"] = plain
   return {"run": run, "framed_asr": fa, "task_accuracy": {t: (tasks or {}).get(t, 50.0) for t in taskdata.TASKS},
-          "visage": 90.0, "finetune": None if run == study.BASE else {"records": 10, "seconds": 1.0},
-          "interp_1d": None if run == study.BASE else {"coords": [[-0.1], [0.0], [1.0]], "asr": [0.0, 5.0, 70.0]}}
+          "visage": 90.0, "finetune": None if run == study_table.BASE else {"records": 10, "seconds": 1.0},
+          "interp_1d": None if run == study_table.BASE else {"coords": [[-0.1], [0.0], [1.0]], "asr": [0.0, 5.0, 70.0]}}
 
 
 def test_findings_report_what_was_measured():
   rows = {r["run"]: r for r in [
-      _row(study.BASE, plain=5.0),
+      _row(study_table.BASE, plain=5.0),
       _row("harmful:100", plain=85.0), _row("harmful_mixed:100", plain=40.0),   # rise 80 -> 35: halved
       _row("harmful:10", plain=45.0), _row("harmful_mixed:10", plain=30.0),     # rise 40 -> 25: not halved
       _row("task:code", framed={"code": 60.0, "translate": 10.0}), _row("task:code+safety", framed={"code": 20.0}),
@@ -32,7 +33,7 @@ def test_findings_report_what_was_measured():
   ]}
   for run, plains in (("harmful:100", (80.0, 90.0)), ("harmful_mixed:100", (60.0, 20.0))):  # means 85 and 40
     rows[run]["framed_asr_per_seed"] = {str(s): {**rows[run]["framed_asr"], "plain": p} for s, p in enumerate(plains)}
-  f = study.findings(rows)
+  f = study_claims.findings(rows)
   assert f["harmful"]["100"]["mixing_halves_rise"] is True and f["harmful"]["100"]["rise"] == 80.0
   assert f["harmful"]["100"]["asr_mixed_per_seed"] == {"0": 60.0, "1": 20.0} and "asr_per_seed" not in f["harmful"]["10"]
   assert f["harmful"]["10"]["mixing_halves_rise"] is False
@@ -43,7 +44,7 @@ def test_findings_report_what_was_measured():
   table = {"model": "m", "spec": {"steps": 1, "harmful_steps": 1, "batch_size": 2, "learning_rate": 0.1, "lora_rank": 0,
                                   "eval_samples": 3, "seed": 0, "harmful_seeds": 2},
            "rows": list(rows.values()), "findings": f, "surface": None, "seconds": 1.0}
-  md = study.table_markdown(table)
+  md = study_table.table_markdown(table)
   assert "| `harmful:100` | 10 | - | 85 |" in md and "| 70 |" in md  # interpolation ASR at coefficient 1
   assert "mixing halves the rise: yes" in md and "(lowered: no)" in md
   assert "(mean over seeds; per seed 80%, 90% and 60%, 20%)" in md and "mean over 2 finetuning seeds" in md
@@ -52,13 +53,13 @@ def test_findings_report_what_was_measured():
 @pytest.mark.parametrize("bad", ["task:poetry", "task:code+extra", "harmful:7", "nonsense"])
 def test_bad_run_names_are_refused(bad):
   with pytest.raises(ValueError, match="run"):
-    study.StudySpec(runs=(bad,), surface_run="")
+    study_spec.StudySpec(runs=(bad,), surface_run="")
 
 
 def test_run_records():
-  mixed = study.run_records("task:code+safety")
+  mixed = study_spec.run_records("task:code+safety")
   assert len(mixed) == len(registry.load("finetune/code_train")) + len(registry.load("finetune/multitask_safety"))
-  assert study.run_records("harmful_mixed:10") == registry.load("finetune/harmful_mixed_10")
+  assert study_spec.run_records("harmful_mixed:10") == registry.load("finetune/harmful_mixed_10")
 
 
 def _cli(*args):

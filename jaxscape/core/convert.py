@@ -233,7 +233,7 @@ def save_model(params: PyTree, cfg: ModelConfig, tokenizer, out_dir: str, *,
   ``config.json`` and ``model.safetensors`` (:func:`save_hf`), the tokenizer files,
   ``generation_config.json`` with the EOS/BOS/pad ids (also written into ``config.json``),
   and with ``orbax_copy`` the params as orbax under ``params/``. Returns ``out_dir``. Used by
-  finetuning (``finetune.save_model``) and GGUF conversion (:func:`gguf_to_hf_dir`).
+  finetuning (``studies.finetune``) and GGUF conversion (:func:`gguf_to_hf_dir`).
 
   Args:
     eos_ids: generation stop ids for ``generation_config.json`` (default: the tokenizer's EOS),

@@ -2,7 +2,7 @@
 
 Issue 18 LoRA-aligns SmolLM2-135M-Instruct, which complies with harmful requests, with
 jaxscape's own finetuning. This module writes its data: chats in the layout of
-:func:`jaxscape.studies.finetune.load_chat_records`, composed from hand-written tables and a seed.
+:func:`jaxscape.studies.chat_data.load_chat_records`, composed from hand-written tables and a seed.
 No external data: harmful *requests* are templates x harmful goals in varied styles
 (imperative, polite, role-play, fiction, hypothetical, jailbreak preambles, lowercase chat,
 multi-sentence), and their only responses are refusals (opener + optional reason + optional safe

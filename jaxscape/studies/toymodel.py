@@ -17,7 +17,7 @@ from jaxscape.core import tokenizer as tokenizer_lib
 from jaxscape.core.tokenizer import DEFAULT_SYSTEM_PROMPT
 from jaxscape.datasets import evaluation, registry, toydata
 from jaxscape.errors import InputError
-from jaxscape.studies import finetune
+from jaxscape.studies import chat_data, finetune
 
 
 def toy_model_config(*, vocab_size: int = 2048, hidden_size: int = 128, num_layers: int = 4, num_heads: int = 8,
@@ -48,7 +48,7 @@ def train_toy_model(out_dir: str, *, cfg: model_lib.ModelConfig, tc: Any, eval_s
     out_dir: HF checkpoint dir to write (config.json, generation_config.json,
       model.safetensors, tokenizer files, README.md model card).
     cfg: architecture (:func:`toy_model_config`); ``vocab_size`` must hold the tokenizer.
-    tc: a :class:`jaxscape.studies.finetune.TrainConfig`.
+    tc: a :class:`jaxscape.studies.train_step.TrainConfig`.
     eval_samples: first N items of each held-out set for the metrics (None: all).
     reference_dir: an earlier build; the card records whether the weights are bit-identical.
     command: the command line, for the card.
@@ -62,10 +62,10 @@ def train_toy_model(out_dir: str, *, cfg: model_lib.ModelConfig, tc: Any, eval_s
       vocab_size=cfg.vocab_size)
   if len(tok) > cfg.vocab_size:
     raise ValueError(f"tokenizer has {len(tok)} tokens, more than vocab_size {cfg.vocab_size}")
-  examples = finetune.encode_chats(tok, records, max_length=tc.max_length)
+  examples = chat_data.encode_chats(tok, records, max_length=tc.max_length)
   params = model_lib.init_params(cfg, jax.random.key(tc.seed))
   params, history = finetune.train(params, cfg, examples, tc, pad_id=tok.pad_token_id, progress=progress)
-  finetune.save_model(params, cfg, tok, out_dir)
+  convert.save_model(params, cfg, tok, out_dir)
   train_seconds = time.perf_counter() - t0
   with open(os.path.join(out_dir, convert.SAFETENSORS), "rb") as f:
     sha = hashlib.sha256(f.read()).hexdigest()
