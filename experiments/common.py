@@ -31,6 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging  # noqa: E402
 
+from jaxscape.core import grid  # noqa: E402 - light: no JAX
 from jaxscape.errors import InputError  # noqa: E402 - light: jaxscape's package import loads no JAX
 
 FLAGS = flags.FLAGS
@@ -143,8 +144,7 @@ def define_prompt_flags(default_prompts: str | None = None) -> None:
 
 def define_grid_flags() -> None:
   """Flags that shape a landscape's grid and its slices (run_grid's, and experiments.plan's for the same run)."""
-  flags.DEFINE_enum("kind", "1d_random", ["1d_random", "2d_random", "1d_interpolation", "2d_interpolation",
-                                          "2d_interpolation_random"], "landscape kind")
+  flags.DEFINE_enum("kind", "1d_random", list(grid.KINDS), "landscape kind")
   flags.DEFINE_integer("steps", 20, "grid steps per axis (random: steps+1 points; interpolation: steps+2e+1)")
   flags.DEFINE_float("multiplier", 1.0, "random axes span [-m/2, m/2]")
   flags.DEFINE_integer("extra_steps", 0, "interpolation: points beyond each model")

@@ -39,8 +39,6 @@ from jaxscape.core import sharding as sharding_lib
 from jaxscape.studies import views
 from jaxscape.errors import InputError
 
-KINDS = ("1d_random", "2d_random", "1d_interpolation", "2d_interpolation", "2d_interpolation_random")
-
 
 @dataclasses.dataclass(frozen=True)
 class LandscapeSpec:
@@ -237,8 +235,8 @@ def run_landscape(model, prompts: list[str], spec: LandscapeSpec, *, out_dir: st
 
 def _check_request(spec: LandscapeSpec, decode: DecodeSpec, options: ScanOptions, capability_set) -> None:
   """Raise InputError for a request that cannot run."""
-  if spec.kind not in KINDS:
-    raise InputError(f"unknown kind {spec.kind!r}; expected one of {', '.join(KINDS)}")
+  if spec.kind not in grid_lib.KINDS:
+    raise InputError(f"unknown kind {spec.kind!r}; expected one of {', '.join(grid_lib.KINDS)}")
   if options.metric not in ("safety", "capability", "both"):
     raise InputError(f"unknown metric {options.metric!r}; expected safety, capability or both")
   if decode.max_new_tokens <= 0:
