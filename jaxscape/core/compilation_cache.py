@@ -174,7 +174,9 @@ def _backend_started() -> bool:
   """
   import jax
   name = "jax_cpu_get_local_topology_timeout_minutes"
-  value = getattr(jax.config, name)
+  value = getattr(jax.config, name, None)
+  if value is None:  # a JAX without the option: assume not (a late XLA_FLAGS edit only goes unread)
+    return False
   try:
     jax.config.update(name, value + 1)
   except RuntimeError:
