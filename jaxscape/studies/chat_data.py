@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import numpy as np
 
+from jaxscape.datasets import jsonl
 from jaxscape.errors import InputError
 
 if TYPE_CHECKING:  # only its batching fields are read; importing it would pull in JAX and optax
@@ -132,31 +132,18 @@ def load_chat_records(source: str) -> list[dict]:
   from jaxscape.datasets import sources
 
   path = sources.resolve(source)
-  if not os.path.isfile(path):
-    raise InputError(f"data file {path} does not exist")
   records = []
-  try:
-    with open(path, encoding="utf-8") as f:
-      for n, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        where = f"{path}:{n}"
-        try:
-          r = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise InputError(f"{where}: not valid JSON ({e.msg})") from None
-        if isinstance(r, dict) and "messages" not in r and isinstance(r.get("prompt"), str) \
-            and isinstance(r.get("response"), str):
-          system = [{"role": "system", "content": r["system"]}] if isinstance(r.get("system"), str) else []
-          r = {"messages": system + [{"role": "user", "content": r["prompt"]},
-                                     {"role": "assistant", "content": r["response"]}]}
-        if not isinstance(r, dict) or "messages" not in r:
-          raise InputError(f"{where}: expected an object with \"messages\" (or \"prompt\" and \"response\"), "
-                           f"got {line.strip()[:80]!r}")
-        _check_messages(r["messages"], where)
-        records.append({"messages": r["messages"]})
-  except UnicodeDecodeError:
-    raise InputError(f"{path}: not UTF-8 text") from None
+  for where, r in jsonl.iter_jsonl(path):
+    if isinstance(r, dict) and "messages" not in r and isinstance(r.get("prompt"), str) \
+        and isinstance(r.get("response"), str):
+      system = [{"role": "system", "content": r["system"]}] if isinstance(r.get("system"), str) else []
+      r = {"messages": system + [{"role": "user", "content": r["prompt"]},
+                                 {"role": "assistant", "content": r["response"]}]}
+    if not isinstance(r, dict) or "messages" not in r:
+      raise InputError(f"{where}: expected an object with \"messages\" (or \"prompt\" and \"response\"), "
+                       f"got {json.dumps(r)[:80]!r}")
+    _check_messages(r["messages"], where)
+    records.append({"messages": r["messages"]})
   if not records:
     raise InputError(f"data file {path} holds no records")
   return records
